@@ -1,0 +1,50 @@
+"""Params from checkpoints written elsewhere (Hugging Face folders; t5x checkpoints), in flanx's layout."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from flanx import checkpoints, model as model_lib
+from flanx.config import T5Config
+
+PyTree = Any
+
+
+def _check_matches(config: T5Config, found: T5Config, path: str) -> None:
+  fields = ('vocab_size', 'd_model', 'd_kv', 'num_heads', 'd_ff', 'num_encoder_layers', 'num_decoder_layers',
+            'activation', 'tie_embeddings')
+  diffs = [f'{f}: model config {getattr(config, f)!r} vs checkpoint {getattr(found, f)!r}'
+           for f in fields if getattr(config, f) != getattr(found, f)]
+  if diffs:
+    raise ValueError(f'{path} does not match the configured model:\n  ' + '\n  '.join(diffs))
+
+
+def load_params(path: str, config: T5Config) -> PyTree:
+  """Host (numpy) params from an HF folder (or t5x checkpoint), in the layout `config` expects."""
+  from flanx import hf
+  if os.path.exists(os.path.join(path, 'config.json')):
+    params, found = hf.read_hf_model(path)
+    _check_matches(config, found, path)
+    return model_lib.to_model_layout(config, params)
+  raise ValueError(f'{path}: not a flanx checkpoint or a Hugging Face folder (no config.json)')
+
+
+def place_params(host_params: PyTree, param_shardings: PyTree) -> PyTree:
+  """Host (numpy) params → global arrays on the mesh; each process supplies only its own shards."""
+  def put(x, sharding):
+    x = np.asarray(x, np.float32)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, host_params, param_shardings)
+
+
+def load_sharded_params(path: str, config: T5Config, param_shardings: PyTree) -> PyTree:
+  """Params from a flanx checkpoint (run folder or checkpoint_<step>), HF folder or t5x checkpoint, on the mesh."""
+  if checkpoints.is_flanx_checkpoint(path):
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            model_lib.abstract_params(config), param_shardings)
+    return checkpoints.restore_params(path, abstract)
+  return place_params(load_params(path, config), param_shardings)

@@ -1,0 +1,113 @@
+"""t5x-style command lines: repeated --gin_file, --gin_search_paths and --gin.KEY=VALUE overrides."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import pathlib
+from typing import Any, Sequence
+
+import gin
+import gin.config
+
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / 'gin'
+
+
+class GinConfigError(ValueError):
+  """A gin file or override that cannot be applied (typo, unknown key, missing file)."""
+
+
+def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespace, list[str], list[str]]:
+  """Splits a command line into flags, gin files and gin bindings (from --gin.KEY=VALUE)."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--gin_file', action='append', default=[], help='gin file; repeat, later files win')
+  parser.add_argument('--gin_bindings', action='append', default=[], help='a gin binding string; repeatable')
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help=f'comma-separated folders to resolve gin files and includes (default has {REPO_GIN_DIR})')
+  parser.add_argument('--coordinator_address', default=None, help='multi-host (GPU clusters): host:port of process 0')
+  parser.add_argument('--process_count', type=int, default=None, help='multi-host: number of processes')
+  parser.add_argument('--process_index', type=int, default=None, help='multi-host: this process index')
+  parser.add_argument('--initialization_timeout', type=int, default=300, help='multi-host: seconds to wait for peers')
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      key, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise GinConfigError(f'{arg}: expected --gin.KEY=VALUE')
+      bindings.append(f'{key} = {value}')
+    else:
+      rest.append(arg)
+  args = parser.parse_args(rest)
+  return args, args.gin_file, args.gin_bindings + bindings
+
+
+def search_paths(flag_values: Sequence[str]) -> list[pathlib.Path]:
+  """Folders gin files are resolved against: the given ones, the working directory, then the repo's gin/."""
+  paths = [pathlib.Path(p) for value in flag_values for p in value.split(',') if p]
+  return paths + [pathlib.Path.cwd(), REPO_GIN_DIR, REPO_GIN_DIR.parent]
+
+
+def resolve_gin_file(name: str, paths: Sequence[pathlib.Path]) -> str:
+  """The first existing path for a gin file name (absolute, or relative to a search path); gs:// passes through."""
+  if name.startswith('gs://') or os.path.isabs(name):
+    return name
+  for base in paths:
+    candidate = base / name
+    if candidate.is_file():
+      return str(candidate)
+  tried = ', '.join(str(p) for p in paths)
+  raise GinConfigError(f'gin file {name!r} not found (searched: {tried})')
+
+
+def _macro_names(value: Any, found: set[str]) -> None:
+  if isinstance(value, gin.config.ConfigurableReference):
+    selector = value.scoped_selector
+    if selector.endswith('gin.macro'):
+      found.add(selector.rsplit('/', 1)[0])
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      _macro_names(v, found)
+  elif isinstance(value, dict):
+    for v in value.values():
+      _macro_names(v, found)
+
+
+def _check_macro_overrides(bindings: Sequence[str]) -> None:
+  """gin silently creates a new macro on a misspelt --gin.MACRO=…; refuse macros nothing reads."""
+  defined = {scope for (scope, selector) in gin.config._CONFIG if selector == 'gin.macro'}
+  used: set[str] = set()
+  for params in gin.config._CONFIG.values():
+    for v in params.values():
+      _macro_names(v, used)
+  for binding in bindings:
+    key = binding.split('=', 1)[0].strip()
+    if '.' in key or '/' in key or key not in defined or key in used:
+      continue
+    hint = difflib.get_close_matches(key, sorted(used), n=1)
+    suggestion = f'; did you mean {hint[0]}?' if hint else ''
+    raise GinConfigError(f'--gin.{key}: no gin file or binding uses the macro {key}{suggestion}')
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = ()) -> None:
+  """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work."""
+  paths = search_paths(search_path_flags)
+  for path in paths:
+    gin.add_config_file_search_path(str(path))
+  files = [resolve_gin_file(f, paths) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except (ValueError, IOError, SyntaxError) as e:
+    raise GinConfigError(str(e)) from None
+  _check_macro_overrides(bindings)
+  gin.finalize()
+
+
+def write_config(model_dir: str, filename: str = 'config.gin') -> str:
+  """Writes the effective gin config (operative and full) next to the run's checkpoints."""
+  import tensorflow as tf  # gfile handles gs:// model dirs
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, filename)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(gin.config_str())
+  return path

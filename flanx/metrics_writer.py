@@ -1,0 +1,66 @@
+"""Run logging on the first host: a progress bar, TensorBoard scalars and a JSON-lines metrics file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+from flanx import runtime
+
+
+class MetricsWriter:
+  """Writes scalars to MODEL_DIR/<name>/ (TensorBoard) and MODEL_DIR/<name>_metrics.jsonl; no-op off host 0."""
+
+  def __init__(self, model_dir: str, name: str = 'train', total_steps: int | None = None, initial_step: int = 0,
+               progress: bool = True):
+    self.enabled = runtime.is_first_host()
+    self._bar = self._tb = self._jsonl = None
+    if not self.enabled:
+      return
+    import tensorflow as tf  # gfile: local or gs://
+    from tensorboardX import SummaryWriter
+    tf.io.gfile.makedirs(model_dir)
+    self._tb = SummaryWriter(os.path.join(model_dir, name))
+    self._jsonl = tf.io.gfile.GFile(os.path.join(model_dir, f'{name}_metrics.jsonl'), 'a')
+    if progress and total_steps is not None:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit='step', dynamic_ncols=True)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Records scalars for `step` (TensorBoard + JSONL) and refreshes the progress bar's postfix."""
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in scalars.items()}
+    for key, value in clean.items():
+      if math.isfinite(value):
+        self._tb.add_scalar(key, value, step)
+    self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v) for k, v in clean.items()}})
+                      + '\n')
+    self._jsonl.flush()
+    if self._bar is not None and 'loss' in clean:
+      self._bar.set_postfix(loss=f"{clean['loss']:.4f}", refresh=False)
+
+  def advance(self, steps: int = 1) -> None:
+    """Moves the progress bar."""
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def log(self, message: str) -> None:
+    """A line of text (above the progress bar)."""
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(message)
+    else:
+      print(message, flush=True)
+
+  def close(self) -> None:
+    """Flushes and closes everything."""
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.close()
+    self._tb.close()
+    self._jsonl.close()

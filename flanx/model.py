@@ -1,0 +1,459 @@
+"""The T5 v1.1 / Flan-T5 / UL2 (and T5 1.0) encoder-decoder, in Flax linen.
+
+Linen rather than NNX because t5x's param-tree names (`encoder/layers_0/attention/query/kernel`) fall out of
+module names, `nn.scan`/`nn.remat` lift whole layers, and `nn.with_logical_partitioning` gives every parameter
+the logical axis names that `flanx.partitioning` maps onto a mesh: t5x checkpoints map 1:1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flanx.config import T5Config
+
+Array = jax.Array
+PyTree = Any
+
+_NEG_INF = -1e10  # additive mask value; finite so fully masked (padding) rows stay NaN-free
+
+
+def _param(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...]):
+  """A float32 parameter annotated with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
+  return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+  """RMS norm as T5 has it: no bias, no mean subtraction, computed in float32."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.layer_norm_eps)
+    return (x32 * scale).astype(self.config.dtype)
+
+
+class Dense(nn.Module):
+  """Bias-free projection; the kernel is [in, out] as in t5x."""
+  features: int
+  axes: tuple[str, str]
+  init_std: float
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, 'kernel', nn.initializers.normal(self.init_std), (x.shape[-1], self.features), self.axes)
+    return jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """The token embedding shared by encoder, decoder and (when tied) the output head."""
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.embedding = _param(self, 'embedding', nn.initializers.normal(1.0), (c.vocab_size, c.d_model),
+                            ('vocab', 'embed'))
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.config.dtype)
+
+  def attend(self, x: Array) -> Array:
+    """Logits against the embedding matrix (tied head)."""
+    return jnp.einsum('...d,vd->...v', x, self.embedding.astype(x.dtype))
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucketing of (memory - query) distances: exact when small, log-spaced up to max_distance."""
+  n = -relative_position
+  bucket = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = jnp.where(n < 0, num_buckets, 0)
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  # Same float32 expression as the published implementations, so bucket edges agree exactly.
+  log_ratio = jnp.log(jnp.maximum(n, max_exact).astype(jnp.float32) / max_exact) / np.log(max_distance / max_exact)
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(n.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(n < max_exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+  """One bias table per stack, shared by all its layers: [heads, buckets] → [batch, heads, q, k]."""
+  config: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    c = self.config
+    table = _param(self, 'rel_embedding', nn.initializers.normal(c.d_model ** -0.5),
+                   (c.num_heads, c.relpos_buckets), ('heads', 'relpos_buckets'))
+    relative = key_positions[:, None, :] - query_positions[:, :, None]
+    buckets = relative_position_bucket(relative, self.bidirectional, c.relpos_buckets, c.relpos_max_distance)
+    return jnp.moveaxis(jnp.take(table, buckets, axis=1), 0, 1)  # [b, h, q, k], float32
+
+
+class Attention(nn.Module):
+  """Multi-head attention without the 1/sqrt(d_kv) logit scale (T5 folds it into the query init).
+
+  In decode mode, self-attention keeps its keys/values in the 'cache' collection and writes one position per
+  call; cross-attention computes the encoder keys/values once, when the cache is created.
+  """
+  config: T5Config
+  deterministic: bool
+  decode: bool = False
+  cross: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
+               decode_index: Array | None = None) -> Array:
+    c = self.config
+    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype)
+    split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
+    q = split(dense(init_std=(c.d_model * c.d_kv) ** -0.5, name='query')(x))
+    q = _constrain(q, ('batch', 'length', 'heads', 'kv'))
+
+    def project_kv():
+      k = split(dense(init_std=c.d_model ** -0.5, name='key')(kv_inputs))
+      v = split(dense(init_std=c.d_model ** -0.5, name='value')(kv_inputs))
+      return (_constrain(k, ('batch', 'length', 'heads', 'kv')), _constrain(v, ('batch', 'length', 'heads', 'kv')))
+
+    if self.decode and self.cross:
+      if self.has_variable('cache', 'cached_key'):  # encoder keys/values were computed when the cache was made
+        k, v = self.get_variable('cache', 'cached_key'), self.get_variable('cache', 'cached_value')
+      else:
+        k, v = project_kv()
+        self.put_variable('cache', 'cached_key', k)
+        self.put_variable('cache', 'cached_value', v)
+    elif self.decode:
+      initialized = self.has_variable('cache', 'cached_key')
+      k, v = project_kv()
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+      if initialized:  # one new position: write it, then attend over the whole (masked) cache
+        start = (0, decode_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
+        k, v = cached_k.value, cached_v.value
+    else:
+      k, v = project_kv()
+
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+      scores = scores + bias
+    scores = jnp.where(mask, scores, _NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1)
+    weights = nn.Dropout(c.dropout_rate)(weights, deterministic=self.deterministic).astype(c.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    out = out.reshape(out.shape[:-2] + (c.inner_dim,))
+    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, name='out')(out)
+
+
+# Gated GeLU uses the tanh approximation (as Flan-T5 was trained); plain 'gelu' is the exact erf form.
+_ACTIVATIONS = {
+    'gated-gelu': functools.partial(jax.nn.gelu, approximate=True),
+    'gated-silu': jax.nn.silu,
+    'relu': jax.nn.relu,
+    'gated-relu': jax.nn.relu,
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+}
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block: gated (wi_0 · act, wi_1) for v1.1/UL2, plain (wi) for T5 1.0."""
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    act = _ACTIVATIONS[c.activation]
+    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype)
+    if c.gated:
+      h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
+    else:
+      h = act(wi(name='wi')(x))
+    h = _constrain(h, ('batch', 'length', 'mlp'))
+    # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
+    h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
+    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, name='wo')(h)
+
+
+def _dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
+  return nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm self-attention and MLP sublayers, each with a residual."""
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array) -> tuple[Array, None]:
+    c, det = self.config, self.deterministic
+    h = LayerNorm(c, name='pre_attention_layer_norm')(x)
+    x = x + _dropout(c, Attention(c, det, name='attention')(h, h, mask, bias), det)
+    h = LayerNorm(c, name='pre_mlp_layer_norm')(x)
+    x = x + _dropout(c, MlpBlock(c, det, name='mlp')(h), det)
+    return _constrain(x, ('batch', 'length', 'embed')), None
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm causal self-attention, cross-attention and MLP sublayers."""
+  config: T5Config
+  deterministic: bool
+  decode: bool
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array | None, self_mask: Array, self_bias: Array, cross_mask: Array,
+               decode_index: Array | None) -> tuple[Array, None]:
+    c, det = self.config, self.deterministic
+    h = LayerNorm(c, name='pre_self_attention_layer_norm')(x)
+    h = Attention(c, det, self.decode, name='self_attention')(h, h, self_mask, self_bias, decode_index)
+    x = x + _dropout(c, h, det)
+    h = LayerNorm(c, name='pre_cross_attention_layer_norm')(x)
+    h = Attention(c, det, self.decode, cross=True, name='encoder_decoder_attention')(h, encoded, cross_mask, None)
+    x = x + _dropout(c, h, det)
+    h = LayerNorm(c, name='pre_mlp_layer_norm')(x)
+    x = x + _dropout(c, MlpBlock(c, det, name='mlp')(h), det)
+    return _constrain(x, ('batch', 'length', 'embed')), None
+
+
+_REMAT_POLICIES = {
+    'full': None,
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], num_layers: int, x: Array, *args,
+                **layer_kwargs) -> Array:
+  """Applies `num_layers` layers, looped (layers_i) or scanned (layers, leading 'layers' axis), remat optional."""
+  c: T5Config = parent.config
+  if c.remat != 'none':
+    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+  if c.scan_layers:
+    scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 1}, split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = scanned(c, name='layers', **layer_kwargs)(x, *args)
+    return x
+  for i in range(num_layers):
+    x, _ = layer_cls(c, name=f'layers_{i}', **layer_kwargs)(x, *args)
+  return x
+
+
+def _segment_mask(q_segments: Array, k_segments: Array) -> Array:
+  return (q_segments[:, None, :, None] == k_segments[:, None, None, :])
+
+
+class Encoder(nn.Module):
+  """Bidirectional stack over (optionally packed) inputs."""
+  config: T5Config
+  embedder: Embed
+
+  @nn.compact
+  def __call__(self, tokens: Array, segment_ids: Array | None, positions: Array | None,
+               deterministic: bool) -> Array:
+    c = self.config
+    valid = tokens > 0
+    mask = valid[:, None, None, :] & valid[:, None, :, None]
+    if segment_ids is not None:
+      mask &= _segment_mask(segment_ids, segment_ids)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    bias = RelativePositionBias(c, bidirectional=True, name='relpos_bias')(positions, positions)
+    x = _dropout(c, self.embedder(tokens), deterministic)
+    x = _constrain(x, ('batch', 'length', 'embed'))
+    x = _run_layers(self, EncoderLayer, c.num_encoder_layers, x, mask, bias, deterministic=deterministic)
+    x = LayerNorm(c, name='encoder_norm')(x)
+    return _dropout(c, x, deterministic)
+
+
+class Decoder(nn.Module):
+  """Causal stack with cross-attention; in decode mode it consumes one token per call using the cache."""
+  config: T5Config
+  embedder: Embed
+
+  @nn.compact
+  def __call__(self, encoded: Array | None, encoder_tokens: Array | None, tokens: Array,
+               encoder_segment_ids: Array | None, segment_ids: Array | None, positions: Array | None,
+               deterministic: bool, decode: bool) -> Array:
+    c = self.config
+    length = tokens.shape[1]
+    decode_index = None
+    if decode and self.has_variable('cache', 'decode_position'):
+      # One step: the query is position `decode_index`; keys are the cache's slots up to and including it.
+      position = self.variable('cache', 'decode_position', jnp.zeros, (), jnp.int32)
+      decode_index = position.value
+      position.value = decode_index + 1
+      encoder_valid = self.get_variable('cache', 'encoder_valid')
+      key_positions = self.get_variable('cache', 'key_positions')
+      query_positions = jnp.full((tokens.shape[0], 1), decode_index)
+      self_mask = (key_positions <= decode_index)[:, None, None, :]
+    else:
+      encoder_valid = encoder_tokens > 0
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+      if decode:  # creating the cache: remember what later single-token calls need
+        self.put_variable('cache', 'decode_position', jnp.zeros((), jnp.int32))
+        self.put_variable('cache', 'encoder_valid', encoder_valid)
+        self.put_variable('cache', 'key_positions', positions)
+      query_positions = key_positions = positions
+      idx = jnp.arange(length)
+      self_mask = (idx[None, :] <= idx[:, None])[None, None]
+      if segment_ids is not None:
+        self_mask = self_mask & _segment_mask(segment_ids, segment_ids)
+    cross_mask = encoder_valid[:, None, None, :]
+    if segment_ids is not None and encoder_segment_ids is not None:
+      cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
+    self_bias = RelativePositionBias(c, bidirectional=False, name='relpos_bias')(query_positions, key_positions)
+
+    x = _dropout(c, self.embedder(tokens), deterministic)
+    x = _constrain(x, ('batch', 'length', 'embed'))
+    x = _run_layers(self, DecoderLayer, c.num_decoder_layers, x, encoded, self_mask, self_bias, cross_mask,
+                    decode_index, deterministic=deterministic, decode=decode)
+    x = LayerNorm(c, name='decoder_norm')(x)
+    x = _dropout(c, x, deterministic)
+    if c.tie_embeddings:
+      logits = self.embedder.attend(x) * (c.d_model ** -0.5)
+    else:
+      logits = Dense(c.vocab_size, ('embed', 'vocab'), c.d_model ** -0.5, c.dtype, name='logits_dense')(x)
+    return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder with a shared token embedding; logits are float32 [batch, target_length, vocab]."""
+  config: T5Config
+
+  def setup(self):
+    self.token_embedder = Embed(self.config)
+    self.encoder = Encoder(self.config, self.token_embedder)
+    self.decoder = Decoder(self.config, self.token_embedder)
+
+  def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
+             encoder_positions: Array | None = None, *, deterministic: bool = True) -> Array:
+    """Encoder hidden states [batch, input_length, d_model]."""
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic)
+
+  def decode(self, encoded: Array | None, encoder_input_tokens: Array | None, decoder_input_tokens: Array,
+             encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
+             decoder_positions: Array | None = None, *, deterministic: bool = True, decode: bool = False) -> Array:
+    """Decoder logits; with decode=True and an existing cache, one step for [batch, 1] tokens."""
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                        decoder_segment_ids, decoder_positions, deterministic, decode)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
+               encoder_positions: Array | None = None, decoder_positions: Array | None = None, *,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced logits for a (packed or padded) batch."""
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic=deterministic)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                       decoder_segment_ids, decoder_positions, deterministic=deterministic)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Params: init, abstract shapes, logical axes, scanned <-> canonical layout.
+
+def _dummy_batch(config: T5Config, batch: int = 1, input_length: int = 2, target_length: int = 2):
+  return jnp.ones((batch, input_length), jnp.int32), jnp.ones((batch, target_length), jnp.int32)
+
+
+def init_params(config: T5Config, rng: Array) -> PyTree:
+  """Freshly initialised float32 params (plain arrays, logical-axis boxes removed)."""
+  model = Transformer(config)
+  variables = model.init(rng, *_dummy_batch(config))
+  return nn.unbox(variables['params'])
+
+
+def abstract_params(config: T5Config) -> PyTree:
+  """Param shapes/dtypes as jax.ShapeDtypeStruct, computed without allocating anything."""
+  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), *_dummy_batch(config)))
+  return nn.unbox(boxed['params'])
+
+
+def logical_axes(config: T5Config) -> PyTree:
+  """The logical axis names (a PartitionSpec of names) of every param, same tree as the params."""
+  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), *_dummy_batch(config)))
+  return nn.get_partition_spec(boxed['params'])
+
+
+def param_count(config: T5Config) -> int:
+  """Number of parameters, computed abstractly."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(config)))
+
+
+def unstack_layers(params: PyTree) -> PyTree:
+  """Scanned params (encoder/layers, decoder/layers with a leading layer axis) → canonical layers_i."""
+  params = dict(params)
+  for stack in ('encoder', 'decoder'):
+    if stack in params and 'layers' in params[stack]:
+      tree = dict(params[stack])
+      stacked = tree.pop('layers')
+      n = jax.tree.leaves(stacked)[0].shape[0]
+      for i in range(n):
+        tree[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
+      params[stack] = tree
+  return params
+
+
+def stack_layers(params: PyTree) -> PyTree:
+  """Canonical layers_i params → the scanned layout (inverse of unstack_layers)."""
+  params = dict(params)
+  for stack in ('encoder', 'decoder'):
+    if stack in params and 'layers_0' in params[stack]:
+      tree = dict(params[stack])
+      names = sorted((k for k in tree if k.startswith('layers_')), key=lambda k: int(k.split('_')[1]))
+      layers = [tree.pop(k) for k in names]
+      tree['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+      params[stack] = tree
+  return params
+
+
+def to_model_layout(config: T5Config, params: PyTree) -> PyTree:
+  """Canonical or scanned params → the layout `config` expects."""
+  return stack_layers(params) if config.scan_layers else unstack_layers(params)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Incremental decoding.
+
+def init_cache(config: T5Config, params: PyTree, encoded: Array, encoder_input_tokens: Array,
+               max_decode_length: int) -> PyTree:
+  """A decoder cache for `max_decode_length` steps; encoder keys/values are projected once, here.
+
+  Leaves are either scalars shared by the batch (the decode position) or carry the batch axis first, so
+  decoding code can tile and reorder them per beam.
+  """
+  model = Transformer(config)
+  dummy = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
+  _, variables = model.apply({'params': params}, encoded, encoder_input_tokens, dummy, decode=True,
+                             mutable=['cache'], method=Transformer.decode)
+  return variables['cache']
+
+
+def make_step_fn(config: T5Config, params: PyTree) -> Callable[[Array, PyTree], tuple[Array, PyTree]]:
+  """step_fn(tokens [b, 1], cache) -> (float32 logits [b, vocab], cache), for flanx.decoding."""
+  model = Transformer(config)
+
+  def step_fn(tokens: Array, cache: PyTree) -> tuple[Array, PyTree]:
+    logits, variables = model.apply({'params': params, 'cache': cache}, None, None, tokens, decode=True,
+                                    mutable=['cache'], method=Transformer.decode)
+    return logits[:, -1, :], variables['cache']
+
+  return step_fn

@@ -1,0 +1,42 @@
+"""flanx: Flan-style instruction tuning of T5-family models in JAX, exported to Hugging Face."""
+
+import setuptools
+
+CORE = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'gin-config==0.5.0',
+    'seqio==0.0.20',
+    'tensorflow==2.21.0',
+    'tensorflow-datasets==4.9.10',
+    'tensorflow-text==2.21.1',
+    'sentencepiece==0.2.3',
+    'safetensors==0.8.0',
+    'tensorstore==0.1.86',
+    'numpy==2.4.6',
+    'rouge-score==0.1.2',
+    'sacrebleu==2.6.0',
+    'tensorboardX==2.6.5',
+    'tqdm==4.70.1',
+]
+HF = ['transformers==5.23.0', 'tokenizers==0.23.3', 'torch==2.13.0']
+
+setuptools.setup(
+    name='flanx',
+    version='0.1.0',
+    description='Flan-style instruction tuning of T5-family models in JAX, exported to Hugging Face.',
+    packages=setuptools.find_packages(include=['flanx', 'flanx.*', 'tasks', 'tasks.*']),
+    package_data={'tasks': ['data/*']},
+    python_requires='>=3.10',
+    install_requires=CORE,
+    extras_require={
+        'tpu': ['jax[tpu]==0.10.2'],
+        'gpu': ['jax[cuda12]==0.10.2'],
+        # Export verification reloads the folder with transformers (torch, CPU is enough).
+        'hf': HF,
+        'test': HF + ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'],
+    },
+)

@@ -1,0 +1,316 @@
+"""Flan 2022 from the preprocessed collection files, and the `dolly_flan` continued-tuning mix.
+
+Input: JSONL / Parquet / TFRecord files whose records have `inputs`, `targets`, `task_source`,
+`task_name`, `template_type` (a leading underscore, as in some exports, is accepted), local or
+gs://. Point at them with gin `tasks.flan.flan_data_pattern.pattern` or env `FLANX_FLAN_DATA`: a
+glob that may contain `{submix}` (flan2021, t0, niv2, cot, dialog), `{variant}` (zs_opt, ...) and
+`{variant_short}` (zsopt, ...). Records are routed by their own task_source and template_type, so
+one glob over every file also works (each task then reads all files).
+
+Registered (cheaply; files are read when a dataset is first built):
+- `flan2022_<submix>_<variant>`: one task per submixture and template variant. Its source mixes
+  the collection's tasks (task_name) examples-proportionally with the submixture's per-task cap:
+  each epoch holds exactly min(n, cap) examples of a task with n examples (a fresh seeded sample
+  of the capped tasks every epoch), so task t has rate min(n_t, cap) / sum_u min(n_u, cap).
+- `<submix>_submix`: the submixture's variants at equal rates (flan2021, t0: zs/fs x opt/noopt;
+  niv2, cot, dialog: zs_opt and fs_opt).
+- `flan2022_submix`: flan2021 0.4, t0 0.32, niv2 0.2, cot 0.05, dialog 0.03.
+- `dolly_flan`: Dolly plus a Flan replay fraction (gin `tasks.flan.flan_replay_fraction.fraction`).
+"""
+
+import collections
+import dataclasses
+import itertools
+import os
+import re
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import seqio
+
+from tasks import dolly  # pylint: disable=unused-import  (registers the `dolly` task)
+from tasks import records as records_lib
+from tasks import spec as spec_lib
+
+PATTERN_ENV = 'FLANX_FLAN_DATA'
+ALL_VARIANTS = ('zs_opt', 'zs_noopt', 'fs_opt', 'fs_noopt')
+OPT_VARIANTS = ('zs_opt', 'fs_opt')
+FIELDS = ('inputs', 'targets', 'task_source', 'task_name', 'template_type')
+SHUFFLE_BUFFER = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Submix:
+  """A Flan 2022 submixture: template variants, per-task cap, rate in `flan2022_submix`."""
+  name: str
+  variants: Tuple[str, ...]
+  cap: int
+  rate: float
+  sources: Tuple[str, ...]  # task_source values (lower-case, alphanumerics only)
+
+
+SUBMIXES = (
+    Submix('flan2021', ALL_VARIANTS, 30_000, 0.4, ('flan2021', 'flan')),
+    Submix('t0', ALL_VARIANTS, 20_000, 0.32, ('t0', 't0sf')),
+    Submix('niv2', OPT_VARIANTS, 5_000, 0.2, ('niv2', 'natinstv2', 'niv2sf')),
+    Submix('cot', OPT_VARIANTS, 100_000, 0.05, ('cot',)),
+    Submix('dialog', OPT_VARIANTS, 200_000, 0.03, ('dialog',)),
+)
+SUBMIX_BY_NAME = {s.name: s for s in SUBMIXES}
+_SOURCE_TO_SUBMIX = {alias: s.name for s in SUBMIXES for alias in s.sources}
+
+
+@gin.configurable
+def flan_data_pattern(pattern: Optional[str] = None) -> str:
+  """Glob of the preprocessed Flan files: argument / gin binding, else $FLANX_FLAN_DATA."""
+  pattern = pattern or os.environ.get(PATTERN_ENV)
+  if not pattern:
+    raise FileNotFoundError(
+        'Flan data not configured: set $FLANX_FLAN_DATA or gin '
+        '`tasks.flan.flan_data_pattern.pattern` to a glob of the preprocessed Flan collection '
+        'files (jsonl/parquet/tfrecord; may contain {submix} and {variant}).')
+  return pattern
+
+
+@gin.configurable
+def flan_replay_fraction(fraction: float = 0.1) -> float:
+  """Share of Flan examples in `dolly_flan` (the rest is Dolly)."""
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'flan replay fraction must be in [0, 1], got {fraction}')
+  return fraction
+
+
+def _norm(value: str) -> str:
+  return re.sub('[^a-z0-9]', '', value.lower())
+
+
+def normalize_variant(value: str) -> Optional[str]:
+  """'zs_opt' for 'zs_opt', 'zsopt', 'ZS-OPT'; None when not a template type."""
+  value = _norm(value)
+  for variant in ALL_VARIANTS:
+    if value == _norm(variant):
+      return variant
+  return None
+
+
+def _field(record: Mapping[str, Any], name: str) -> Any:
+  if name in record:
+    return record[name]
+  return record.get('_' + name, None)
+
+
+class FlanFileSource(seqio.DataSource):
+  """Examples of one (submixture, template variant), capped examples-proportional over tasks."""
+
+  def __init__(self, submix: Submix, variant: str, pattern: Optional[str] = None,
+               cap: Optional[int] = None, seed: int = spec_lib.DEFAULT_SEED,
+               on_error: str = 'raise'):
+    self.submix = submix
+    self.variant = variant
+    self.cap = submix.cap if cap is None else cap
+    self._pattern = pattern
+    self._seed = seed
+    self._on_error = records_lib.check_on_error(on_error)
+    self._scan: Optional[Tuple[Dict[str, int], records_lib.ReadReport]] = None
+    super().__init__(splits=('train',))
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def files(self) -> List[str]:
+    """The files matching the configured pattern for this submixture and variant."""
+    pattern = self._pattern or flan_data_pattern()
+    pattern = (pattern.replace('{submix}', self.submix.name).replace('{variant}', self.variant)
+               .replace('{variant_short}', self.variant.replace('_', '')))
+    return records_lib.expand(pattern)
+
+  def _classify(self, where: str, record: Any, problem: Optional[Tuple[str, str]]
+                ) -> Tuple[Optional[Tuple[str, str]], Optional[Tuple[str, str, str]]]:
+    """(problem, None) for a bad record; (None, (task, inputs, targets)) when it is ours."""
+    if problem:
+      return problem, None
+    if isinstance(record, dict):
+      record = {name: _field(record, name) for name in FIELDS}
+      record = {k: v for k, v in record.items() if v is not None}
+    problem = records_lib.validate(record, FIELDS)
+    if problem:
+      return problem, None
+    submix = _SOURCE_TO_SUBMIX.get(_norm(record['task_source']))
+    if submix is None:
+      return ('unknown_task_source', f"unknown task_source {record['task_source']!r}"), None
+    variant = normalize_variant(record['template_type'])
+    if variant is None:
+      return ('unknown_template_type', f"unknown template_type {record['template_type']!r}"), None
+    if submix != self.submix.name or variant != self.variant:
+      return None, None
+    return None, (record['task_name'], record['inputs'], record['targets'])
+
+  def _records(self, files: Sequence[str], report: Optional[records_lib.ReadReport]
+               ) -> Iterator[Tuple[str, str, str]]:
+    for path in files:
+      for where, record, problem in records_lib.iter_file(path):
+        problem, match = self._classify(where, record, problem)
+        if problem:
+          if self._on_error == 'raise':
+            raise records_lib.RecordError(f'{where}: {problem[1]}')
+          if report is not None:
+            report.add_skip(problem[0], f'{where}: {problem[1]}')
+        elif match:
+          if report is not None:
+            report.kept += 1
+          yield match
+
+  def scan(self) -> Tuple[Dict[str, int], records_lib.ReadReport]:
+    """Examples per task_name (one full read, done once) and the read report."""
+    if self._scan is None:
+      files = self.files()
+      report = records_lib.ReadReport(f'{self.submix.name}/{self.variant}: {len(files)} files')
+      counts = collections.Counter(task for task, _, _ in self._records(files, report))
+      report.log()
+      if not counts:
+        raise ValueError(f'no {self.submix.name} {self.variant} records in {len(files)} files '
+                         f'({files[:3]}...)')
+      self._scan = (dict(sorted(counts.items())), report)
+    return self._scan
+
+  def task_rates(self) -> Dict[str, float]:
+    """Share of each task_name in this source's stream: min(n, cap) / sum min(n, cap)."""
+    counts, _ = self.scan()
+    capped = {t: min(n, self.cap) for t, n in counts.items()}
+    total = sum(capped.values())
+    return {t: c / total for t, c in capped.items()}
+
+  def num_input_examples(self, split: str) -> int:
+    counts, _ = self.scan()
+    return sum(min(n, self.cap) for n in counts.values())
+
+  def epoch(self, epoch: int, shuffle: bool = True, seed: Optional[int] = None
+            ) -> Iterator[Tuple[str, str, str]]:
+    """(task_name, inputs, targets) of one epoch: exactly min(n, cap) examples per task."""
+    counts, _ = self.scan()
+    seed = self._seed if seed is None else int(seed)
+    keep = {}
+    for task, n in counts.items():
+      if n > self.cap:
+        rng = np.random.default_rng([seed, epoch, records_lib.stable_int(task)])
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, self.cap, replace=False)] = True
+        keep[task] = mask
+    files = self.files()
+    if shuffle:
+      rng = np.random.default_rng([seed, epoch, records_lib.stable_int('files')])
+      files = [files[i] for i in rng.permutation(len(files))]
+    seen = collections.Counter()
+    for task, inputs, targets in self._records(files, None):
+      ordinal = seen[task]
+      seen[task] += 1
+      if task not in counts or ordinal >= counts[task]:
+        raise RuntimeError(f'Flan files changed while reading: task {task!r} now has more than '
+                           f'{counts.get(task, 0)} examples')
+      if task in keep and not keep[task][ordinal]:
+        continue
+      yield task, inputs, targets
+
+  def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    del sequence_length, use_cached, num_epochs
+    if split != 'train':
+      raise ValueError(f'Flan files have only a train split, not {split!r}')
+    self.scan()
+    epochs = itertools.count()
+
+    def generate():
+      # Each pass over the dataset (e.g. under repeat()) is a new epoch with a fresh sample.
+      for task, inputs, targets in self.epoch(next(epochs), shuffle, seed):
+        yield {'inputs': inputs, 'targets': targets, 'task_name': task}
+
+    text = tf.TensorSpec([], tf.string)
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature={'inputs': text, 'targets': text, 'task_name': text})
+    if shard_info is not None and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds
+
+
+def task_name(submix: str, variant: str) -> str:
+  return f'flan2022_{submix}_{variant}'
+
+
+@gin.configurable
+def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str, int]] = None,
+                      rates: Optional[Mapping[str, float]] = None, on_error: str = 'raise',
+                      vocabulary: Optional[seqio.Vocabulary] = None,
+                      prefix: str = '') -> List[str]:
+  """Registers the Flan 2022 tasks and mixtures (names get `prefix`); returns the names."""
+  features = spec_lib.default_features(vocabulary)
+  caps = dict(caps or {})
+  rates = dict(rates or {})
+  names, submix_names = [], []
+  for submix in SUBMIXES:
+    variant_tasks = []
+    for variant in submix.variants:
+      source = FlanFileSource(submix, variant, pattern, caps.get(submix.name), on_error=on_error)
+      task = seqio.Task(prefix + task_name(submix.name, variant), source=source,
+                        output_features=features,
+                        preprocessors=list(spec_lib.TASK_PREPROCESSORS),
+                        shuffle_buffer_size=SHUFFLE_BUFFER)
+      spec_lib.add_task(task)
+      variant_tasks.append(task.name)
+    mixture = f'{prefix}{submix.name}_submix'
+    spec_lib.add_mixture(mixture, variant_tasks, default_rate=1.0)
+    names += variant_tasks + [mixture]
+    submix_names.append((mixture, rates.get(submix.name, submix.rate)))
+  spec_lib.add_mixture(f'{prefix}flan2022_submix', submix_names)
+  return names + [f'{prefix}flan2022_submix']
+
+
+def flattened_rates(mixture: seqio.Mixture) -> Dict[str, float]:
+  """Normalized rate of every task in a (possibly nested) mixture."""
+  tasks = mixture.tasks
+  rates = {t.name: mixture.get_rate(t) for t in tasks}
+  total = sum(rates.values())
+  return {name: rate / total for name, rate in rates.items()}
+
+
+def task_name_rates(mixture_name: str) -> Dict[Tuple[str, str], float]:
+  """Normalized rate of every (seqio task, Flan task_name) of a Flan mixture (reads counts)."""
+  out = {}
+  for name, rate in flattened_rates(seqio.get_mixture_or_task(mixture_name)).items():
+    source = seqio.get_mixture_or_task(name).source
+    for flan_task, share in source.task_rates().items():
+      out[(name, flan_task)] = rate * share
+  return out
+
+
+@gin.configurable
+def register_dolly_flan(name: str = 'dolly_flan', dolly_task: str = 'dolly',
+                        replay: str = 'flan2022_submix') -> str:
+  """Registers Dolly plus Flan replay: the share `flan_replay_fraction()` (read at use) goes to
+  the tasks of `replay` in their own proportions, the rest to `dolly_task`."""
+  replay_provider = seqio.get_mixture_or_task(replay)
+
+  def dolly_rate(unused_task):
+    return 1.0 - flan_replay_fraction()
+
+  entries: List[Tuple[Any, Any]] = [(dolly_task, dolly_rate)]
+  if isinstance(replay_provider, seqio.Task):
+    entries.append((replay, lambda unused_task: flan_replay_fraction()))
+  else:
+    for task in replay_provider.tasks:
+      def rate(t, mix=replay_provider):
+        return flan_replay_fraction() * mix.get_rate(t) / sum(
+            mix.get_rate(u) for u in mix.tasks)
+      entries.append((task.name, rate))
+  spec_lib.add_mixture(name, entries)
+  return name
+
+
+register_flan2022()
+register_dolly_flan()
