@@ -24,13 +24,22 @@ def _check_matches(config: T5Config, found: T5Config, path: str) -> None:
 
 
 def load_params(path: str, config: T5Config) -> PyTree:
-  """Host (numpy) params from an HF folder (or t5x checkpoint), in the layout `config` expects."""
-  from flanx import hf
+  """Host (numpy) params from an HF folder or a t5x checkpoint, in the layout `config` expects.
+
+  t5x: a `checkpoint` msgpack file, a checkpoint_<step> folder holding one (or an Orbax `state/`), or a run
+  folder with checkpoint_<step> subfolders (newest step); local or gs://. Shapes and tying are checked against
+  `config` (the activation is not stored in t5x checkpoints: the config's is used).
+  """
+  from flanx import hf, t5x_checkpoint
   if os.path.exists(os.path.join(path, 'config.json')):
     params, found = hf.read_hf_model(path)
     _check_matches(config, found, path)
     return model_lib.to_model_layout(config, params)
-  raise ValueError(f'{path}: not a flanx checkpoint or a Hugging Face folder (no config.json)')
+  if t5x_checkpoint.is_t5x_checkpoint(path):
+    params, _, _ = t5x_checkpoint.load_t5x_params(path, config)
+    return model_lib.to_model_layout(config, params)
+  raise ValueError(f'{path}: not a flanx checkpoint, a Hugging Face folder (config.json) or a t5x checkpoint '
+                   '(checkpoint msgpack file)')
 
 
 def place_params(host_params: PyTree, param_shardings: PyTree) -> PyTree:

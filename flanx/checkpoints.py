@@ -65,19 +65,36 @@ class RunCheckpoints:
 
 
 def restore_params(path: str, abstract_params: PyTree) -> PyTree:
-  """Params from a flanx checkpoint: a run folder (newest step) or one checkpoint_<step> folder."""
-  path = path.rstrip('/')
-  if os.path.basename(path).startswith(_PREFIX + '_'):
-    item = os.path.join(path, 'params')
-  else:
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(step_prefix=_PREFIX, read_only=True),
-                                    item_names=('params', 'opt_state', 'meta'))
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no flanx checkpoint under {path}')
-    item = os.path.join(path, f'{_PREFIX}_{step}', 'params')
+  """Params from a flanx checkpoint (run folder: newest step; or one checkpoint_<step> folder) onto the
+  shardings carried by `abstract_params`."""
+  item = params_item_path(path)
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(os.path.abspath(item) if '://' not in item else item, abstract_params)
+
+
+def params_item_path(path: str) -> str:
+  """The `params` folder of a run folder's newest checkpoint, or of one checkpoint_<step> folder."""
+  path = path.rstrip('/')
+  if os.path.basename(path).startswith(_PREFIX + '_'):
+    return os.path.join(path, 'params')
+  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(step_prefix=_PREFIX, read_only=True),
+                                  item_names=('params', 'opt_state', 'meta'))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no flanx checkpoint under {path}')
+  return os.path.join(path, f'{_PREFIX}_{step}', 'params')
+
+
+def restore_params_on_one_device(path: str, device: jax.Device | None = None) -> PyTree:
+  """Params of a checkpoint written on any mesh/topology, restored whole onto one device (e.g. the CPU)."""
+  item = params_item_path(path)
+  item = os.path.abspath(item) if '://' not in item else item
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(item)
+    tree = getattr(metadata, 'item_metadata', metadata)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+    return checkpointer.restore(item, target)
 
 
 def is_flanx_checkpoint(path: str) -> bool:

@@ -148,12 +148,12 @@ def beam_search(step_fn: StepFn, cache: PyTree, batch_size: int, beam_size: int,
                 alpha: float = 0.6, eos_id: int = 1, start_id: int = 0) -> BeamResult:
   """t5x-style beam search: keeps beam_size live beams and the beam_size best finished ones.
 
-  Each step extends every live beam by every token, takes the 2 * beam_size best candidates (so beam_size
-  non-EOS ones survive even if many end), moves EOS-ended ones into the finished set with score
-  log-prob / brevity_penalty(alpha, length), and stops early once no live beam can beat the worst finished one.
-  Rows where nothing finished return their live beams with raw log-probs. Note: as in t5x, beam_size 1 is not
-  greedy decoding in general: an EOS among the two best candidates of any step is kept as a finished
-  hypothesis while the live beam continues, and the best finished hypothesis wins.
+  Each step extends every live beam by every token and takes the 2 * beam_size best candidates (so beam_size
+  non-EOS ones survive even if many end). An EOS-ended candidate enters the finished set, scored
+  log-prob / brevity_penalty(alpha, length), only if it ranks among the beam_size best candidates of its step
+  (as in Hugging Face's beam search; t5x also admits ranks beam_size..2*beam_size-1). With that rule and
+  alpha = 0, beam_size 1 is exactly greedy decoding. The search stops once no live beam can beat the worst
+  finished one; rows where nothing finished return their live beams with raw log-probs.
   """
   k = beam_size
   flat = batch_size * k
@@ -183,6 +183,7 @@ def beam_search(step_fn: StepFn, cache: PyTree, batch_size: int, beam_size: int,
     cand_seqs = _gather(live_seqs, cand_beam)
     cand_seqs = jax.lax.dynamic_update_slice_in_dim(cand_seqs, cand_token[:, :, None], i + 1, axis=2)
     ended = cand_token == eos_id
+    admitted = ended & (jnp.arange(2 * k) < k)[None, :]  # candidates come sorted: rank = column
 
     # Live set: the k best candidates that did not end; their caches follow their parent beams.
     live_log_probs, pick = jax.lax.top_k(jnp.where(ended, NEG_INF, cand_log_probs), k)
@@ -191,9 +192,9 @@ def beam_search(step_fn: StepFn, cache: PyTree, batch_size: int, beam_size: int,
     cache = _map_batched(lambda x: jnp.take(x, parent.reshape(flat), axis=0), cache)
 
     # Finished set: merge the newly ended candidates (length-normalized) with the previous finished ones.
-    new_scores = jnp.where(ended, cand_log_probs / brevity_penalty(alpha, i + 1), NEG_INF)
+    new_scores = jnp.where(admitted, cand_log_probs / brevity_penalty(alpha, i + 1), NEG_INF)
     all_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
-    all_flags = jnp.concatenate([finished, ended], axis=1)
+    all_flags = jnp.concatenate([finished, admitted], axis=1)
     all_seqs = jnp.concatenate([finished_seqs, cand_seqs], axis=1)
     finished_scores, pick = jax.lax.top_k(jnp.where(all_flags, all_scores, NEG_INF * 10), k)
     finished_scores = jnp.take_along_axis(all_scores, pick, axis=1)

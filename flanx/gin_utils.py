@@ -6,7 +6,8 @@ import argparse
 import difflib
 import os
 import pathlib
-from typing import Any, Sequence
+import sys
+from typing import Any, Callable, Sequence
 
 import gin
 import gin.config
@@ -111,3 +112,13 @@ def write_config(model_dir: str, filename: str = 'config.gin') -> str:
   with tf.io.gfile.GFile(path, 'w') as f:
     f.write(gin.config_str())
   return path
+
+
+def run(entry: Callable[[], Any], description: str, argv: Sequence[str] | None = None) -> Any:
+  """Parses the command line, starts the multi-host runtime, parses gin, then calls `entry()`."""
+  from flanx import runtime
+  args, files, bindings = parse_args(sys.argv[1:] if argv is None else argv, description)
+  runtime.initialize_distributed(args.coordinator_address, args.process_count, args.process_index,
+                                 args.initialization_timeout)
+  parse_gin(files, bindings, args.gin_search_paths)
+  return entry()

@@ -114,12 +114,11 @@ def _get_param(params: PyTree, path: tuple[str, ...]) -> Any:
   for j, key in enumerate(path):
     if key.startswith('layers_') and key not in node and 'layers' in node:
       layer = int(key.split('_')[1])
-      leaf = _get_param(node['layers'], path[j + 1:])
-      return leaf[layer]
+      return _get_param(node['layers'], path[j + 1:])[layer]
     if key not in node:
       raise HFConversionError(f'params lack {"/".join(path)} (have {sorted(node)} at {"/".join(path[:j]) or "root"})')
     node = node[key]
-  return node
+  return node.unbox() if hasattr(node, 'unbox') else node  # tolerate logically-annotated (boxed) params
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,6 +328,8 @@ def write_hf_model(folder: str | os.PathLike, params: PyTree, config: T5Config, 
   if np_dtype is None:
     raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
   folder = pathlib.Path(folder).absolute()
+  if folder.exists() and not folder.is_dir():
+    raise FileExistsError(f'{folder} exists and is not a directory')
   if folder.exists() and any(folder.iterdir()) and not overwrite:
     raise FileExistsError(f'{folder} exists and is not empty (pass overwrite=True to replace it)')
   folder.parent.mkdir(parents=True, exist_ok=True)

@@ -1,134 +1,17 @@
-"""Inference runs: `python -m flanx.infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=… --gin.X=Y`.
+"""Infer: `python -m flanx.infer --gin_file=models/…gin --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=…`.
 
-Inputs come from a task/mixture split or a JSONL file of prompts (`{"inputs": …}`, optional `"targets"`);
-outputs are JSONL lines with input, prediction, score and (when present) target, written as
-`{name}-{mode}.jsonl-00000-of-00001` in the output folder (t5x's naming).
+Greedy, sampled or beam-search predictions for a task split or a JSONL file of prompts, written as JSONL.
 """
 
-from __future__ import annotations
-
-import json
-import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-import gin
-import numpy as np
-
-from flanx import data, gin_utils, predict, runtime
-from flanx.config import T5Config
-from flanx.eval import InferenceModel
-
-_PROMPT_KEYS = ('inputs', 'input', 'prompt')
-
-
-def read_prompts(path: str) -> list[dict[str, str]]:
-  """Prompts from a JSONL file; a bad line is an error naming file and line."""
-  import tensorflow as tf
-  records = []
-  with tf.io.gfile.GFile(path) as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{line_number}: not valid JSON ({e.msg})') from None
-      key = next((k for k in _PROMPT_KEYS if isinstance(record, dict) and k in record), None)
-      if key is None or not isinstance(record[key], str):
-        raise ValueError(f'{path}:{line_number}: expected a string field "inputs" (or "input"/"prompt")')
-      target = record.get('targets', record.get('target'))
-      records.append({'inputs': record[key], **({'targets': target} if target is not None else {})})
-  return records
-
-
-def _encode(vocabulary: Any, texts: Sequence[str], length: int) -> np.ndarray:
-  """Token ids with EOS, truncated (EOS kept) and zero-padded to `length`."""
-  rows = np.zeros((len(texts), length), np.int32)
-  for i, text in enumerate(texts):
-    ids = list(vocabulary.encode(text))[:length - 1] + [vocabulary.eos_id]
-    rows[i, :len(ids)] = ids
-  return rows
-
-
-def _task_records(name: str, split: str, lengths: Mapping[str, int], use_cached: bool,
-                  num_examples: int | None) -> tuple[list[dict[str, str]], Any]:
-  import seqio
-  task_or_mixture = seqio.get_mixture_or_task(name)
-  vocabulary = task_or_mixture.output_features['inputs'].vocabulary
-  ds = seqio.get_dataset(name, task_feature_lengths=dict(lengths), dataset_split=split, shuffle=False,
-                         num_epochs=1, use_cached=use_cached, feature_converter=seqio.PassThroughFeatureConverter())
-  records = []
-  for ex in ds.as_numpy_iterator():
-    if num_examples is not None and len(records) >= num_examples:
-      break
-    text = lambda key: (ex[f'{key}_pretokenized'].decode() if f'{key}_pretokenized' in ex
-                        else vocabulary.decode(ex[key].tolist()))
-    records.append({'inputs': text('inputs'), 'targets': text('targets')})
-  return records, vocabulary
-
-
-@gin.configurable
-def infer(*,
-          checkpoint_path: str = gin.REQUIRED,
-          output_dir: str = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          model_config: T5Config | None = None,
-          mixture_or_task_name: str | None = None,
-          mixture_or_task_module: str | None = None,
-          split: str = 'validation',
-          input_file: str | None = None,
-          vocabulary: Any = None,
-          num_examples: int | None = None,
-          use_cached_tasks: bool = False,
-          mesh_data: int = -1,
-          mesh_model: int = 1,
-          fsdp: bool = False) -> str:
-  """Generates predictions for a task split or a prompts file; returns the output file's path."""
-  config = model_config or T5Config()
-  data.import_task_modules(mixture_or_task_module)
-  if input_file:
-    records, name = read_prompts(input_file), os.path.splitext(os.path.basename(input_file))[0]
-    if vocabulary is None:
-      raise ValueError('infer.vocabulary must be set when reading prompts from a file '
-                       '(e.g. infer.vocabulary = @tasks.vocab.get_vocabulary())')
-  elif mixture_or_task_name:
-    records, task_vocab = _task_records(mixture_or_task_name, split, task_feature_lengths, use_cached_tasks,
-                                        num_examples)
-    vocabulary, name = vocabulary or task_vocab, mixture_or_task_name
-  else:
-    raise ValueError('set infer.input_file or infer.mixture_or_task_name')
-  records = records[:num_examples] if num_examples is not None else records
-  options = predict.decode_options()
-  model = InferenceModel(checkpoint_path, config, batch_size, mesh_data, mesh_model, fsdp, **options)
-  path = os.path.join(output_dir, f"{name}-{options['mode']}.jsonl-00000-of-00001")
-  lines = []
-  for start in range(0, len(records), batch_size):
-    chunk = records[start:start + batch_size]
-    tokens = _encode(vocabulary, [r['inputs'] for r in chunk], task_feature_lengths['inputs'])
-    predictions, scores = model.predict(tokens, start // batch_size)
-    for record, ids, score in zip(chunk, predict.trim_at_eos(predictions), scores):
-      line = {'input': record['inputs'], 'prediction': vocabulary.decode(ids), 'score': float(score)}
-      if 'targets' in record:
-        line['target'] = record['targets']
-      lines.append(line)
-  if runtime.is_first_host():
-    import tensorflow as tf
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-      f.write(''.join(json.dumps(line, ensure_ascii=False) + '\n' for line in lines))
-    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
-  return path
+from flanx import gin_utils, inference, runtime
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (t5x flags)."""
-  args, files, bindings = gin_utils.parse_args(sys.argv[1:] if argv is None else argv, __doc__.splitlines()[0])
-  runtime.initialize_distributed(args.coordinator_address, args.process_count, args.process_index,
-                                 args.initialization_timeout)
-  gin_utils.parse_gin(files, bindings, args.gin_search_paths)
-  path = infer()
+  path = gin_utils.run(inference.infer, __doc__.splitlines()[0], argv)
   if runtime.is_first_host():
     print(f'Wrote {path}', flush=True)
   return 0

@@ -37,14 +37,15 @@ def axis_rules(fsdp: bool = False, extra_rules: Sequence[tuple[str, Any]] = ()) 
 
 @gin.configurable
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'model') mesh over all devices; -1 means 'the rest'."""
+  """A ('data', 'model') mesh; -1 means 'all remaining devices'. Explicit sizes may use a subset of devices."""
   devices = list(devices if devices is not None else jax.devices())
   if data == -1:
     if len(devices) % model:
-      raise ValueError(f'model={model} does not divide the {len(devices)} devices')
+      raise ValueError(f'mesh model={model} does not divide the {len(devices)} devices')
     data = len(devices) // model
-  if data * model != len(devices):
-    raise ValueError(f'mesh data={data} x model={model} != {len(devices)} devices')
+  if data * model > len(devices) or (jax.process_count() > 1 and data * model != len(devices)):
+    raise ValueError(f'mesh data={data} x model={model} does not fit the {len(devices)} devices')
+  devices = devices[:data * model]
   try:  # topology-aware order on TPU/GPU pods
     grid = mesh_utils.create_device_mesh((data, model), devices)
   except Exception:  # CPU or unusual topologies

@@ -1,4 +1,4 @@
-"""Native chain-of-thought tasks straight from the FLAN CoT TSVs (`question \\t answer \\t rationale`).
+"""Native chain-of-thought tasks from the FLAN CoT TSVs (`question \\t answer \\t rationale`).
 
 Files: `<dir>/<dataset>_train.tsv` with literal `\\n` escapes; the directory comes from gin
 `tasks.cot.cot_dir.path` or env `FLANX_COT_DIR`, looked up when a dataset is first built.
@@ -52,10 +52,11 @@ def tsv_path(dataset: str, directory: Optional[str] = None) -> str:
 def make_spec(dataset: str, directory: Optional[str] = None,
               few_shot_budget: int = spec_lib.DEFAULT_FEW_SHOT_BUDGET,
               vocabulary: Optional[seqio.Vocabulary] = None, on_error: str = 'raise',
-              variants: Sequence[spec_lib.Variant] = VARIANTS) -> spec_lib.DatasetSpec:
-  """The spec of one CoT dataset."""
+              variants: Sequence[spec_lib.Variant] = VARIANTS, prefix: str = ''
+              ) -> spec_lib.DatasetSpec:
+  """The spec of one CoT dataset (tasks `{prefix}cot_{dataset}_{variant}`)."""
   return spec_lib.DatasetSpec(
-      name=f'cot_{dataset}', variants=tuple(variants), required=COLUMNS,
+      name=f'{prefix}cot_{dataset}', variants=tuple(variants), required=COLUMNS,
       path=functools.partial(tsv_path, dataset, directory), fmt='tsv', columns=COLUMNS,
       unescape_newlines=True, vocabulary=vocabulary, few_shot_budget=few_shot_budget,
       on_error=on_error)
@@ -65,16 +66,16 @@ def make_spec(dataset: str, directory: Optional[str] = None,
 def register_cot(directory: Optional[str] = None, datasets: Sequence[str] = DATASETS,
                  cap: int = CAP, few_shot_budget: int = spec_lib.DEFAULT_FEW_SHOT_BUDGET,
                  vocabulary: Optional[seqio.Vocabulary] = None, mixture: str = 'cot_native',
-                 on_error: str = 'raise') -> List[str]:
+                 on_error: str = 'raise', prefix: str = '') -> List[str]:
   """Registers the CoT tasks of `datasets` and their capped mixture; returns the names."""
   vocabulary = vocabulary or vocab_lib.LazyVocabulary()
   names = []
   for dataset in datasets:
     names += spec_lib.register(make_spec(dataset, directory, few_shot_budget, vocabulary,
-                                         on_error))
+                                         on_error, prefix=prefix))
   rate = functools.partial(seqio.mixing_rate_num_examples, maximum=cap)
-  spec_lib.add_mixture(mixture, names, default_rate=rate)
-  return names + [mixture]
+  spec_lib.add_mixture(prefix + mixture, names, default_rate=rate)
+  return names + [prefix + mixture]
 
 
 register_cot()

@@ -2,9 +2,10 @@
 
 Data source, looked up when a dataset is first built (so gin and env settings made after import
 still apply): the JSONL path from `dolly_path` (gin: `tasks.dolly.dolly_path.path`, env
-`FLANX_DOLLY_PATH`; local or gs://), else Hugging Face `datasets` (`databricks/databricks-dolly-15k`,
-when installed and online), else TFDS `databricks_dolly`. Every record needs string fields
-instruction, context, response, category, with a non-empty instruction and response.
+`FLANX_DOLLY_PATH`; local or gs://), else Hugging Face `datasets`
+(`databricks/databricks-dolly-15k`, when installed and online), else TFDS `databricks_dolly`.
+Every record needs string fields instruction, context, response, category, with a non-empty
+instruction, response and category.
 
 t5x: `--gin.MIXTURE_OR_TASK_MODULE="tasks.dolly" --gin.MIXTURE_OR_TASK_NAME="dolly"`.
 """

@@ -16,6 +16,12 @@ Registered (cheaply; files are read when a dataset is first built):
   niv2, cot, dialog: zs_opt and fs_opt).
 - `flan2022_submix`: flan2021 0.4, t0 0.32, niv2 0.2, cot 0.05, dialog 0.03.
 - `dolly_flan`: Dolly plus a Flan replay fraction (gin `tasks.flan.flan_replay_fraction.fraction`).
+
+Order: each epoch reads the files in a seeded order and each file front to back; the task's
+shuffle buffer (20k examples) mixes from there. Files sorted by task_name therefore mix poorly:
+use shuffled or many-sharded exports (most are). Counting reads the files once per process; each
+epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid
+reading other variants' files).
 """
 
 import collections
@@ -100,6 +106,51 @@ def _field(record: Mapping[str, Any], name: str) -> Any:
   return record.get('_' + name, None)
 
 
+def classify(record: Any, problem: Optional[Tuple[str, str]] = None
+             ) -> Tuple[Optional[Tuple[str, str]], Optional[Tuple[str, str, str, str, str]]]:
+  """(problem, None) for a bad record, else (None, (submix, variant, task, inputs, targets))."""
+  if problem:
+    return problem, None
+  if isinstance(record, dict):
+    record = {name: _field(record, name) for name in FIELDS}
+    record = {k: v for k, v in record.items() if v is not None}
+  problem = records_lib.validate(record, FIELDS)
+  if problem:
+    return problem, None
+  submix = _SOURCE_TO_SUBMIX.get(_norm(record['task_source']))
+  if submix is None:
+    return ('unknown_task_source', f"unknown task_source {record['task_source']!r}"), None
+  variant = normalize_variant(record['template_type'])
+  if variant is None:
+    return ('unknown_template_type', f"unknown template_type {record['template_type']!r}"), None
+  return None, (submix, variant, record['task_name'], record['inputs'], record['targets'])
+
+
+_SCANS: Dict[Any, Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]] = {}
+
+
+def scan_files(files: Tuple[str, ...], on_error: str = 'raise'
+               ) -> Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]:
+  """Examples per (submix, variant, task_name) in `files` (read once per process)."""
+  key = (tuple(spec_lib.file_key(f) for f in files), on_error)
+  if key not in _SCANS:
+    report = records_lib.ReadReport(f'Flan files ({len(files)}: {list(files[:2])}...)')
+    counts = collections.Counter()
+    for path in files:
+      for where, record, problem in records_lib.iter_file(path):
+        problem, match = classify(record, problem)
+        if problem:
+          if on_error == 'raise':
+            raise records_lib.RecordError(f'{where}: {problem[1]}')
+          report.add_skip(problem[0], f'{where}: {problem[1]}')
+        else:
+          counts[match[:3]] += 1
+          report.kept += 1
+    report.log()
+    _SCANS[key] = (dict(counts), report)
+  return _SCANS[key]
+
+
 class FlanFileSource(seqio.DataSource):
   """Examples of one (submixture, template variant), capped examples-proportional over tasks."""
 
@@ -129,53 +180,30 @@ class FlanFileSource(seqio.DataSource):
                .replace('{variant_short}', self.variant.replace('_', '')))
     return records_lib.expand(pattern)
 
-  def _classify(self, where: str, record: Any, problem: Optional[Tuple[str, str]]
-                ) -> Tuple[Optional[Tuple[str, str]], Optional[Tuple[str, str, str]]]:
-    """(problem, None) for a bad record; (None, (task, inputs, targets)) when it is ours."""
-    if problem:
-      return problem, None
-    if isinstance(record, dict):
-      record = {name: _field(record, name) for name in FIELDS}
-      record = {k: v for k, v in record.items() if v is not None}
-    problem = records_lib.validate(record, FIELDS)
-    if problem:
-      return problem, None
-    submix = _SOURCE_TO_SUBMIX.get(_norm(record['task_source']))
-    if submix is None:
-      return ('unknown_task_source', f"unknown task_source {record['task_source']!r}"), None
-    variant = normalize_variant(record['template_type'])
-    if variant is None:
-      return ('unknown_template_type', f"unknown template_type {record['template_type']!r}"), None
-    if submix != self.submix.name or variant != self.variant:
-      return None, None
-    return None, (record['task_name'], record['inputs'], record['targets'])
-
-  def _records(self, files: Sequence[str], report: Optional[records_lib.ReadReport]
-               ) -> Iterator[Tuple[str, str, str]]:
+  def _records(self, files: Sequence[str]) -> Iterator[Tuple[str, str, str]]:
+    """(task_name, inputs, targets) of this submixture and variant, in file order."""
     for path in files:
       for where, record, problem in records_lib.iter_file(path):
-        problem, match = self._classify(where, record, problem)
+        problem, match = classify(record, problem)
         if problem:
           if self._on_error == 'raise':
             raise records_lib.RecordError(f'{where}: {problem[1]}')
-          if report is not None:
-            report.add_skip(problem[0], f'{where}: {problem[1]}')
-        elif match:
-          if report is not None:
-            report.kept += 1
-          yield match
+          continue  # counted and reported by scan()
+        if match[0] == self.submix.name and match[1] == self.variant:
+          yield match[2:]
 
   def scan(self) -> Tuple[Dict[str, int], records_lib.ReadReport]:
-    """Examples per task_name (one full read, done once) and the read report."""
+    """Examples per task_name and the read report (one read, shared by every source that
+    reads the same files)."""
     if self._scan is None:
-      files = self.files()
-      report = records_lib.ReadReport(f'{self.submix.name}/{self.variant}: {len(files)} files')
-      counts = collections.Counter(task for task, _, _ in self._records(files, report))
-      report.log()
-      if not counts:
+      files = tuple(self.files())
+      counts, report = scan_files(files, self._on_error)
+      mine = {task: n for (submix, variant, task), n in counts.items()
+              if submix == self.submix.name and variant == self.variant}
+      if not mine:
         raise ValueError(f'no {self.submix.name} {self.variant} records in {len(files)} files '
-                         f'({files[:3]}...)')
-      self._scan = (dict(sorted(counts.items())), report)
+                         f'({list(files[:3])}...)')
+      self._scan = (dict(sorted(mine.items())), report)
     return self._scan
 
   def task_rates(self) -> Dict[str, float]:
@@ -206,7 +234,7 @@ class FlanFileSource(seqio.DataSource):
       rng = np.random.default_rng([seed, epoch, records_lib.stable_int('files')])
       files = [files[i] for i in rng.permutation(len(files))]
     seen = collections.Counter()
-    for task, inputs, targets in self._records(files, None):
+    for task, inputs, targets in self._records(files):
       ordinal = seen[task]
       seen[task] += 1
       if task not in counts or ordinal >= counts[task]:
@@ -239,6 +267,15 @@ class FlanFileSource(seqio.DataSource):
     return ds
 
 
+class ResamplingTask(seqio.Task):
+  """A task whose source draws a fresh sample each epoch: never cached in memory by seqio
+  (seqio caches sources under 10k examples, which would replay the first epoch's sample)."""
+
+  def get_dataset(self, *args, **kwargs):
+    kwargs['try_in_mem_cache'] = False
+    return super().get_dataset(*args, **kwargs)
+
+
 def task_name(submix: str, variant: str) -> str:
   return f'flan2022_{submix}_{variant}'
 
@@ -257,10 +294,10 @@ def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str,
     variant_tasks = []
     for variant in submix.variants:
       source = FlanFileSource(submix, variant, pattern, caps.get(submix.name), on_error=on_error)
-      task = seqio.Task(prefix + task_name(submix.name, variant), source=source,
-                        output_features=features,
-                        preprocessors=list(spec_lib.TASK_PREPROCESSORS),
-                        shuffle_buffer_size=SHUFFLE_BUFFER)
+      task = ResamplingTask(prefix + task_name(submix.name, variant), source=source,
+                            output_features=features,
+                            preprocessors=list(spec_lib.TASK_PREPROCESSORS),
+                            shuffle_buffer_size=SHUFFLE_BUFFER)
       spec_lib.add_task(task)
       variant_tasks.append(task.name)
     mixture = f'{prefix}{submix.name}_submix'

@@ -1,4 +1,4 @@
-"""Text metrics for eval, seqio metric_fn signature `(targets, predictions) -> dict` (0-100 scale)."""
+"""Eval text metrics, seqio metric_fn signature `(targets, predictions) -> dict`, 0-100 scale."""
 
 from typing import Dict, Sequence
 

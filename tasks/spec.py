@@ -76,7 +76,8 @@ _CACHE: Dict[Any, Tuple[List[Dict[str, str]], records_lib.ReadReport]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _file_key(pattern: str) -> Any:
+def file_key(pattern: str) -> Any:
+  """A cache key that changes when a local file changes."""
   if '://' in pattern or not os.path.exists(pattern):
     return pattern
   stat = os.stat(pattern)
@@ -91,7 +92,7 @@ def load_records(spec: DatasetSpec) -> Tuple[List[Dict[str, str]], records_lib.R
     raise ValueError(f'{spec.name}: no data path configured and no loader')
   rules = (spec.required, spec.optional, spec.fmt, spec.columns, spec.on_error,
            spec.unescape_newlines)
-  key = (_file_key(path), rules) if path else (spec.loader, rules)
+  key = (file_key(path), rules) if path else (spec.loader, rules)
   with _CACHE_LOCK:
     if key in _CACHE:
       return _CACHE[key]
@@ -160,8 +161,8 @@ class SpecSource(seqio.DataSource):
     return self._counts[split]
 
   def _template_index(self, record: Mapping[str, str]) -> int:
-    key = records_lib.stable_int(self._spec.seed, self._variant.name,
-                                 *(record[f] for f in self._spec.required))
+    # Independent of the variant, so zero- and few-shot tasks phrase an example alike.
+    key = records_lib.stable_int(self._spec.seed, *(record[f] for f in self._spec.required))
     return key % len(self._variant.templates)
 
   def render(self, split: str) -> Iterable[Tuple[str, str]]:

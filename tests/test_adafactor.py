@@ -117,7 +117,8 @@ def test_scanned_layers_are_independent_blocks():
   for t in range(3):
     u, state = tx.update({'k': g[t]}, state, p)
     p = optax.apply_updates(p, u)
-    ref = [paper_matrix_step(xi, g[t][i].astype(np.float64), r, c, t + 1, 0.05) for i, (xi, r, c) in enumerate(ref)]
+    ref = [paper_matrix_step(xi, g[t][i].astype(np.float64), r, c, t + 1, 0.05)
+           for i, (xi, r, c) in enumerate(ref)]
     np.testing.assert_allclose(p['k'], np.stack([r[0] for r in ref]), rtol=1e-5, atol=1e-7)
   axes = tx.state_logical_axes({'k': x})
   assert axes.v_row['k'] == P('layers', 'embed') and axes.v_col['k'] == P('layers', 'mlp')
@@ -196,3 +197,21 @@ def test_schedules_match_t5x_formulas():
   np.testing.assert_allclose(rsqrt, 1.0 / np.sqrt(np.maximum(steps, 10000)), rtol=1e-6)
   shifted = schedules.rsqrt_decay(1.0, warmup_steps=100, step_offset=1000)
   np.testing.assert_allclose(float(shifted(1400)), 1 / 20, rtol=1e-6)
+
+
+def test_scanned_state_is_the_stacked_unscanned_state():
+  """[layers, embed, joined_kv] with embed > joined_kv: rows are joined_kv per layer, exactly as unscanned."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, 10, 6)).astype(np.float32)
+  g = rng.standard_normal((2, 10, 6)).astype(np.float32)
+  scanned = adafactor(0.1, min_dim_size_to_factor=4, param_axes={'k': P('layers', 'embed', 'joined_kv')})
+  u, state = scanned.update({'k': g}, scanned.init({'k': x}), {'k': x})
+  flat = adafactor(0.1, min_dim_size_to_factor=4, param_axes={f'l{i}': P('embed', 'joined_kv') for i in range(2)})
+  params = {f'l{i}': x[i] for i in range(2)}
+  u_flat, state_flat = flat.update({f'l{i}': g[i] for i in range(2)}, flat.init(params), params)
+  assert state.v_row['k'].shape == (2, 6)
+  for field in ('v_row', 'v_col'):
+    per_layer = [getattr(state_flat, field)[f'l{i}'] for i in range(2)]
+    np.testing.assert_allclose(getattr(state, field)['k'], np.stack(per_layer), rtol=1e-6)
+  np.testing.assert_allclose(u['k'], np.stack([u_flat[f'l{i}'] for i in range(2)]), rtol=1e-6)
+  assert scanned.state_logical_axes({'k': x}).v_row['k'] == P('layers', 'joined_kv')

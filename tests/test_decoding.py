@@ -114,8 +114,9 @@ def test_beam_one_equals_greedy_when_no_sequence_ends():
   np.testing.assert_allclose(beam.scores, greedy.scores, rtol=1e-5)  # unfinished: raw log-probs
 
 
-def test_beam_one_keeps_an_early_eos_that_greedy_passes_over():
-  """t5x semantics: step 1 has EOS p=.4 (2nd best) vs token 2 p=.6, then EOS p=.5: greedy '2 EOS' (.3) loses."""
+def test_beam_one_without_length_penalty_is_greedy_even_past_a_runner_up_eos():
+  """Step 1: token 2 p=.6 beats EOS p=.4, then EOS p=.5: greedy gives '2 EOS' (.3); the runner-up EOS (.4,
+  rank 2 of 2 candidates) is not admitted, so beam 1 agrees (t5x's rule would return 'EOS')."""
   vocab = 3
   first = np.log(np.array([1e-9, 0.4, 0.6]))
   second = np.log(np.array([0.25, 0.5, 0.25]))
@@ -127,8 +128,18 @@ def test_beam_one_keeps_an_early_eos_that_greedy_passes_over():
   greedy = decoding.greedy(step_fn, {'i': jnp.zeros((), jnp.int32)}, 1, 4)
   beam = decoding.beam_search(step_fn, {'i': jnp.zeros((), jnp.int32)}, 1, 1, 4, alpha=0.0)
   assert greedy.tokens[0].tolist() == [2, EOS, 0, 0]
-  assert beam.tokens[0].tolist() == [EOS, 0, 0, 0]
-  np.testing.assert_allclose(beam.scores[0], np.log(0.4), rtol=1e-5)
+  assert beam.tokens[0].tolist() == greedy.tokens[0].tolist()
+  np.testing.assert_allclose(beam.scores[0], np.log(0.3), rtol=1e-5)
+
+
+@pytest.mark.parametrize('seed', [4, 5])
+def test_beam_one_without_length_penalty_equals_greedy_when_sequences_end(seed):
+  batch, vocab, max_len = 6, 5, 6
+  toy = Toy(vocab, max_len, batch, seed=seed, eos_shift=1.0)
+  beam = jax.jit(lambda c: decoding.beam_search(toy.step_fn, c, batch, 1, max_len, alpha=0.0))(toy.cache())
+  greedy = jax.jit(lambda c: decoding.greedy(toy.step_fn, c, batch, max_len))(toy.cache())
+  assert (greedy.lengths < max_len).any()  # some rows really end early
+  np.testing.assert_array_equal(beam.tokens, greedy.tokens)
 
 
 def test_sampling_reproducible_and_degenerate_filters_are_greedy():
@@ -157,7 +168,8 @@ def test_sampling_reproducible_and_degenerate_filters_are_greedy():
   np.testing.assert_array_equal(top1.tokens, greedy.tokens)
   np.testing.assert_allclose(top1.scores, greedy.scores, rtol=1e-5)
   # A Python temperature of 0 is plain greedy decoding.
-  np.testing.assert_array_equal(decoding.sample(toy.step_fn, cache, batch, max_len, key, 0.0).tokens, greedy.tokens)
+  cold = decoding.sample(toy.step_fn, cache, batch, max_len, key, 0.0)
+  np.testing.assert_array_equal(cold.tokens, greedy.tokens)
   # Default scores: log-probs under the sampling distribution (softmax of logits / temperature).
   temperature = 0.5
   out = run(key, temperature=temperature)

@@ -214,3 +214,27 @@ def test_config_round_trip(tiny_config):
   assert hf.hf_config_dict(tiny_config(activation='gated-gelu'))['dense_act_fn'] == 'gelu_new'
   with pytest.raises(ValueError, match='feed_forward_proj'):
     hf.config_from_hf({'feed_forward_proj': 'gated-swish'})
+
+
+@pytest.mark.parametrize('variant', ['tied_without_rescale', 'untied_with_rescale'])
+def test_unusual_head_layouts_follow_transformers(variant, tiny_config, forward, tmp_path):
+  """Checkpoints whose head tying and output rescale disagree load as transformers 5.x computes them."""
+  config = tiny_config(**CASES['gated_gelu_untied'])
+  torch.manual_seed(3)
+  hf_model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf.hf_config_dict(config)))
+  if variant == 'untied_with_rescale':
+    hf_model.lm_head.weight = torch.nn.Parameter(torch.randn(config.vocab_size, config.d_model))
+  hf_model.save_pretrained(tmp_path)  # tied_without_rescale: transformers drops lm_head, keeps no rescale
+  if variant == 'untied_with_rescale':  # a config without the v1.1 flag: transformers rescales the output
+    cfg = json.loads((tmp_path / 'config.json').read_text())
+    cfg.pop('scale_decoder_outputs')
+    cfg['tie_word_embeddings'] = True
+    (tmp_path / 'config.json').write_text(json.dumps(cfg))
+  hf_model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+  assert hf_model.config.scale_decoder_outputs == (variant == 'untied_with_rescale')
+  assert _is_untied(hf_model) == (variant == 'untied_with_rescale')
+  params, config2 = hf.read_hf_model(tmp_path)
+  assert config2 == config  # neither is flanx's tied-and-rescaled head: both load as logits_dense
+  enc, dec = _batch(config.vocab_size, seed=5)
+  np.testing.assert_allclose(forward(config, params, enc, dec),
+                             _hf_logits(hf_model, enc, dec), atol=TOL, rtol=0)

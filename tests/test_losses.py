@@ -166,7 +166,8 @@ def test_average_per_sequence_packed():
         means.append(np.sum(tok[i] * w) / w.sum())
   batch = {'decoder_target_tokens': jnp.asarray(targets), 'decoder_loss_weights': jnp.asarray(weights),
            'decoder_segment_ids': jnp.asarray(seg), 'decoder_positions': jnp.asarray(positions)}
-  average = jax.jit(lambda x, b: losses.compute_loss(x, b, z_loss=0.0, loss_normalizing_factor='AVERAGE_PER_SEQUENCE'))
+  average = jax.jit(lambda x, b: losses.compute_loss(x, b, z_loss=0.0,
+                                                     loss_normalizing_factor='AVERAGE_PER_SEQUENCE'))
   loss, aux = average(jnp.asarray(logits), batch)
   assert len(means) == 6
   np.testing.assert_allclose(loss, np.mean(means), rtol=1e-5)

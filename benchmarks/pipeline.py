@@ -1,0 +1,137 @@
+"""Input-pipeline throughput: packed vs unpacked seqio batches on the real FLAN CoT data.
+
+Builds the native CoT tasks (tasks.cot) over the shared TSVs with the dev SentencePiece vocabulary
+(lossless newlines), then for each (inputs, targets) length pair times seqio.get_dataset with
+EncDecFeatureConverter(pack=True) and pack=False: input examples/s, non-padding tokens/s and the
+non-padding fraction of encoder and decoder rows. Prints a markdown table; --out writes JSON.
+
+  .venv/bin/python benchmarks/pipeline.py --out /tmp/pipeline.json
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import seqio  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from tasks import cot  # pylint: disable=g-import-not-at-top
+from tasks import spec as spec_lib  # pylint: disable=g-import-not-at-top
+from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+DATASETS = ('aqua', 'creak', 'ecqa', 'gsm8k', 'sensemaking')
+
+
+def count_batch(batch, pack):
+  """(examples, encoder tokens, decoder tokens) of one batch, padding excluded."""
+  if pack:
+    examples = int(batch['encoder_segment_ids'].max(axis=1).sum())
+    enc = int((batch['encoder_segment_ids'] > 0).sum())
+    dec = int((batch['decoder_segment_ids'] > 0).sum())
+  else:
+    examples = batch['encoder_input_tokens'].shape[0]
+    enc = int((batch['encoder_input_tokens'] != 0).sum())
+    dec = int((batch['decoder_loss_weights'] > 0).sum())
+  return examples, enc, dec
+
+
+def measure(name, lengths, pack, batch_size, batches, warmup, seed):
+  """Times `batches` batches after `warmup` ones; returns rates and padding figures."""
+  start = time.perf_counter()
+  ds = seqio.get_dataset(name, lengths, feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+                         dataset_split='train', shuffle=True, seed=seed, num_epochs=None)
+  it = ds.batch(batch_size).as_numpy_iterator()
+  for _ in range(warmup):
+    next(it)
+  first = time.perf_counter() - start
+  examples = enc = dec = 0
+  start = time.perf_counter()
+  for _ in range(batches):
+    e, n_enc, n_dec = count_batch(next(it), pack)
+    examples, enc, dec = examples + e, enc + n_enc, dec + n_dec
+  seconds = time.perf_counter() - start
+  rows = batches * batch_size
+  return {
+      'task': name, 'inputs_length': lengths['inputs'], 'targets_length': lengths['targets'],
+      'pack': pack, 'batch_size': batch_size, 'batches': batches,
+      'seconds': seconds, 'startup_seconds': first,
+      'examples_per_second': examples / seconds,
+      'tokens_per_second': (enc + dec) / seconds,
+      'examples_per_row': examples / rows,
+      'non_padding_fraction_inputs': enc / (rows * lengths['inputs']),
+      'non_padding_fraction_targets': dec / (rows * lengths['targets']),
+  }
+
+
+def markdown(results):
+  lines = ['| task | lengths | packing | examples/s | tokens/s | examples/row | '
+           'non-padding inputs | non-padding targets |', '|' + '---|' * 8]
+  for r in results:
+    lines.append(
+        f"| {r['task']} | {r['inputs_length']}/{r['targets_length']} | "
+        f"{'packed' if r['pack'] else 'unpacked'} | {r['examples_per_second']:,.0f} | "
+        f"{r['tokens_per_second']:,.0f} | {r['examples_per_row']:.2f} | "
+        f"{r['non_padding_fraction_inputs']:.3f} | {r['non_padding_fraction_targets']:.3f} |")
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--cot_dir', default=str(SHARED / 'flan_cot'))
+  parser.add_argument('--vocab', default=str(SHARED / 'vocab' / 'dev_8k.model'))
+  parser.add_argument('--lengths', default='512:256,1024:256',
+                      help='comma-separated inputs:targets pairs')
+  parser.add_argument('--variants', default='zs_reasoning',
+                      help='comma-separated CoT variants in the benchmarked mixture '
+                           '(zs_answer, zs_reasoning, fs_answer, fs_reasoning)')
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--batches', type=int, default=40)
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--out', help='write the results as JSON here')
+  args = parser.parse_args()
+  for path in (args.cot_dir, args.vocab):
+    if not os.path.exists(path):
+      raise SystemExit(f'{path} not found (the shared data lives beside the repo)')
+
+  vocabulary = vocab_lib.get_vocabulary(args.vocab, 'lossless')
+  variants = [v for v in cot.VARIANTS if v.name in args.variants.split(',')]
+  if not variants:
+    raise SystemExit(f'no known variant in {args.variants!r}')
+  names = []
+  for dataset in DATASETS:
+    spec = cot.make_spec(dataset, args.cot_dir, vocabulary=vocabulary, variants=variants,
+                         prefix='bench_')
+    names += spec_lib.register(spec)
+  spec_lib.add_mixture('bench_cot', names,
+                       default_rate=lambda t: min(t.num_input_examples('train'), cot.CAP))
+
+  results = []
+  for pair in args.lengths.split(','):
+    inputs, targets = (int(x) for x in pair.split(':'))
+    for pack in (True, False):
+      r = measure('bench_cot', {'inputs': inputs, 'targets': targets}, pack, args.batch_size,
+                  args.batches, args.warmup, args.seed)
+      results.append(r)
+      print(f"{pair} pack={pack}: {r['examples_per_second']:,.0f} examples/s", flush=True)
+  table = markdown(results)
+  print(table)
+  if args.out:
+    report = {
+        'results': results, 'variants': [v.name for v in variants], 'datasets': DATASETS,
+        'vocab': args.vocab, 'cpu_count': os.cpu_count(), 'machine': platform.machine(),
+        'python': platform.python_version(), 'tensorflow': tf.__version__,
+        'seqio': seqio.__version__, 'numpy': np.__version__,
+    }
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+  main()

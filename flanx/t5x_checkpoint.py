@@ -1,0 +1,358 @@
+"""t5x checkpoints (the public T5 v1.1 / Flan-T5 / UL2 ones) → flanx params, read with tensorstore.
+
+Format ("version 3"): `checkpoint_<step>/checkpoint` is a flax msgpack of
+`{'version': 3, 'optimizer': {'target': params, 'state': {'step': …, 'param_states': {…}}}}` (older files: the
+optimizer dict at the top level). Small arrays are stored inline; the others are replaced by TensorStore spec
+dicts (driver zarr, gzip) whose kvstore path is relative to the checkpoint folder, e.g.
+`target.encoder.layers_0.attention.query.kernel`. Specs written on GCS use the gcs driver with a placeholder
+bucket: the bucket (and the driver: file locally, gcs for gs://) follow where the checkpoint is read from.
+Newer t5x runs save with Orbax (`checkpoint_<step>/state/`): read with orbax's PyTree checkpointer, same tree.
+
+t5x's param names are flanx's canonical names. Also accepted: scanned layers (`encoder/layers/...` with a layer
+axis at position 0 or 1) and attention kernels with separate heads and head-dim axes (`[d, heads, d_kv]`,
+`[heads, d_kv, d]`). Tying follows the tensors: no `decoder/logits_dense/kernel` means a tied head.
+Shapes are checked against the configured model; every missing, unexpected or mis-shaped tensor is listed in
+one error.
+
+Adafactor state: t5x's `param_states` leaves `{v_row, v_col, v, m}` map one to one onto
+`flanx.adafactor.AdafactorState` (placeholders included); `read_adafactor_state` returns it with the
+checkpoint's step as `count`, for callers that want to continue the pretrained second moments (the trainer
+resets optimizer state for initial checkpoints).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from flanx.config import T5Config
+
+PyTree = Any
+_CHECKPOINT_FILE = 'checkpoint'
+_DUMMY_BUCKET = 't5x-dummy-bucket'
+
+
+class T5XCheckpointError(ValueError):
+  """A t5x checkpoint that cannot be read or does not match the model config (lists every problem)."""
+
+
+class _LocalFiles:
+  """The few tf.io.gfile calls used here, for local paths (TensorFlow is imported only for gs:// and the like)."""
+  exists = staticmethod(os.path.exists)
+  isdir = staticmethod(os.path.isdir)
+  listdir = staticmethod(os.listdir)
+  GFile = staticmethod(open)  # pylint: disable=invalid-name
+
+
+def _gfile(path: str):
+  if '://' not in path:
+    return _LocalFiles
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding and reading the raw tree.
+
+def _step_dirs(path: str) -> list[tuple[int, str]]:
+  gfile = _gfile(path)
+  if not gfile.isdir(path):
+    return []
+  out = []
+  for name in gfile.listdir(path):
+    match = re.fullmatch(r'checkpoint_(\d+)/?', name)
+    folder = os.path.join(path, name.rstrip('/'))
+    if match and (gfile.exists(os.path.join(folder, _CHECKPOINT_FILE)) or gfile.isdir(os.path.join(folder, 'state'))):
+      out.append((int(match.group(1)), folder))
+  return sorted(out)
+
+
+def find_checkpoint(path: str) -> str:
+  """The checkpoint_<step> folder for a checkpoint file, a checkpoint folder, or a run folder (newest step)."""
+  path = path.rstrip('/')
+  gfile = _gfile(path)
+  if os.path.basename(path) == _CHECKPOINT_FILE and not gfile.isdir(path) and gfile.exists(path):
+    return os.path.dirname(path)
+  if gfile.exists(os.path.join(path, _CHECKPOINT_FILE)) or gfile.isdir(os.path.join(path, 'state')):
+    return path
+  steps = _step_dirs(path)
+  if not steps:
+    raise FileNotFoundError(f'{path}: no t5x checkpoint (a `checkpoint` msgpack file, a `state/` folder, or '
+                            'checkpoint_<step> folders holding one)')
+  return steps[-1][1]
+
+
+def is_t5x_checkpoint(path: str) -> bool:
+  """Whether `path` is a t5x checkpoint file, checkpoint folder or run folder."""
+  try:
+    find_checkpoint(path)
+  except FileNotFoundError:
+    return False
+  return True
+
+
+def _is_spec(value: Any) -> bool:
+  return isinstance(value, dict) and isinstance(value.get('driver'), str) and ('kvstore' in value or 'path' in value)
+
+
+def absolute_spec(spec: Mapping[str, Any], checkpoint_dir: str) -> dict[str, Any]:
+  """A TensorStore spec with its relative path resolved against `checkpoint_dir` (local or gs://)."""
+  spec = dict(spec)
+  kvstore = spec.get('kvstore')
+  kvstore = dict(kvstore) if isinstance(kvstore, dict) else {}
+  relative = kvstore.pop('path', None) or spec.pop('path', None)  # tensorstore<0.1.14 put `path` at the top
+  spec.pop('path', None)
+  if not relative:
+    raise T5XCheckpointError(f'TensorStore spec without a path: {spec}')
+  metadata = dict(spec.get('metadata') or {})
+  for key in ('chunks', 'compressor'):  # read whatever chunking/compression is on disk
+    metadata.pop(key, None)
+  spec['metadata'] = metadata
+  match = re.fullmatch(r'gs://([^/]+)/?(.*)', checkpoint_dir)
+  if match:
+    spec['kvstore'] = {'driver': 'gcs', 'bucket': match.group(1),
+                       'path': os.path.join(match.group(2), relative)}
+  else:
+    spec['kvstore'] = {'driver': 'file', 'path': os.path.join(os.path.abspath(checkpoint_dir), relative)}
+  return spec
+
+
+def _read_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -> np.ndarray:
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  full = absolute_spec(spec, checkpoint_dir)
+  dtype = full.get('dtype') or (full.get('metadata') or {}).get('dtype')
+  if dtype in ('uint16', '<u2'):
+    raise T5XCheckpointError(f'{name}: uint16 array (t5x checkpoint version < 3 stored bfloat16 that way); '
+                             're-save it with a current t5x')
+  try:
+    return np.asarray(ts.open(full, open=True, read=True).result().read().result())
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore raises ValueError / its own errors)
+    raise T5XCheckpointError(f'{name}: cannot read {full["kvstore"]} ({e})') from e
+
+
+def _materialize(tree: Any, checkpoint_dir: str, prefix: str = '') -> Any:
+  if _is_spec(tree):
+    return _read_spec(tree, checkpoint_dir, prefix)
+  if isinstance(tree, dict):
+    return {k: _materialize(v, checkpoint_dir, f'{prefix}/{k}' if prefix else k) for k, v in tree.items()}
+  return tree
+
+
+def _read_msgpack(checkpoint_dir: str) -> dict[str, Any]:
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  path = os.path.join(checkpoint_dir, _CHECKPOINT_FILE)
+  with _gfile(path).GFile(path, 'rb') as f:
+    raw = f.read()
+  if raw.startswith(b'model_checkpoint_path'):
+    raise T5XCheckpointError(f'{path} is a TensorFlow (Mesh TF) checkpoint index, not a t5x checkpoint')
+  try:
+    return serialization.msgpack_restore(raw)
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several types)
+    raise T5XCheckpointError(f'{path}: not a flax msgpack file ({e})') from e
+
+
+def _read_orbax(checkpoint_dir: str) -> dict[str, Any]:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = os.path.join(checkpoint_dir, 'state')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(state if '://' in state else os.path.abspath(state))
+
+
+def read_state(path: str) -> tuple[dict[str, Any], str]:
+  """({'target': params tree, 'state': optimizer state tree}, checkpoint folder), every array read into memory."""
+  checkpoint_dir = find_checkpoint(path)
+  if _gfile(checkpoint_dir).exists(os.path.join(checkpoint_dir, _CHECKPOINT_FILE)):
+    contents = _read_msgpack(checkpoint_dir)
+  else:
+    contents = _read_orbax(checkpoint_dir)
+  optimizer = contents.get('optimizer', contents) if isinstance(contents, dict) else None
+  if not isinstance(optimizer, dict) or not isinstance(optimizer.get('target'), dict):
+    keys = sorted(contents) if isinstance(contents, dict) else type(contents).__name__
+    raise T5XCheckpointError(f'{checkpoint_dir}: expected {{"optimizer": {{"target": params, ...}}}}, found {keys}')
+  return _materialize(optimizer, checkpoint_dir), checkpoint_dir
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config and layout.
+
+def _layer_count(stack: Mapping[str, Any]) -> int:
+  return len([k for k in stack if re.fullmatch(r'layers_\d+', k)])
+
+
+def _scanned_layers(stack: Mapping[str, Any], d_model: int) -> int:
+  """Number of layers of a scanned stack, read off a layer-norm scale ([layers, d] or [d, layers])."""
+  for norm in stack['layers'].values():
+    if isinstance(norm, dict) and 'scale' in norm:
+      shape = tuple(np.shape(norm['scale']))
+      return shape[1] if shape[0] == d_model and len(shape) == 2 and shape[1] != d_model else shape[0]
+  raise T5XCheckpointError('scanned layers without a layer-norm scale')
+
+
+def _drop_layer_axis(shape: tuple[int, ...], layers: int) -> tuple[int, ...]:
+  axis = next((a for a in (1, 0) if a < len(shape) and shape[a] == layers), 0)  # t5x scans over axis 1
+  return shape[:axis] + shape[axis + 1:]
+
+
+def infer_config(target: Mapping[str, Any], activation: str | None = None, **overrides) -> T5Config:
+  """The T5Config a t5x params tree implies (activation: gated-gelu for gated MLPs, relu otherwise, unless given).
+
+  relpos_max_distance, layer_norm_eps and dtypes cannot be read off the tensors: T5Config's defaults (128, 1e-6)
+  unless overridden.
+  """
+  try:
+    vocab_size, d_model = np.shape(target['token_embedder']['embedding'])
+    heads, buckets = np.shape(target['encoder']['relpos_bias']['rel_embedding'])
+    encoder, decoder = target['encoder'], target['decoder']
+    scanned = 'layers' in encoder
+    layer0 = encoder['layers'] if scanned else encoder['layers_0']
+    query = tuple(np.shape(layer0['attention']['query']['kernel']))
+    gated = 'wi_0' in layer0['mlp']
+    wi = tuple(np.shape(layer0['mlp']['wi_0' if gated else 'wi']['kernel']))
+    if scanned:
+      num_encoder, num_decoder = _scanned_layers(encoder, d_model), _scanned_layers(decoder, d_model)
+      query, wi = _drop_layer_axis(query, num_encoder), _drop_layer_axis(wi, num_encoder)
+    else:
+      num_encoder, num_decoder = _layer_count(encoder), _layer_count(decoder)
+  except (KeyError, TypeError, ValueError) as e:
+    raise T5XCheckpointError(f'not a T5 params tree (missing or malformed {e})') from None
+  inner = int(np.prod(query[1:]))  # [d, heads·d_kv] or [d, heads, d_kv]
+  fields = dict(vocab_size=int(vocab_size), d_model=int(d_model), num_heads=int(heads), d_kv=inner // int(heads),
+                d_ff=int(wi[-1]), num_encoder_layers=num_encoder, num_decoder_layers=num_decoder,
+                activation=activation or ('gated-gelu' if gated else 'relu'),
+                tie_embeddings='logits_dense' not in decoder, relpos_buckets=int(buckets), dropout_rate=0.0)
+  fields.update(overrides)
+  return T5Config(**fields)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, prefix + (key,)))
+    else:
+      out[prefix + (key,)] = value
+  return out
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return tree
+
+
+def _fit(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+  """x as `shape`: as is, or with separate heads/head-dim axes merged ([d, h, k] → [d, h·k]; [h, k, d] → …)."""
+  if x.shape == shape:
+    return x
+  if x.size == int(np.prod(shape)) and len(shape) == 2 and x.ndim == 3:
+    if x.shape[0] == shape[0] or x.shape[-1] == shape[-1]:
+      return x.reshape(shape)
+  return None
+
+
+def _unstack(flat: dict[tuple[str, ...], Any], expected: Mapping[tuple[str, ...], tuple[int, ...]],
+             problems: list[str]) -> dict[tuple[str, ...], Any]:
+  """Splits scanned `stack/layers/...` leaves into `stack/layers_i/...` (layer axis 1, as t5x scans, or 0)."""
+  out = {}
+  for path, x in flat.items():
+    if len(path) < 2 or path[1] != 'layers' or path[0] not in ('encoder', 'decoder'):
+      out[path] = x
+      continue
+    count = sum(1 for p in expected if p[0] == path[0] and p[1].startswith('layers_')
+                and p[2:] == ('pre_mlp_layer_norm', 'scale'))
+    want = expected.get((path[0], 'layers_0') + path[2:])
+    x = np.asarray(x)
+    axis = next((a for a in (1, 0) if want is not None and a < x.ndim and x.shape[a] == count
+                 and _fit(np.take(x, 0, axis=a), want) is not None), None)
+    if axis is None:
+      problems.append(f'wrong shape: {"/".join(path)} {x.shape} (scanned; expected {count} layers of {want})')
+      continue
+    for i in range(count):
+      out[(path[0], f'layers_{i}') + path[2:]] = np.take(x, i, axis=axis)
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(config: T5Config) -> PyTree:
+  """Canonical param shapes of `config` (tracing the model takes ~1 s: once per config)."""
+  from flanx import model as model_lib  # pylint: disable=g-import-not-at-top
+  return model_lib.abstract_params(config.replace(scan_layers=False))
+
+
+def to_flanx_params(target: Mapping[str, Any], config: T5Config) -> PyTree:
+  """A t5x params tree → canonical flanx params (float32 numpy), checked against `config`."""
+  expected = {path: tuple(leaf.shape) for path, leaf in _flatten(_plain(_abstract_params(config))).items()}
+  problems: list[str] = []
+  flat = _unstack(_flatten(target), expected, problems)
+  out = {}
+  for path, shape in expected.items():
+    if path not in flat:
+      problems.append(f'missing: {"/".join(path)} {shape}')
+      continue
+    x = np.asarray(flat[path])
+    fitted = _fit(x, shape)
+    if fitted is None:
+      problems.append(f'wrong shape: {"/".join(path)} {x.shape} (expected {shape})')
+      continue
+    out[path] = np.ascontiguousarray(fitted, dtype=np.float32)
+  problems += [f'unexpected: {"/".join(p)} {np.shape(flat[p])}' for p in sorted(set(flat) - set(expected))]
+  if problems:
+    if 'logits_dense' in target.get('decoder', {}) and config.tie_embeddings:
+      problems.append('(the checkpoint has decoder/logits_dense: an untied head; the config says tied)')
+    raise T5XCheckpointError('t5x params do not match the model config:\n  ' + '\n  '.join(problems))
+  return _unflatten(out)
+
+
+def load_t5x_params(path: str, config: T5Config | None = None, activation: str | None = None
+                    ) -> tuple[PyTree, T5Config, int | None]:
+  """(canonical flanx params, config, step) from a t5x checkpoint; config inferred from the tensors if None."""
+  state, checkpoint_dir = read_state(path)
+  target = state['target']
+  config = config or infer_config(target, activation)
+  try:
+    params = to_flanx_params(target, config)
+  except T5XCheckpointError as e:
+    raise T5XCheckpointError(f'{checkpoint_dir}: {e}') from None
+  step = (state.get('state') or {}).get('step')
+  return params, config, (int(np.asarray(step)) if step is not None else None)
+
+
+def read_adafactor_state(state: Mapping[str, Any], config: T5Config) -> Any:
+  """t5x's Adafactor `param_states` → flanx.adafactor.AdafactorState of numpy arrays (canonical layout)."""
+  from flanx import adafactor  # pylint: disable=g-import-not-at-top
+  optimizer_state = state.get('state') or {}
+  param_states = optimizer_state.get('param_states')
+  if not isinstance(param_states, dict):
+    raise T5XCheckpointError('the checkpoint has no optimizer param_states')
+  slots = {}
+  for slot in ('v_row', 'v_col', 'v', 'm'):
+    flat = {path[:-1]: value for path, value in _flatten(param_states).items() if path[-1] == slot}
+    slots[slot] = _unflatten({p: np.asarray(v, np.float32) for p, v in flat.items()})
+  count = np.asarray(optimizer_state.get('step', 0), np.int32)
+  restored = adafactor.AdafactorState(count, slots['v_row'], slots['v_col'], slots['v'], slots['m'])
+  # The state flanx's Adafactor (t5x defaults) keeps for this model: same factoring, same placeholders.
+  import jax  # pylint: disable=g-import-not-at-top
+  expected = jax.eval_shape(adafactor.adafactor().init, _abstract_params(config))
+  problems = []
+  for slot in ('v_row', 'v_col', 'v', 'm'):
+    want = {p: tuple(x.shape) for p, x in _flatten(_plain(getattr(expected, slot))).items()}
+    got = {p: np.shape(x) for p, x in _flatten(slots[slot]).items()}
+    problems += [f'{slot}: missing {"/".join(p)}' for p in sorted(set(want) - set(got))]
+    problems += [f'{slot}: unexpected {"/".join(p)}' for p in sorted(set(got) - set(want))]
+    problems += [f'{slot}: {"/".join(p)} has shape {got[p]}, flanx expects {want[p]}'
+                 for p in sorted(set(want) & set(got)) if tuple(got[p]) != want[p]]
+  if problems:
+    raise T5XCheckpointError('Adafactor state does not match the model:\n  ' + '\n  '.join(problems))
+  return restored
+
+
+def _plain(tree: Any) -> Any:
+  return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree

@@ -1,0 +1,186 @@
+"""The training engine end to end: learning, device-mesh equivalence, multi-process, exact resume, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from flanx import checkpoints, gin_utils, trainer as train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = REPO / 'tests'
+sys.path.insert(0, str(TESTS))
+import fixture_tasks  # noqa: E402  (registers the fixture task)
+
+TINY_MODEL = [
+    'T5Config.vocab_size = 384', 'T5Config.d_model = 32', 'T5Config.d_ff = 64', 'T5Config.num_heads = 4',
+    'T5Config.d_kv = 8', 'T5Config.num_encoder_layers = 2', 'T5Config.num_decoder_layers = 2',
+]
+
+
+def run_bindings(model_dir, steps: int, **extra) -> list[str]:
+  bindings = TINY_MODEL + [
+      f'MODEL_DIR = "{model_dir}"', f'MIXTURE_OR_TASK_NAME = "{fixture_tasks.TASK}"',
+      'MIXTURE_OR_TASK_MODULE = "fixture_tasks"', "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 12}",
+      'BATCH_SIZE = 8', f'TRAIN_STEPS = {steps}', 'LEARNING_RATE = 0.01', 'EVAL_PERIOD = 0',
+      'train.progress_bar = False', 'train.log_every = 1']
+  return bindings + [f'{k} = {v}' for k, v in extra.items()]
+
+
+def train_in_process(model_dir, steps: int, **extra) -> dict:
+  gin.clear_config()
+  gin_utils.parse_gin(['runs/finetune.gin'], run_bindings(model_dir, steps, **extra))
+  try:
+    return train.train()
+  finally:
+    gin.clear_config()
+
+
+def train_command(model_dir, steps: int, **extra) -> list[str]:
+  return [sys.executable, '-m', 'flanx.train', '--gin_file=runs/finetune.gin'] + [
+      '--gin.' + b.replace(' = ', '=', 1) for b in run_bindings(model_dir, steps, **extra)]
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  env = dict(os.environ, PYTHONPATH=f'{TESTS}{os.pathsep}{REPO}', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def read_metrics(model_dir) -> list[dict]:
+  with open(pathlib.Path(model_dir) / 'train_metrics.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+def saved_params(model_dir, step: int) -> dict:
+  tree = checkpoints.restore_params_on_one_device(str(pathlib.Path(model_dir) / f'checkpoint_{step}'))
+  return jax.tree.map(np.asarray, tree)
+
+
+def assert_trees_equal(a, b, atol: float = 0.0):
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    if atol == 0.0:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def test_tiny_model_learns(tmp_path):
+  result = train_in_process(tmp_path, 150, CHECKPOINT_PERIOD=150)
+  history = read_metrics(tmp_path)
+  first = history[0]['loss_per_nonpadding_target_token']
+  last = np.mean([h['loss_per_nonpadding_target_token'] for h in history[-10:]])
+  assert first > 4.0  # ~ln(vocab) for a fresh model
+  assert last < 0.5 * first, (first, last)
+  assert result['step'] == 150 and (tmp_path / 'checkpoint_150').is_dir()
+  assert 'TRAIN_STEPS = 150' in (tmp_path / 'config.gin').read_text()
+  for key in ('timing/steps_per_second', 'timing/seqs_per_second', 'non_padding_fraction/encoder_input_tokens',
+              'timing/tokens_per_second/decoder_target_tokens', 'accuracy', 'z_loss', 'grad_norm', 'learning_rate'):
+    assert key in history[-1]
+  assert 0.0 < history[-1]['non_padding_fraction/decoder_target_tokens'] <= 1.0
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(train.NonFiniteLossError, match='step 15.*checkpoint_10'):
+    train_in_process(tmp_path, 30, CHECKPOINT_PERIOD=10, **{'train.inject_nan_at_step': 15})
+  assert checkpoints.RunCheckpoints(str(tmp_path)).latest_step() == 10
+  params = saved_params(tmp_path, 10)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_gin_typos_fail_before_any_work(tmp_path):
+  with pytest.raises(gin_utils.GinConfigError, match='TRAN_STEPS.*did you mean TRAIN_STEPS'):
+    gin_utils.parse_gin(['runs/finetune.gin'], run_bindings(tmp_path, 3) + ['TRAN_STEPS = 5'])
+  gin.clear_config()
+  bad = tmp_path / 'bad.gin'
+  bad.write_text('include "runs/finetune.gin"\n\ntrain.batch_sise = 4\n')
+  with pytest.raises(gin_utils.GinConfigError, match=r"batch_sise(.|\n)*bad.gin\", line 3"):
+    gin_utils.parse_gin([str(bad)], [])
+  gin.clear_config()
+  proc = subprocess.run(train_command(tmp_path / 'run', 3) + ['--gin.T5Config.d_modle=8'], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "d_modle" in proc.stderr
+  assert not (tmp_path / 'run').exists()  # failed before creating anything
+
+
+@pytest.mark.slow
+def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
+  """1 device, 8 devices (data=4 x model=2) and 2 processes x 4 devices over gloo train identically."""
+  common = dict(CHECKPOINT_PERIOD=4, **{'train.pack': False, 'train.shuffle': False, 'train.async_checkpointing': False})
+  single = subprocess.run(train_command(tmp_path / 'one', 4, **common, **{'make_mesh.data': 1, 'make_mesh.model': 1}),
+                          cwd=REPO, env=subprocess_env(8), capture_output=True, text=True, timeout=400)
+  assert single.returncode == 0, single.stderr[-3000:]
+  mesh = subprocess.run(train_command(tmp_path / 'mesh', 4, **common, **{'make_mesh.data': 4, 'make_mesh.model': 2}),
+                        cwd=REPO, env=subprocess_env(8), capture_output=True, text=True, timeout=400)
+  assert mesh.returncode == 0, mesh.stderr[-3000:]
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      train_command(tmp_path / 'multi', 4, **common, **{'make_mesh.data': 4, 'make_mesh.model': 2}) + [
+          f'--coordinator_address=127.0.0.1:{port}', '--process_count=2', f'--process_index={i}'],
+      cwd=REPO, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+
+  losses = {name: [h['loss'] for h in read_metrics(tmp_path / name)] for name in ('one', 'mesh', 'multi')}
+  np.testing.assert_allclose(losses['mesh'], losses['one'], rtol=1e-5)
+  np.testing.assert_allclose(losses['multi'], losses['one'], rtol=1e-5)
+  reference = saved_params(tmp_path / 'one', 4)
+  assert_trees_equal(saved_params(tmp_path / 'mesh', 4), reference, atol=1e-5)
+  assert_trees_equal(saved_params(tmp_path / 'multi', 4), reference, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_is_bitwise_identical(tmp_path):
+  steps, extra = 300, {'CHECKPOINT_PERIOD': 10, 'T5Config.dropout_rate': 0.1}
+  reference = subprocess.run(train_command(tmp_path / 'ref', steps, **extra), cwd=REPO, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=400)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  command = train_command(tmp_path / 'run', steps, **extra)
+  victim = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (tmp_path / 'run' / 'checkpoint_30').is_dir() and time.time() < deadline:
+    time.sleep(0.02)
+  assert victim.poll() is None, 'run finished before it could be killed'
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  interrupted_at = checkpoints.RunCheckpoints(str(tmp_path / 'run')).latest_step()
+  assert interrupted_at is not None and 30 <= interrupted_at < steps
+
+  resumed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from' in resumed.stdout + resumed.stderr
+  assert_trees_equal(saved_params(tmp_path / 'run', steps), saved_params(tmp_path / 'ref', steps))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+  proc = subprocess.Popen(train_command(tmp_path, 100000, CHECKPOINT_PERIOD=100000), cwd=REPO,
+                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / 'train_metrics.jsonl'
+  deadline = time.time() + 300
+  while (not metrics.exists() or len(metrics.read_text().splitlines()) < 5) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  step = checkpoints.RunCheckpoints(str(tmp_path)).latest_step()
+  assert step is not None and step >= 5
+  assert f'Training preempted at step {step}' in out
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, step)))
