@@ -3,7 +3,7 @@
 Both sides run forward + backward of a token-level cross-entropy on the same random full-length batch
 (no padding) from random init: flanx as one jitted value_and_grad, transformers in eager torch with
 torch.set_num_threads(all cores). Reports step time, encoder/decoder/total tokens per second, the flanx/HF
-throughput ratio, achieved model TFLOP/s (benchmarks/flops.py) and MFU when --peak_tflops is given.
+throughput ratio, achieved model TFLOP/s (flanx/flops.py) and MFU when --peak_tflops is given.
 
   .venv/bin/python benchmarks/model_step.py --model flan_t5_small --batch 8 --inputs 512 --targets 256 \\
       --warmup 2 --steps 3 --out /tmp/model_step.json
@@ -28,7 +28,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
+from flanx import flops as flops_lib  # pylint: disable=g-import-not-at-top
 from flanx import hf  # pylint: disable=g-import-not-at-top
 from flanx import model as flanx_model  # pylint: disable=g-import-not-at-top
 from flanx.config import T5Config  # pylint: disable=g-import-not-at-top
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
 
   config = load_config(args.model, args.dtype).replace(scan_layers=args.scan_layers, remat=args.remat)
   batch = random_batch(config, args.batch, args.inputs, args.targets, args.seed)
-  step_flops = args.batch * flops_lib.train_flops(flops_lib.Dims.of(config), args.inputs, args.targets)
+  step_flops = args.batch * flops_lib.train_flops(config, args.inputs, args.targets)
   device = jax.devices()[0]
   result = {
       'model': args.model, 'batch': args.batch, 'inputs': args.inputs, 'targets': args.targets,

@@ -29,6 +29,22 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 DATASETS = ('aqua', 'creak', 'ecqa', 'gsm8k', 'sensemaking')
 
 
+def register_mixture(cot_dir, vocab_path, variant_names, name='bench_cot'):
+  """Registers the CoT tasks of DATASETS (only `variant_names`) as mixture `name`; returns `name`."""
+  vocabulary = vocab_lib.get_vocabulary(vocab_path, 'lossless')
+  variants = [v for v in cot.VARIANTS if v.name in variant_names]
+  if not variants:
+    raise ValueError(f'no known CoT variant in {variant_names!r}')
+  names = []
+  for dataset in DATASETS:
+    spec = cot.make_spec(dataset, cot_dir, vocabulary=vocabulary, variants=variants,
+                         prefix=f'{name}_')
+    names += spec_lib.register(spec)
+  spec_lib.add_mixture(name, names,
+                       default_rate=lambda t: min(t.num_input_examples('train'), cot.CAP))
+  return name
+
+
 def count_batch(batch, pack):
   """(examples, encoder tokens, decoder tokens) of one batch, padding excluded."""
   if pack:
@@ -101,23 +117,17 @@ def main():
     if not os.path.exists(path):
       raise SystemExit(f'{path} not found (the shared data lives beside the repo)')
 
-  vocabulary = vocab_lib.get_vocabulary(args.vocab, 'lossless')
-  variants = [v for v in cot.VARIANTS if v.name in args.variants.split(',')]
-  if not variants:
-    raise SystemExit(f'no known variant in {args.variants!r}')
-  names = []
-  for dataset in DATASETS:
-    spec = cot.make_spec(dataset, args.cot_dir, vocabulary=vocabulary, variants=variants,
-                         prefix='bench_')
-    names += spec_lib.register(spec)
-  spec_lib.add_mixture('bench_cot', names,
-                       default_rate=lambda t: min(t.num_input_examples('train'), cot.CAP))
+  try:
+    mixture = register_mixture(args.cot_dir, args.vocab, args.variants.split(','))
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  variants = args.variants.split(',')
 
   results = []
   for pair in args.lengths.split(','):
     inputs, targets = (int(x) for x in pair.split(':'))
     for pack in (True, False):
-      r = measure('bench_cot', {'inputs': inputs, 'targets': targets}, pack, args.batch_size,
+      r = measure(mixture, {'inputs': inputs, 'targets': targets}, pack, args.batch_size,
                   args.batches, args.warmup, args.seed)
       results.append(r)
       print(f"{pair} pack={pack}: {r['examples_per_second']:,.0f} examples/s", flush=True)
@@ -125,7 +135,7 @@ def main():
   print(table)
   if args.out:
     report = {
-        'results': results, 'variants': [v.name for v in variants], 'datasets': DATASETS,
+        'results': results, 'variants': variants, 'datasets': DATASETS,
         'vocab': args.vocab, 'cpu_count': os.cpu_count(), 'machine': platform.machine(),
         'python': platform.python_version(), 'tensorflow': tf.__version__,
         'seqio': seqio.__version__, 'numpy': np.__version__,

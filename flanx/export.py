@@ -36,7 +36,7 @@ from flanx.config import T5Config
 PyTree = Any
 
 HANDLER_TEMPLATE = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'hf_handler.py'
-_DTYPES = {'float32': 'float32', 'fp32': 'float32', 'bfloat16': 'bfloat16', 'bf16': 'bfloat16'}
+DTYPES = {'float32': 'float32', 'fp32': 'float32', 'bfloat16': 'bfloat16', 'bf16': 'bfloat16'}
 _SIZE_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'KIB': 2**10, 'MIB': 2**20,
                'GIB': 2**30, 'TIB': 2**40}
 # Configurables whose bindings describe a run, in the order they are consulted.
@@ -57,7 +57,8 @@ def parse_size(value: int | float | str) -> int:
   return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+  """true/false, yes/no, 1/0, on/off (flag values)."""
   if text.lower() in ('1', 'true', 'yes', 'on'):
     return True
   if text.lower() in ('0', 'false', 'no', 'off'):
@@ -194,6 +195,17 @@ def _generation_config(max_new_tokens: int) -> dict[str, Any]:
           'do_sample': False, 'num_beams': 1}
 
 
+def _on_cpu(tree: PyTree) -> PyTree:
+  """Leaves as jax arrays on the host CPU, converted one at a time in place (never two copies of the model)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = jax.devices('cpu')[0]
+  if not isinstance(tree, dict):
+    return jax.device_put(tree, cpu)
+  for key in list(tree):
+    tree[key] = _on_cpu(tree[key])
+  return tree
+
+
 def replace_folder(staged: pathlib.Path, target: pathlib.Path) -> None:
   """Moves `staged` to `target`, replacing an existing `target` only once `staged` is complete."""
   if target.exists():
@@ -212,27 +224,34 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
                  ) -> pathlib.Path:
   """Writes (and verifies) the HF folder for the params `load_params()` returns; returns its path.
 
-  `load_params` is called once and its result is dropped after writing, before transformers loads the folder,
-  so host memory never holds two full copies of the model.
+  `load_params` is called once; its (dict) tree is moved onto the host CPU leaf by leaf in place and dropped
+  after writing, before transformers loads the folder, so host memory never holds two full copies of the model
+  (pass a loader that keeps no other reference).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flanx import hf, hf_tokenizer, hf_verify, model_card, model as model_lib  # pylint: disable=g-import-not-at-top
-  if dtype not in _DTYPES:
+  if dtype not in DTYPES:
     raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
-  dtype = _DTYPES[dtype]
+  dtype = DTYPES[dtype]
   output_dir = pathlib.Path(output_dir).absolute()
   if output_dir.exists() and not output_dir.is_dir():
     raise FileExistsError(f'{output_dir} exists and is not a directory')
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
     raise FileExistsError(f'{output_dir} exists and is not empty (pass --overwrite to replace it)')
+  try:
+    import transformers  # pylint: disable=g-import-not-at-top,unused-import  (tokenizer.json conversion)
+    if verify:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise ImportError(f'export needs transformers, and torch to verify (pip install flanx[hf]): {e}') from e
   if handler and not HANDLER_TEMPLATE.exists():
     raise FileNotFoundError(f'{HANDLER_TEMPLATE} not found (a flanx source checkout has it); pass --handler=false')
   lengths = dict(feature_lengths or {})
   output_dir.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{output_dir.name}.export-', dir=output_dir.parent))
   try:
-    params = load_params()
+    params = _on_cpu(load_params())
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     reference = None
     if verify:
@@ -324,13 +343,13 @@ def _flag_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False, add_help=False)
   parser.add_argument('--checkpoint_dir', help='flanx run folder (newest checkpoint) or checkpoint_<step> folder')
   parser.add_argument('--output_dir', help='folder to create (must not exist or be empty, unless --overwrite)')
-  parser.add_argument('--dtype', choices=sorted(_DTYPES), help='stored weight dtype (default float32)')
+  parser.add_argument('--dtype', choices=sorted(DTYPES), help='stored weight dtype (default float32)')
   parser.add_argument('--max_shard_size', help='largest safetensors file, e.g. 5GB (default), 500MB')
-  parser.add_argument('--verify', type=_bool, nargs='?', const=True, help='reload and compare (default true)')
+  parser.add_argument('--verify', type=parse_bool, nargs='?', const=True, help='reload and compare (default true)')
   parser.add_argument('--vocab', help="SentencePiece model path or 'byte' (default: the run task's vocabulary)")
   parser.add_argument('--newline_mode', choices=('lossless', 'dolly', 'none'), help='with --vocab=PATH')
-  parser.add_argument('--handler', type=_bool, nargs='?', const=True, help='write handler.py (default true)')
-  parser.add_argument('--overwrite', type=_bool, nargs='?', const=True, help='replace a non-empty output_dir')
+  parser.add_argument('--handler', type=parse_bool, nargs='?', const=True, help='write handler.py (default true)')
+  parser.add_argument('--overwrite', type=parse_bool, nargs='?', const=True, help='replace a non-empty output_dir')
   return parser
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import logging
 import os
 import pathlib
 import sys
@@ -90,6 +92,24 @@ def _check_macro_overrides(bindings: Sequence[str]) -> None:
     raise GinConfigError(f'--gin.{key}: no gin file or binding uses the macro {key}{suggestion}')
 
 
+class _DropSearchMisses(logging.Filter):
+  """gin logs an ERROR for every search path an include is not found in; only a final miss matters."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Path not found')
+
+
+@contextlib.contextmanager
+def _quiet_search_misses():
+  root = logging.getLogger()
+  quiet = _DropSearchMisses()
+  root.addFilter(quiet)
+  try:
+    yield
+  finally:
+    root.removeFilter(quiet)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = ()) -> None:
   """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work."""
   paths = search_paths(search_path_flags)
@@ -97,7 +117,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
     gin.add_config_file_search_path(str(path))
   files = [resolve_gin_file(f, paths) for f in gin_files]
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    with _quiet_search_misses():
+      gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
     raise GinConfigError(str(e)) from None
   _check_macro_overrides(bindings)

@@ -122,7 +122,7 @@ def _write_sentencepiece(folder: pathlib.Path, vocabulary: Any, model_max_length
 
   # transformers converts spiece.model to a `tokenizers` Unigram model (normalizer, Metaspace pre-tokenizer,
   # sentinels, `</s>` post-processor) when a folder holds nothing else; that is the tokenizer.json we ship.
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix='flanx-spiece-'))
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix='.spiece-conversion-', dir=folder))  # removed below
   try:
     (scratch / 'spiece.model').write_bytes(model_bytes)
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(scratch), extra_ids=base.extra_ids,

@@ -109,8 +109,16 @@ def _hf_outputs(model: Any, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
     logits = model(input_ids=enc, attention_mask=mask,
                    decoder_input_ids=torch.from_numpy(ref.decoder_tokens).long()).logits.float().numpy()
     generated = model.generate(input_ids=enc, attention_mask=mask, max_new_tokens=DECODE_TOKENS, do_sample=False,
-                               num_beams=1).numpy()
+                               num_beams=1, **generate_cache_kwargs(model.config)).numpy()
   return logits, generated[:, 1:]  # drop the decoder start token
+
+
+def generate_cache_kwargs(hf_config: Any) -> dict[str, Any]:
+  """transformers 5.x sizes generate()'s default cache by the encoder depth: deeper decoders need their own."""
+  if hf_config.num_decoder_layers == hf_config.num_layers:
+    return {}
+  from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # pylint: disable=g-import-not-at-top
+  return {'past_key_values': EncoderDecoderCache(DynamicCache(), DynamicCache())}
 
 
 def _step_logits(model: Any, encoder_row: np.ndarray, prefix: Sequence[int]) -> np.ndarray:

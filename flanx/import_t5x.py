@@ -8,21 +8,24 @@ Reads a t5x checkpoint (msgpack + TensorStore, local or gs://; see flanx/t5x_che
   directly) and as `--checkpoint_dir` of the exporter.
 
 The model config is read off the tensors (--activation picks gated-gelu [default for gated MLPs, Flan-T5],
-gated-silu [UL2], relu [default otherwise, T5 1.0] or gelu), or comes from --gin_file model gins, checked against
-the tensors. The vocabulary defaults to T5's (gs://t5-data/...) with newline mode 'none', which is how the
+gated-silu [UL2], relu [default otherwise, T5 1.0] or gelu); `T5Config.*` bindings from --gin_file model gins or
+--gin.T5Config.X=Y replace what they name (e.g. relpos_max_distance, dtype, scan_layers), and the tensors are
+checked against the result. The vocabulary defaults to T5's (gs://t5-data/...) with newline mode 'none', which is how the
 public checkpoints were trained. Nothing is written unless the whole checkpoint matches the config.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import gin
 import numpy as np
 
 from flanx import gin_utils
@@ -75,24 +78,30 @@ def _flag_parser() -> argparse.ArgumentParser:
                       help='MLP activation (not stored in t5x checkpoints); default gated-gelu / relu')
   parser.add_argument('--vocab', default=None, help="SentencePiece model or 'byte' (default: T5's vocabulary)")
   parser.add_argument('--newline_mode', choices=('lossless', 'dolly', 'none'), default='none')
-  parser.add_argument('--dtype', choices=sorted(export._DTYPES), default='float32')  # pylint: disable=protected-access
+  parser.add_argument('--dtype', choices=sorted(export.DTYPES), default='float32')
   parser.add_argument('--max_shard_size', default='5GB')
-  parser.add_argument('--verify', type=export._bool, nargs='?', const=True, default=True)  # pylint: disable=protected-access
-  parser.add_argument('--handler', type=export._bool, nargs='?', const=True, default=True)  # pylint: disable=protected-access
-  parser.add_argument('--overwrite', type=export._bool, nargs='?', const=True, default=False)  # pylint: disable=protected-access
+  parser.add_argument('--verify', type=export.parse_bool, nargs='?', const=True, default=True)
+  parser.add_argument('--handler', type=export.parse_bool, nargs='?', const=True, default=True)
+  parser.add_argument('--overwrite', type=export.parse_bool, nargs='?', const=True, default=False)
   return parser
 
 
-def import_t5x(t5x_checkpoint: str, output_dir: str, *, output_format: str = 'hf', config: T5Config | None = None,
-               activation: str | None = None, vocab: str | None = None, newline_mode: str = 'none',
-               dtype: str = 'float32', max_shard_size: int | str = '5GB', verify: bool = True, handler: bool = True,
+def import_t5x(t5x_checkpoint: str, output_dir: str, *, output_format: str = 'hf',
+               config_overrides: Mapping[str, Any] | None = None, activation: str | None = None,
+               vocab: str | None = None, newline_mode: str = 'none', dtype: str = 'float32',
+               max_shard_size: int | str = '5GB', verify: bool = True, handler: bool = True,
                overwrite: bool = False) -> pathlib.Path:
-  """Converts a t5x checkpoint to an HF folder or a flanx checkpoint; returns the written folder."""
+  """Converts a t5x checkpoint to an HF folder or a flanx checkpoint; returns the written folder.
+
+  The config is read off the tensors, then `config_overrides` (T5Config fields) replace what they name; the
+  tensors are checked against the result.
+  """
   from flanx import export, t5x_checkpoint as t5x_lib  # pylint: disable=g-import-not-at-top
+  overrides = dict(config_overrides or {})
+  if activation is not None and overrides.setdefault('activation', activation) != activation:
+    raise ValueError(f'--activation={activation} contradicts T5Config.activation={overrides["activation"]!r}')
   state, checkpoint_dir = t5x_lib.read_state(t5x_checkpoint)
-  if config is not None and activation is not None and config.activation != activation:
-    raise ValueError(f'--activation={activation} contradicts the gin model config ({config.activation})')
-  config = config or t5x_lib.infer_config(state['target'], activation)
+  config = t5x_lib.infer_config(state['target'], **overrides)
   try:
     params = t5x_lib.to_flanx_params(state['target'], config)
   except t5x_lib.T5XCheckpointError as e:
@@ -123,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   flags, rest = _flag_parser().parse_known_args(argv)
   args, gin_files, bindings = gin_utils.parse_args(rest, __doc__.splitlines()[0])
-  config = None
+  overrides = {}
   if gin_files or bindings:
     export.parse_gin_unlocked(gin_files, bindings, args.gin_search_paths)
-    config = export.run_config()
-  path = import_t5x(flags.t5x_checkpoint, flags.output_dir, output_format=flags.format, config=config,
+    overrides = {k: copy.deepcopy(v) for k, v in gin.get_bindings(T5Config).items()}  # deepcopy: %MACROs
+  path = import_t5x(flags.t5x_checkpoint, flags.output_dir, output_format=flags.format, config_overrides=overrides,
                     activation=flags.activation, vocab=flags.vocab, newline_mode=flags.newline_mode,
                     dtype=flags.dtype, max_shard_size=flags.max_shard_size, verify=flags.verify,
                     handler=flags.handler, overwrite=flags.overwrite)

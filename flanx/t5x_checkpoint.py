@@ -15,9 +15,10 @@ Shapes are checked against the configured model; every missing, unexpected or mi
 one error.
 
 Adafactor state: t5x's `param_states` leaves `{v_row, v_col, v, m}` map one to one onto
-`flanx.adafactor.AdafactorState` (placeholders included); `read_adafactor_state` returns it with the
-checkpoint's step as `count`, for callers that want to continue the pretrained second moments (the trainer
-resets optimizer state for initial checkpoints).
+`flanx.adafactor.AdafactorState` (placeholders included); `read_adafactor_state(read_state(path,
+optimizer_state=True)[0], config)` returns it with the checkpoint's step as `count`, shape-checked, for callers
+that want to continue the pretrained second moments. Nothing uses it by default: the trainer starts initial
+checkpoints with a fresh optimizer state, and `python -m flanx.import_t5x` writes params only.
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ def _read_orbax(checkpoint_dir: str) -> dict[str, Any]:
     return checkpointer.restore(state if '://' in state else os.path.abspath(state))
 
 
-def read_state(path: str) -> tuple[dict[str, Any], str]:
-  """({'target': params tree, 'state': optimizer state tree}, checkpoint folder), every array read into memory."""
+def read_state(path: str, optimizer_state: bool = False) -> tuple[dict[str, Any], str]:
+  """({'target': params, 'state': {'step': …, 'param_states': … (only if optimizer_state)}}, checkpoint folder).
+
+  Arrays are read into memory (host RAM holds one copy of what is returned).
+  """
   checkpoint_dir = find_checkpoint(path)
   if _gfile(checkpoint_dir).exists(os.path.join(checkpoint_dir, _CHECKPOINT_FILE)):
     contents = _read_msgpack(checkpoint_dir)
@@ -173,7 +177,10 @@ def read_state(path: str) -> tuple[dict[str, Any], str]:
   if not isinstance(optimizer, dict) or not isinstance(optimizer.get('target'), dict):
     keys = sorted(contents) if isinstance(contents, dict) else type(contents).__name__
     raise T5XCheckpointError(f'{checkpoint_dir}: expected {{"optimizer": {{"target": params, ...}}}}, found {keys}')
-  return _materialize(optimizer, checkpoint_dir), checkpoint_dir
+  state = dict(optimizer.get('state') or {})
+  if not optimizer_state:
+    state.pop('param_states', None)
+  return _materialize({'target': optimizer['target'], 'state': state}, checkpoint_dir), checkpoint_dir
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,7 +333,8 @@ def load_t5x_params(path: str, config: T5Config | None = None, activation: str |
 
 
 def read_adafactor_state(state: Mapping[str, Any], config: T5Config) -> Any:
-  """t5x's Adafactor `param_states` → flanx.adafactor.AdafactorState of numpy arrays (canonical layout)."""
+  """t5x's Adafactor `param_states` (from read_state(…, optimizer_state=True)) → flanx AdafactorState (numpy,
+  canonical layout), checked against the state flanx's Adafactor keeps for `config`."""
   from flanx import adafactor  # pylint: disable=g-import-not-at-top
   optimizer_state = state.get('state') or {}
   param_states = optimizer_state.get('param_states')

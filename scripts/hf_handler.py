@@ -57,6 +57,11 @@ class EndpointHandler:
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
       raise ValueError('expected {"inputs": str or non-empty list of str, "parameters": {...}}')
     parameters = dict(data.get('parameters') or {})
+    config = self.model.config
+    if config.num_decoder_layers != config.num_layers and 'past_key_values' not in parameters:
+      # transformers 5.x sizes the default cache by the encoder depth; a deeper decoder needs its own cache.
+      from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # pylint: disable=g-import-not-at-top
+      parameters['past_key_values'] = EncoderDecoderCache(DynamicCache(), DynamicCache())
     batch = self.tokenizer([prepare_text(t, self.newline_mode) for t in texts], return_tensors='pt', padding=True,
                            truncation=True)
     with torch.no_grad():

@@ -28,7 +28,7 @@ SPM = os.path.join(os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece'
 TASK = 'flanx_export_test'
 # Same tiny model as tests/test_t5x_import.py (export verification compiles once per session); 264 rows fit the
 # lossless SentencePiece vocabulary (128 ids) and the byte vocabulary (259).
-CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=2)
+CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=3)
 LENGTHS = {'inputs': 64, 'targets': 32}
 
 
@@ -117,7 +117,7 @@ def test_folder_files_config_and_card(run, exported):
   assert cfg['architectures'] == ['T5ForConditionalGeneration'] and cfg['tie_word_embeddings'] is False
   assert (cfg['decoder_start_token_id'], cfg['pad_token_id'], cfg['eos_token_id']) == (0, 0, 1)
   assert cfg['dropout_rate'] == 0.0 and cfg['torch_dtype'] == 'float32'  # --gin override applied
-  assert (cfg['vocab_size'], cfg['d_ff'], cfg['num_layers']) == (264, 64, 2)
+  assert (cfg['vocab_size'], cfg['d_ff'], cfg['num_layers'], cfg['num_decoder_layers']) == (264, 64, 2, 3)
   generation = json.loads((exported / 'generation_config.json').read_text())
   assert generation == {'decoder_start_token_id': 0, 'pad_token_id': 0, 'eos_token_id': 1,
                         'max_new_tokens': LENGTHS['targets'], 'do_sample': False, 'num_beams': 1}
@@ -153,8 +153,10 @@ def test_transformers_reload_matches_flanx(run, exported):
   with torch.no_grad():
     logits = model(input_ids=enc_t, attention_mask=(enc_t != 0).long(),
                    decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+    # (transformers 5.x needs its own cache for a decoder deeper than the encoder: generate_cache_kwargs.)
     generated = model.generate(input_ids=enc_t, attention_mask=(enc_t != 0).long(),
-                               max_new_tokens=hf_verify.DECODE_TOKENS, do_sample=False).numpy()
+                               max_new_tokens=hf_verify.DECODE_TOKENS, do_sample=False,
+                               **hf_verify.generate_cache_kwargs(model.config)).numpy()
   np.testing.assert_allclose(logits, reference.logits, atol=1e-4, rtol=0)
   cut = lambda row: row[:row.index(1) + 1] if 1 in row else row
   for flanx_row, hf_row in zip(reference.greedy.tolist(), generated[:, 1:].tolist()):
@@ -195,7 +197,8 @@ def test_endpoint_handler(exported):
   tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
   model = transformers.AutoModelForSeq2SeqLM.from_pretrained(exported).eval()
   with torch.no_grad():
-    ids = model.generate(**tokenizer(prompts, return_tensors='pt', padding=True), max_new_tokens=6).tolist()
+    ids = model.generate(**tokenizer(prompts, return_tensors='pt', padding=True), max_new_tokens=6,
+                         **hf_verify.generate_cache_kwargs(model.config)).tolist()
   expected = [hf_tokenizer.clean_decoded(tokenizer.decode([i for i in row if i < len(tokenizer)],
                                                           skip_special_tokens=True), 'lossless') for row in ids]
   assert out == [{'generated_text': t} for t in expected]

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 
+import gin
 import jax
 import ml_dtypes
 import numpy as np
@@ -20,7 +21,7 @@ from flanx import model as flanx_model
 ts = pytest.importorskip('tensorstore')
 
 # Same tiny model as tests/test_export.py (one jit compile per test session for export verification).
-CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=2)
+CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=3)
 INLINE = ('scale', 'rel_embedding')  # t5x keeps small unpartitioned arrays in the msgpack file
 BF16 = 'target.decoder.decoder_norm.scale'  # stored as bfloat16 in zarr instead (t5x's native bf16, version 3)
 
@@ -114,7 +115,7 @@ def test_mismatches_are_listed_together(tiny_config, random_params, tmp_path):
   assert 'missing: encoder/layers_1/mlp/wi_1/kernel (32, 48)' in message
   assert 'unexpected: decoder/layers_0/extra/kernel (2, 2)' in message
   assert 'wrong shape: encoder/layers_0/mlp/wo/kernel (64, 32) (expected (48, 32))' in message
-  assert message.count('wrong shape') == 11  # every wi/wo of every layer, one error
+  assert message.count('wrong shape') == 14  # every wi/wo of every layer (2 + 3 layers), one error
   # The CLI writes nothing (not even a temporary folder) when the checkpoint does not match.
   out = tmp_path / 'out'
   with pytest.raises(t5x_checkpoint.T5XCheckpointError):
@@ -126,7 +127,7 @@ def test_mismatches_are_listed_together(tiny_config, random_params, tmp_path):
 
 def test_tied_scanned_and_split_heads_layout(tiny_config, random_params, tmp_path):
   """t5x's scanned models: layer axis 1 under encoder/layers, attention kernels [d, heads, d_kv] / [heads, d_kv, d]."""
-  config = tiny_config(**{**CONFIG, 'num_decoder_layers': 3}, tie_embeddings=True, activation='gated-silu')
+  config = tiny_config(**CONFIG, tie_embeddings=True, activation='gated-silu')
   params = random_params(config, 14)
   heads, d_kv = config.num_heads, config.d_kv
 
@@ -162,7 +163,8 @@ def test_adafactor_state_maps_onto_flanx(tiny_config, random_params, tmp_path):
            for s in ('v_row', 'v_col', 'v', 'm')}
   param_states = jax.tree.map(lambda *xs: dict(zip(('v_row', 'v_col', 'v', 'm'), xs)), *slots.values())
   write_t5x_checkpoint(tmp_path, 1_100_000, params, param_states)
-  state, _ = t5x_checkpoint.read_state(str(tmp_path))
+  assert 'param_states' not in t5x_checkpoint.read_state(str(tmp_path))[0]['state']  # read only when asked
+  state, _ = t5x_checkpoint.read_state(str(tmp_path), optimizer_state=True)
   restored = t5x_checkpoint.read_adafactor_state(state, config)
   assert int(restored.count) == 1_100_000
   for slot in ('v_row', 'v_col', 'v', 'm'):
@@ -202,11 +204,15 @@ def test_import_cli_writes_flanx_and_verified_hf(tiny_config, random_params, tmp
   expected = _bf16_rounded(params)
 
   run = tmp_path / 'flanx_run'
-  assert import_t5x.main(['--t5x_checkpoint', str(tmp_path / 't5x'), '--output_dir', str(run),
-                          '--format=flanx']) == 0
+  gin.clear_config()
+  assert import_t5x.main(['--t5x_checkpoint', str(tmp_path / 't5x'), '--output_dir', str(run), '--format=flanx',
+                          '--gin.T5Config.scan_layers=True', '--gin.T5Config.relpos_max_distance=64']) == 0
+  gin.clear_config()
   assert checkpoints.is_flanx_checkpoint(str(run))
-  _assert_trees_equal(jax.tree.map(np.asarray, checkpoints.restore_params(str(run), None)), expected)
-  assert 'T5Config.d_ff = 64' in (run / 'config.gin').read_text()
+  restored = jax.tree.map(np.asarray, checkpoints.restore_params(str(run), None))
+  _assert_trees_equal(flanx_model.unstack_layers(restored), expected)  # stored scanned, as the config asks
+  run_gin = (run / 'config.gin').read_text()
+  assert 'T5Config.d_ff = 64' in run_gin and 'T5Config.relpos_max_distance = 64' in run_gin
 
   out = tmp_path / 'hf'
   assert import_t5x.main(['--t5x_checkpoint', str(tmp_path / 't5x' / 'checkpoint_42'), '--output_dir', str(out),

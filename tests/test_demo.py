@@ -1,0 +1,19 @@
+"""The README's main job runs end to end (a few steps only: learning itself is covered by test_train)."""
+
+import json
+
+from flanx import demo
+
+
+def test_demo_pipeline_end_to_end(tmp_path, capsys):
+  code = demo.main(['--run_dir', str(tmp_path / 'demo'), '--train_steps', '3', '--eval_examples', '8',
+                    '--prompts', '3', '--min_exact_match', '0'])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert 'exact match (held-out)' in out and '| yes ' in out and '| NO ' not in out
+  run = tmp_path / 'demo'
+  assert (run / 'hf' / 'config.json').exists() and (run / 'hf' / 'model.safetensors').exists()
+  assert (run / 'model' / 'checkpoint_3').is_dir() and (run / 'logs' / 'train.log').exists()
+  metrics = json.loads((run / 'eval' / 'model' / 'validation_metrics.json').read_text())
+  assert 'exact_match' in metrics['metrics']['flanx_demo']
+  assert sorted(p.name for p in run.iterdir()) == ['eval', 'hf', 'infer', 'logs', 'model', 'prompts.jsonl']
