@@ -42,6 +42,16 @@ class RunCheckpoints:
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)), force=True)
+    self._prune_data_states(keep_from=min(self._manager.all_steps() + [step]))
+
+  def _prune_data_states(self, keep_from: int) -> None:
+    """Drops data positions of checkpoints orbax no longer keeps (older than the oldest kept step)."""
+    import tensorflow as tf
+    root = os.path.join(self.model_dir, 'data_state')
+    for name in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(root) else []:
+      name = name.rstrip('/')
+      if name.startswith(_PREFIX + '_') and int(name.split('_')[-1]) < keep_from:
+        tf.io.gfile.rmtree(os.path.join(root, name))
 
   def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree) -> tuple[PyTree, PyTree, dict]:
     """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata."""

@@ -79,8 +79,15 @@ def assert_trees_equal(a, b, atol: float = 0.0):
 
 
 def test_tiny_model_learns(tmp_path):
-  result = train_in_process(tmp_path, 150, CHECKPOINT_PERIOD=150)
+  result = train_in_process(tmp_path, 150, CHECKPOINT_PERIOD=50, EVAL_PERIOD=150,
+                            **{'train.keep_checkpoints': 2, 'train.eval_batches': 4})
   history = read_metrics(tmp_path)
+  evals = [h for h in history if 'eval/validation/accuracy' in h]
+  assert len(evals) == 1 and evals[0]['step'] == 150 and evals[0]['eval/validation/accuracy'] > 0.3
+  history = [h for h in history if 'loss' in h]
+  kept = sorted(p.name for p in tmp_path.glob('checkpoint_*'))
+  assert kept == ['checkpoint_100', 'checkpoint_150']
+  assert sorted(p.name for p in (tmp_path / 'data_state').iterdir()) == kept
   first = history[0]['loss_per_nonpadding_target_token']
   last = np.mean([h['loss_per_nonpadding_target_token'] for h in history[-10:]])
   assert first > 4.0  # ~ln(vocab) for a fresh model
