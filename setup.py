@@ -21,6 +21,7 @@ CORE = [
     'sacrebleu==2.6.0',
     'tensorboardX==2.6.5',
     'tqdm==4.70.1',
+    'pyarrow==26.0.1',  # Flan collection files in Parquet
 ]
 HF = ['transformers==5.23.0', 'tokenizers==0.23.3', 'torch==2.13.0']
 

@@ -46,8 +46,18 @@ def time_calls(call: Callable[[int], None], warmup: int, steps: int) -> dict:
 
 
 def peak_rss_bytes() -> int:
-  """Peak resident set size of this process so far (Linux reports KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  """Peak resident set size of this process so far.
+
+  Reads VmHWM (reset at exec) rather than getrusage's ru_maxrss, which a child started by fork + exec inherits
+  from its parent on Linux.
+  """
+  try:
+    for line in pathlib.Path('/proc/self/status').read_text().splitlines():
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def load_average() -> list[float]:

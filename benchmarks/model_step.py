@@ -92,14 +92,17 @@ def hf_step_fn(config: T5Config, batch: dict[str, np.ndarray], seed: int, thread
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf.hf_config_dict(config)))
   if not config.tie_embeddings:  # transformers 5.x ties the head in memory; untie it to match the param count
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
-  model = model.to(dtype).train()
-  tensors = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'  # the same machine's accelerator as JAX's, if any
+  model = model.to(device=device, dtype=dtype).train()
+  tensors = {k: torch.from_numpy(v).long().to(device) for k, v in batch.items()}
 
   def step():
     model.zero_grad(set_to_none=True)
     out = model(input_ids=tensors['encoder_input_tokens'], decoder_input_ids=tensors['decoder_input_tokens'],
                 labels=tensors['decoder_target_tokens'])
     out.loss.backward()
+    if device == 'cuda':
+      torch.cuda.synchronize()
 
   return step, sum(p.numel() for p in model.parameters())
 

@@ -1,9 +1,10 @@
 """Input-pipeline throughput: packed vs unpacked seqio batches on the real FLAN CoT data.
 
 Builds the native CoT tasks (tasks.cot) over the shared TSVs with the dev SentencePiece vocabulary
-(lossless newlines), then for each (inputs, targets) length pair times seqio.get_dataset with
-EncDecFeatureConverter(pack=True) and pack=False: input examples/s, non-padding tokens/s and the
-non-padding fraction of encoder and decoder rows. Prints a markdown table; --out writes JSON.
+(lossless newlines, and plain SentencePiece for comparison), then for each (inputs, targets)
+length pair times seqio.get_dataset with EncDecFeatureConverter(pack=True) and pack=False:
+input examples/s, non-padding tokens/s and the non-padding fraction of encoder and decoder rows.
+Prints a markdown table; --out writes JSON.
 
   .venv/bin/python benchmarks/pipeline.py --out /tmp/pipeline.json
 """
@@ -29,9 +30,10 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 DATASETS = ('aqua', 'creak', 'ecqa', 'gsm8k', 'sensemaking')
 
 
-def register_mixture(cot_dir, vocab_path, variant_names, name='bench_cot'):
-  """Registers the CoT tasks of DATASETS (only `variant_names`) as mixture `name`; returns `name`."""
-  vocabulary = vocab_lib.get_vocabulary(vocab_path, 'lossless')
+def register_mixture(cot_dir, vocab_path, variant_names, name='bench_cot',
+                     newline_mode='lossless'):
+  """Registers the CoT tasks of DATASETS (only `variant_names`) as mixture `name` (returned)."""
+  vocabulary = vocab_lib.get_vocabulary(vocab_path, newline_mode)
   variants = [v for v in cot.VARIANTS if v.name in variant_names]
   if not variants:
     raise ValueError(f'no known CoT variant in {variant_names!r}')
@@ -107,6 +109,8 @@ def main():
   parser.add_argument('--variants', default='zs_reasoning',
                       help='comma-separated CoT variants in the benchmarked mixture '
                            '(zs_answer, zs_reasoning, fs_answer, fs_reasoning)')
+  parser.add_argument('--newline_modes', default='lossless,none',
+                      help='vocabulary newline modes to compare (lossless, dolly, none)')
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--batches', type=int, default=40)
   parser.add_argument('--warmup', type=int, default=5)
@@ -117,25 +121,27 @@ def main():
     if not os.path.exists(path):
       raise SystemExit(f'{path} not found (the shared data lives beside the repo)')
 
-  try:
-    mixture = register_mixture(args.cot_dir, args.vocab, args.variants.split(','))
-  except ValueError as e:
-    raise SystemExit(str(e)) from e
   variants = args.variants.split(',')
-
   results = []
-  for pair in args.lengths.split(','):
-    inputs, targets = (int(x) for x in pair.split(':'))
-    for pack in (True, False):
-      r = measure(mixture, {'inputs': inputs, 'targets': targets}, pack, args.batch_size,
-                  args.batches, args.warmup, args.seed)
-      results.append(r)
-      print(f"{pair} pack={pack}: {r['examples_per_second']:,.0f} examples/s", flush=True)
+  for mode in args.newline_modes.split(','):
+    try:
+      mixture = register_mixture(args.cot_dir, args.vocab, variants, f'bench_cot_{mode}', mode)
+    except ValueError as e:
+      raise SystemExit(str(e)) from e
+    for pair in args.lengths.split(','):
+      inputs, targets = (int(x) for x in pair.split(':'))
+      for pack in (True, False):
+        r = measure(mixture, {'inputs': inputs, 'targets': targets}, pack, args.batch_size,
+                    args.batches, args.warmup, args.seed)
+        results.append(r)
+        print(f"{mode} {pair} pack={pack}: {r['examples_per_second']:,.0f} examples/s",
+              flush=True)
   table = markdown(results)
   print(table)
   if args.out:
     report = {
-        'results': results, 'variants': variants, 'datasets': DATASETS,
+        'results': results, 'load_average_at_end': os.getloadavg(), 'variants': variants,
+        'datasets': DATASETS,
         'vocab': args.vocab, 'cpu_count': os.cpu_count(), 'machine': platform.machine(),
         'python': platform.python_version(), 'tensorflow': tf.__version__,
         'seqio': seqio.__version__, 'numpy': np.__version__,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import gin
 import jax
 import numpy as np
 
-from flanx import checkpoint_import, data, gin_utils, partitioning, predict, runtime
+from flanx import checkpoint_import, data, partitioning, predict, runtime
 from flanx import train_state as ts
 from flanx.config import T5Config
 from flanx.metrics_writer import MetricsWriter

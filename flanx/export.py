@@ -206,17 +206,6 @@ def _on_cpu(tree: PyTree) -> PyTree:
   return tree
 
 
-def replace_folder(staged: pathlib.Path, target: pathlib.Path) -> None:
-  """Moves `staged` to `target`, replacing an existing `target` only once `staged` is complete."""
-  if target.exists():
-    old = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-    target.rename(old / target.name)
-    staged.rename(target)
-    shutil.rmtree(old)
-  else:
-    staged.rename(target)
-
-
 def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir: str | os.PathLike,
                  vocabulary: Any, *, dtype: str = 'float32', max_shard_bytes: int = 5 * 10**9, verify: bool = True,
                  handler: bool = True, overwrite: bool = False, card_info: Mapping[str, Any] | None = None,
@@ -285,7 +274,7 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
             'verification': summary, 'param_count': param_count,
             'feature_lengths': lengths or None, **dict(card_info or {})}
     (folder / 'README.md').write_text(model_card.render(info))
-    replace_folder(folder, output_dir)
+    hf.replace_folder(folder, output_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return output_dir

@@ -110,8 +110,23 @@ def _quiet_search_misses():
     root.removeFilter(quiet)
 
 
+def _tolerate_namespace_packages() -> None:
+  """gin's python-path reader crashes when an include's first folder (e.g. `runs/`, `models/`) is also an
+  importable namespace package, such as a `runs/` folder in the working directory; treat that as 'not found'."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, exists) in enumerate(readers):
+    if getattr(exists, '__name__', '') == 'system_path_file_exists':
+      def safe_exists(path, _exists=exists):
+        try:
+          return _exists(path)
+        except (TypeError, ValueError, ImportError):
+          return False
+      readers[i] = (reader, safe_exists)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = ()) -> None:
   """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work."""
+  _tolerate_namespace_packages()
   paths = search_paths(search_path_flags)
   for path in paths:
     gin.add_config_file_search_path(str(path))

@@ -312,6 +312,17 @@ def _plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: float) -> list[l
   return shards
 
 
+def replace_folder(staged: pathlib.Path, target: pathlib.Path) -> None:
+  """Moves a complete `staged` folder to `target`, replacing an existing `target` only at that moment."""
+  if target.exists():
+    old = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
+    target.rename(old / target.name)
+    staged.rename(target)
+    shutil.rmtree(old)
+  else:
+    staged.rename(target)
+
+
 def write_hf_model(folder: str | os.PathLike, params: PyTree, config: T5Config, dtype: str = 'float32',
                    max_shard_bytes: float = 5e9, overwrite: bool = False,
                    add_files: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
@@ -358,13 +369,7 @@ def write_hf_model(folder: str | os.PathLike, params: PyTree, config: T5Config, 
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
-    if folder.exists():
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f'.{folder.name}.old-', dir=folder.parent))
-      folder.rename(old / folder.name)
-      tmp.rename(folder)
-      shutil.rmtree(old)
-    else:
-      tmp.rename(folder)
+    replace_folder(tmp, folder)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

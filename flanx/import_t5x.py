@@ -38,7 +38,7 @@ def write_flanx_checkpoint(output_dir: str | os.PathLike, params: PyTree, config
                            source: str, overwrite: bool = False) -> pathlib.Path:
   """OUT/checkpoint_<step>/{params, meta} (Orbax) and OUT/config.gin, staged and renamed into place."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from flanx import export, model as model_lib  # pylint: disable=g-import-not-at-top
+  from flanx import hf, model as model_lib  # pylint: disable=g-import-not-at-top
   output_dir = pathlib.Path(output_dir).absolute()
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
     raise FileExistsError(f'{output_dir} exists and is not empty (pass --overwrite to replace it)')
@@ -53,7 +53,7 @@ def write_flanx_checkpoint(output_dir: str | os.PathLike, params: PyTree, config
           meta=ocp.args.JsonSave({'step': step, 'imported_from': source, 'format': 't5x'})))
       manager.wait_until_finished()
     (folder / 'config.gin').write_text(model_gin(config))
-    export.replace_folder(folder, output_dir)
+    hf.replace_folder(folder, output_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return output_dir

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
-from flanx import data, gin_utils, predict, runtime
+from flanx import data, predict, runtime
 from flanx.config import T5Config
 from flanx.evaluation import InferenceModel
 

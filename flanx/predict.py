@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flanx import decoding, model as model_lib, partitioning
+from flanx import decoding, model as model_lib
 from flanx.config import T5Config
 
 PyTree = Any

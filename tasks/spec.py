@@ -145,7 +145,6 @@ class SpecSource(seqio.DataSource):
     self._spec = spec
     self._variant = variant
     self._vocabulary = vocabulary
-    self._counts: Dict[str, int] = {}
     super().__init__(splits=spec.splits)
 
   @property
@@ -156,9 +155,7 @@ class SpecSource(seqio.DataSource):
     return [split]
 
   def num_input_examples(self, split: str) -> int:
-    if split not in self._counts:
-      self._counts[split] = len(split_records(self._spec, split))
-    return self._counts[split]
+    return len(split_records(self._spec, split))  # follows the configured path; records cached
 
   def _template_index(self, record: Mapping[str, str]) -> int:
     # Independent of the variant, so zero- and few-shot tasks phrase an example alike.

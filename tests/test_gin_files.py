@@ -56,3 +56,13 @@ def test_every_gin_file_parses(path):
   bindings = REQUIRED.get(path, ['MODEL_DIR = "/tmp/x"', 'MIXTURE_OR_TASK_NAME = "t"'])
   gin_utils.parse_gin(base + [path], bindings)
   T5Config()  # model bindings resolve
+
+
+def test_includes_resolve_when_folders_named_like_gin_dirs_are_importable(tmp_path, monkeypatch):
+  """A `runs/` or `models/` folder on sys.path (e.g. demo output in the repo root) is a namespace package;
+  gin's python-path reader used to crash on it instead of moving on to the search paths."""
+  for name in ('runs', 'models', 'recipes'):
+    (tmp_path / name).mkdir()
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gin_utils.parse_gin(['recipes/flan2022_flan_t5_small.gin'], ['MODEL_DIR = "/tmp/x"'])
+  assert macro('TRAIN_STEPS') == RECIPE_STEPS['small']
