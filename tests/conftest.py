@@ -8,6 +8,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+# torch's OpenMP pool makes tiny CPU models (parity checks, export verification) far slower on 2 busy cores.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 # Tests compile many tiny XLA programs: skipping LLVM's optimisation passes roughly halves compile time on
 # CPU and leaves float semantics unchanged (no fast-math either way).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
