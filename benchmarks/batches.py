@@ -23,9 +23,10 @@ def cot_available() -> bool:
   return COT_DIR.is_dir() and VOCAB.is_file()
 
 
-def _hide_gpus_from_tensorflow() -> None:
+def hide_gpus_from_tensorflow() -> None:
+  """Keeps TensorFlow (the input pipeline) off the GPU, which belongs to the measured process."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # the accelerator belongs to the measured process
+  tf.config.set_visible_devices([], 'GPU')
 
 
 def _synthetic_examples(lengths: dict, seed: int, vocab: int = 8000):
@@ -50,7 +51,7 @@ def make_batches(source: str, lengths: dict, batch_size: int, count: int, pack: 
   """`count` batches stacked on a leading axis: {feature: int32 [count, batch, length]}."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   import seqio  # pylint: disable=g-import-not-at-top
-  _hide_gpus_from_tensorflow()
+  hide_gpus_from_tensorflow()
   converter = seqio.EncDecFeatureConverter(pack=pack)
   if source == 'cot':
     if not cot_available():

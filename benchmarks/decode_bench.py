@@ -59,8 +59,8 @@ def run_flanx(spec: dict) -> dict:
         raise AssertionError(f'flanx emitted {sorted({int(x) for n in lengths for x in n})} tokens, '
                              f'expected {new_tokens}')
       results.append({'mode': mode, 'batch': batch, **timing})
-  return {'cases': results, **train_bench._jax_memory(), 'params': model_lib.param_count(config),  # pylint: disable=protected-access
-          'device': train_bench._jax_device()}  # pylint: disable=protected-access
+  return {'cases': results, **train_bench.jax_memory(), 'params': model_lib.param_count(config),
+          'device': train_bench.jax_device()}
 
 
 def run_hf(spec: dict) -> dict:

@@ -97,7 +97,8 @@ def _ratio(r):
     return 'baseline'
   if not r.get('ratio_vs'):
     return '–'
-  return '; '.join(f"{k}: {v['tokens_per_s']:.2f}× · {v['nonpad_tokens_per_s']:.2f}×" for k, v in r['ratio_vs'].items())
+  return '; '.join(f"{k}: {v['tokens_per_s']:.2f}× · {v['nonpad_tokens_per_s']:.2f}×"
+                   for k, v in r['ratio_vs'].items())
 
 
 def _mfu_cell(r):

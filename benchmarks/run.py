@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 from benchmarks import common
 from benchmarks import report
 from benchmarks import suite as suite_lib
@@ -112,7 +114,6 @@ def run_train(row: dict, device: str, data: str, workdir: pathlib.Path, args, pe
       continue
     stats = {**batches_lib.padding_stats(stacked, pack), 'steps': count}
     path = workdir / f"batches_{row['id']}_{row['model']}_{impl}.npz"
-    import numpy as np  # pylint: disable=g-import-not-at-top
     np.savez(path, **stacked)
     spec = {**row, 'impl': impl, 'batches_path': str(path), 'seed': args.seed}
     raw = _run_worker(spec, device, workdir, args.worker_timeout)
@@ -155,7 +156,7 @@ def run_decode(row: dict, device: str, workdir: pathlib.Path, args, peak: float 
 def run_pipeline(row: dict, args) -> list[dict]:
   """P1 via benchmarks/pipeline.py, in this process (host CPU work): packed and unpacked per length pair."""
   from benchmarks import batches as batches_lib  # pylint: disable=g-import-not-at-top
-  batches_lib._hide_gpus_from_tensorflow()  # pylint: disable=protected-access
+  batches_lib.hide_gpus_from_tensorflow()
   from benchmarks import pipeline  # pylint: disable=g-import-not-at-top
   print('[bench] P1 pipeline ...', flush=True)
   name = pipeline.register_mixture(str(batches_lib.COT_DIR), str(batches_lib.VOCAB), ['zs_reasoning'])
@@ -199,6 +200,7 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+  """Runs the selected rows and writes results.json and results.md; exits 1 if any row failed."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--suite', default=','.join(suite_lib.ALL), help='comma-separated rows: T1,T2,T3,D1,P1')
   parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'gpu', 'tpu'])
@@ -236,7 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
   peak = peak_tflops * 1e12 if peak_tflops else None
 
   out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
   result = {
       'quick': args.quick, 'suite': list(wanted), 'device': device_info, 'platform': platform,
       'host': common.host_facts(), 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         result['rows'] += run_pipeline(row, args)
   result['load_average']['end'] = common.load_average()
   report.add_ratios(result['rows'])
+  out_dir.mkdir(parents=True, exist_ok=True)  # only now: an interrupted run leaves nothing behind
   _write_atomically(out_dir / 'results.json', json.dumps(result, indent=1) + '\n')
   _write_atomically(out_dir / 'results.md', report.markdown(result))
   print(report.markdown(result))

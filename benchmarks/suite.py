@@ -38,8 +38,8 @@ def plan(platform: str, quick: bool, suite: tuple[str, ...]) -> tuple[list[dict]
                       **tiny)],
         'D1': [dict(id='D1', kind='decode', title='decode (quick: tiny model)', model='tiny', dtype='float32',
                     inputs=32, new_tokens=8, batches=[1, 2], modes=['greedy', 'sample'], warmup=1, steps=1)],
-        'P1': [dict(id='P1', kind='pipeline', title='data pipeline (quick)', lengths=[(64, 32)], batch_size=4,
-                    batches=3, warmup=1)],
+        'P1': [dict(id='P1', kind='pipeline', title='data pipeline (quick)', lengths=[(64, 32)], batch_size=8,
+                    batches=5, warmup=5)],  # warm-up touches every task's shuffle buffer
     }
   elif accelerated:
     bf16 = dict(dtype='bfloat16', warmup=3, steps=10)
@@ -48,7 +48,7 @@ def plan(platform: str, quick: bool, suite: tuple[str, ...]) -> tuple[list[dict]
                       **bf16)],
         'T2': [_train('T2', 'Dolly-shaped train', 'flan_t5_base', 64, 512, 256, T2_VARIANTS, hf_train, **bf16),
                _train('T2', 'Dolly-shaped train', 'flan_t5_large', 32, 512, 256, T2_VARIANTS, hf_train, **bf16)],
-        'T3': [_train('T3', 'Flan-shaped train', 'flan_t5_large', 32, 1024, 256, T2_VARIANTS, hf_train, **bf16),
+        'T3': [_train('T3', 'Flan-shaped train', 'flan_t5_large', 16, 1024, 256, T2_VARIANTS, hf_train, **bf16),
                _train('T3', 'Flan-shaped train (remat)', 'flan_t5_xl', 16, 1024, 256, T2_VARIANTS, hf_train,
                       remat='full', scan_layers=True, **bf16)],
         'D1': [dict(id='D1', kind='decode', title='decode', model='flan_t5_large', dtype='bfloat16', inputs=512,

@@ -54,16 +54,18 @@ def run_flanx(spec: dict) -> dict:
         raise FloatingPointError(f'flanx train step {i}: loss {loss}')
 
     timing = common.time_calls(call, spec['warmup'], spec['steps'])
-  return {**timing, **_jax_memory(), 'params': model_lib.param_count(config), 'device': _jax_device()}
+  return {**timing, **jax_memory(), 'params': model_lib.param_count(config), 'device': jax_device()}
 
 
-def _jax_device() -> dict:
+def jax_device() -> dict:
+  """Platform, kind and count of the devices JAX uses."""
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   return {'platform': device.platform, 'device_kind': device.device_kind, 'device_count': jax.device_count()}
 
 
-def _jax_memory() -> dict:
+def jax_memory() -> dict:
+  """Peak device memory (accelerators) or peak RSS (CPU) of this process."""
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
@@ -84,11 +86,13 @@ def hf_model(config, device: str, dtype=None):
 
 
 def torch_device() -> str:
+  """'cuda' when torch sees a GPU, else 'cpu'."""
   import torch  # pylint: disable=g-import-not-at-top
   return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def torch_memory(device: str) -> dict:
+  """Peak torch allocation (GPU) or peak RSS (CPU) of this process."""
   import torch  # pylint: disable=g-import-not-at-top
   if device == 'cuda':
     return {'peak_memory_bytes': int(torch.cuda.max_memory_allocated()), 'memory_kind': 'torch max_memory_allocated'}
@@ -96,6 +100,7 @@ def torch_memory(device: str) -> dict:
 
 
 def torch_device_facts(device: str) -> dict:
+  """Platform and kind of torch's device (and its thread count on CPU)."""
   import torch  # pylint: disable=g-import-not-at-top
   if device == 'cuda':
     return {'platform': 'gpu', 'device_kind': torch.cuda.get_device_name(), 'device_count': 1}

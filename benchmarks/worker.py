@@ -22,6 +22,7 @@ RUNNERS = {
 
 
 def main(argv: list[str]) -> None:
+  """Measures the side described by argv[0] and writes its result to argv[1]."""
   if len(argv) != 2:
     raise SystemExit('usage: python -m benchmarks.worker SPEC.json RESULT.json')
   import importlib  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from flanx import adafactor, checkpoint_import, checkpoints, data, flops, gin_utils, partitioning, runtime
-from flanx import schedules
+from flanx import model as model_lib, schedules
 from flanx import train_state as ts
 from flanx.config import T5Config
 from flanx.metrics_writer import MetricsWriter
@@ -66,7 +66,8 @@ def train(*,
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
   rules = partitioning.axis_rules()  # gin: axis_rules.fsdp
   schedule = learning_rate_schedule or schedules.constant()
-  tx = optimizer(learning_rate=schedule) if optimizer is not None else adafactor.adafactor(learning_rate=schedule)
+  # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
+  tx = (optimizer or adafactor.adafactor)(learning_rate=schedule, param_axes=model_lib.logical_axes(config))
   shardings = ts.make_shardings(config, tx, mesh, rules)
   ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
   writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar)

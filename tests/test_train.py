@@ -199,3 +199,12 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
   assert step is not None and step >= 5
   assert f'Training preempted at step {step}' in out
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, step)))
+
+
+def test_scanned_rematerialized_layers_train_and_checkpoint_stacked(tmp_path):
+  result = train_in_process(tmp_path, 20, CHECKPOINT_PERIOD=20,
+                            **{'T5Config.scan_layers': True, 'T5Config.remat': "'full'"})
+  history = read_metrics(tmp_path)
+  assert result['step'] == 20 and history[-1]['loss'] < history[0]['loss']
+  kernel = saved_params(tmp_path, 20)['encoder']['layers']['attention']['query']['kernel']
+  assert kernel.shape == (2, 32, 32)  # [layers, d_model, heads * d_kv]
