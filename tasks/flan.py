@@ -1,11 +1,12 @@
 """Flan 2022 from the preprocessed collection files, and the `dolly_flan` continued-tuning mix.
 
-Input: JSONL / Parquet / TFRecord files whose records have `inputs`, `targets`, `task_source`,
-`task_name`, `template_type` (a leading underscore, as in some exports, is accepted), local or
-gs://. Point at them with gin `tasks.flan.flan_data_pattern.pattern` or env `FLANX_FLAN_DATA`: a
-glob that may contain `{submix}` (flan2021, t0, niv2, cot, dialog), `{variant}` (zs_opt, ...) and
-`{variant_short}` (zsopt, ...). Records are routed by their own task_source and template_type, so
-one glob over every file also works (each task then reads all files).
+Input: a downloaded Flan Collection folder (local or gs://) in any public layout (tasks/flan_layouts.py:
+FLAN's own export, DataProvenanceInitiative, Open-Orca/FLAN, SirNeural/flan_v2), detected from the file
+names or named by gin `tasks.flan_layouts.flan_layout.layout` / env `FLANX_FLAN_LAYOUT`. Point at it with
+gin `tasks.flan.flan_data_pattern.pattern` or env `FLANX_FLAN_DATA`: the folder, or a glob that may
+contain `{submix}` (flan2021, t0, niv2, cot, dialog), `{variant}` (zs_opt, ...) and `{variant_short}`
+(zsopt, ...). Records are routed by their task_source / template_type (any spelling: P3, T0, Flan2021,
+NIv2, CoT, zsopt, ...), or by the file name where the layout keeps them there.
 
 Registered (cheaply; files are read when a dataset is first built):
 - `flan2022_<submix>_<variant>`: one task per submixture and template variant. Its source mixes
@@ -28,7 +29,6 @@ import collections
 import dataclasses
 import itertools
 import os
-import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import gin
@@ -36,14 +36,16 @@ import numpy as np
 import seqio
 
 from tasks import dolly  # pylint: disable=unused-import  (registers the `dolly` task)
+from tasks import flan_layouts as layouts_lib
 from tasks import records as records_lib
 from tasks import spec as spec_lib
 
 PATTERN_ENV = 'FLANX_FLAN_DATA'
-ALL_VARIANTS = ('zs_opt', 'zs_noopt', 'fs_opt', 'fs_noopt')
+ALL_VARIANTS = layouts_lib.ALL_VARIANTS
 OPT_VARIANTS = ('zs_opt', 'fs_opt')
-FIELDS = ('inputs', 'targets', 'task_source', 'task_name', 'template_type')
+FIELDS = layouts_lib.FIELDS
 SHUFFLE_BUFFER = 20_000
+normalize_variant = layouts_lib.normalize_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,29 +55,27 @@ class Submix:
   variants: Tuple[str, ...]
   cap: int
   rate: float
-  sources: Tuple[str, ...]  # task_source values (lower-case, alphanumerics only)
 
 
 SUBMIXES = (
-    Submix('flan2021', ALL_VARIANTS, 30_000, 0.4, ('flan2021', 'flan')),
-    Submix('t0', ALL_VARIANTS, 20_000, 0.32, ('t0', 't0sf')),
-    Submix('niv2', OPT_VARIANTS, 5_000, 0.2, ('niv2', 'natinstv2', 'niv2sf')),
-    Submix('cot', OPT_VARIANTS, 100_000, 0.05, ('cot',)),
-    Submix('dialog', OPT_VARIANTS, 200_000, 0.03, ('dialog',)),
+    Submix('flan2021', ALL_VARIANTS, 30_000, 0.4),
+    Submix('t0', ALL_VARIANTS, 20_000, 0.32),
+    Submix('niv2', OPT_VARIANTS, 5_000, 0.2),
+    Submix('cot', OPT_VARIANTS, 100_000, 0.05),
+    Submix('dialog', OPT_VARIANTS, 200_000, 0.03),
 )
 SUBMIX_BY_NAME = {s.name: s for s in SUBMIXES}
-_SOURCE_TO_SUBMIX = {alias: s.name for s in SUBMIXES for alias in s.sources}
 
 
 @gin.configurable
 def flan_data_pattern(pattern: Optional[str] = None) -> str:
-  """Glob of the preprocessed Flan files: argument / gin binding, else $FLANX_FLAN_DATA."""
+  """Folder or glob of the Flan files: argument / gin binding, else $FLANX_FLAN_DATA."""
   pattern = pattern or os.environ.get(PATTERN_ENV)
   if not pattern:
     raise FileNotFoundError(
-        'Flan data not configured: set $FLANX_FLAN_DATA or gin '
-        '`tasks.flan.flan_data_pattern.pattern` to a glob of the preprocessed Flan collection '
-        'files (jsonl/parquet/tfrecord; may contain {submix} and {variant}).')
+        'Flan data not configured: set $FLANX_FLAN_DATA or gin `tasks.flan.flan_data_pattern.pattern` '
+        'to the downloaded Flan Collection folder (or a glob; may contain {submix} and {variant}); '
+        f'layouts: {layouts_lib.EXPECTED}.')
   return pattern
 
 
@@ -87,65 +87,34 @@ def flan_replay_fraction(fraction: float = 0.1) -> float:
   return fraction
 
 
-def _norm(value: str) -> str:
-  return re.sub('[^a-z0-9]', '', value.lower())
-
-
-def normalize_variant(value: str) -> Optional[str]:
-  """'zs_opt' for 'zs_opt', 'zsopt', 'ZS-OPT'; None when not a template type."""
-  value = _norm(value)
-  for variant in ALL_VARIANTS:
-    if value == _norm(variant):
-      return variant
-  return None
-
-
-def _field(record: Mapping[str, Any], name: str) -> Any:
-  if name in record:
-    return record[name]
-  return record.get('_' + name, None)
-
-
-def classify(record: Any, problem: Optional[Tuple[str, str]] = None
-             ) -> Tuple[Optional[Tuple[str, str]], Optional[Tuple[str, str, str, str, str]]]:
-  """(problem, None) for a bad record, else (None, (submix, variant, task, inputs, targets))."""
-  if problem:
-    return problem, None
-  if isinstance(record, dict):
-    record = {name: _field(record, name) for name in FIELDS}
-    record = {k: v for k, v in record.items() if v is not None}
-  problem = records_lib.validate(record, FIELDS)
-  if problem:
-    return problem, None
-  submix = _SOURCE_TO_SUBMIX.get(_norm(record['task_source']))
-  if submix is None:
-    return ('unknown_task_source', f"unknown task_source {record['task_source']!r}"), None
-  variant = normalize_variant(record['template_type'])
-  if variant is None:
-    return ('unknown_template_type', f"unknown template_type {record['template_type']!r}"), None
-  return None, (submix, variant, record['task_name'], record['inputs'], record['targets'])
-
-
 _SCANS: Dict[Any, Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]] = {}
 
 
-def scan_files(files: Tuple[str, ...], on_error: str = 'raise'
+def iter_matches(files: Sequence[layouts_lib.FlanFile], on_error: str,
+                 report: Optional[records_lib.ReadReport] = None
+                 ) -> Iterator[Tuple[str, str, str, str, str]]:
+  """(submix, variant, task_name, inputs, targets) of every good record; bad ones raise or are skipped
+  (counted in `report` when given)."""
+  for file in files:
+    for where, record, problem in layouts_lib.iter_records(file):
+      problem, match = (problem, None) if problem else layouts_lib.classify(record, file)
+      if problem:
+        records_lib.reject(where, problem, on_error, report)
+      else:
+        yield match
+
+
+def scan_files(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
                ) -> Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]:
   """Examples per (submix, variant, task_name) in `files` (read once per process)."""
-  key = (tuple(spec_lib.file_key(f) for f in files), on_error)
+  key = (tuple(spec_lib.file_key(p) for f in files for p in f.paths), on_error,
+         records_lib.max_record_bytes())
   if key not in _SCANS:
-    report = records_lib.ReadReport(f'Flan files ({len(files)}: {list(files[:2])}...)')
+    report = records_lib.ReadReport(f'Flan files ({len(files)}: {[f.name for f in files[:2]]}...)')
     counts = collections.Counter()
-    for path in files:
-      for where, record, problem in records_lib.iter_file(path):
-        problem, match = classify(record, problem)
-        if problem:
-          if on_error == 'raise':
-            raise records_lib.RecordError(f'{where}: {problem[1]}')
-          report.add_skip(problem[0], f'{where}: {problem[1]}')
-        else:
-          counts[match[:3]] += 1
-          report.kept += 1
+    for match in iter_matches(files, on_error, report):
+      counts[match[:3]] += 1
+      report.kept += 1
     report.log()
     _SCANS[key] = (dict(counts), report)
   return _SCANS[key]
@@ -156,11 +125,12 @@ class FlanFileSource(seqio.DataSource):
 
   def __init__(self, submix: Submix, variant: str, pattern: Optional[str] = None,
                cap: Optional[int] = None, seed: int = spec_lib.DEFAULT_SEED,
-               on_error: str = 'raise'):
+               on_error: str = 'raise', layout: Optional[str] = None):
     self.submix = submix
     self.variant = variant
     self.cap = submix.cap if cap is None else cap
     self._pattern = pattern
+    self._layout = layout
     self._seed = seed
     self._on_error = records_lib.check_on_error(on_error)
     self._scan: Optional[Tuple[Dict[str, int], records_lib.ReadReport]] = None
@@ -173,24 +143,19 @@ class FlanFileSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def files(self) -> List[str]:
-    """The files matching the configured pattern for this submixture and variant."""
+  def files(self) -> List[layouts_lib.FlanFile]:
+    """The files of the configured folder / pattern that may hold this submixture and variant."""
     pattern = self._pattern or flan_data_pattern()
     pattern = (pattern.replace('{submix}', self.submix.name).replace('{variant}', self.variant)
                .replace('{variant_short}', self.variant.replace('_', '')))
-    return records_lib.expand(pattern)
+    files = layouts_lib.resolve(pattern, self._layout or layouts_lib.flan_layout())
+    return [f for f in files if f.matches(self.submix.name, self.variant)]
 
-  def _records(self, files: Sequence[str]) -> Iterator[Tuple[str, str, str]]:
+  def _records(self, files: Sequence[layouts_lib.FlanFile]) -> Iterator[Tuple[str, str, str]]:
     """(task_name, inputs, targets) of this submixture and variant, in file order."""
-    for path in files:
-      for where, record, problem in records_lib.iter_file(path):
-        problem, match = classify(record, problem)
-        if problem:
-          if self._on_error == 'raise':
-            raise records_lib.RecordError(f'{where}: {problem[1]}')
-          continue  # counted and reported by scan()
-        if match[0] == self.submix.name and match[1] == self.variant:
-          yield match[2:]
+    for match in iter_matches(files, self._on_error):  # skips were counted by scan()
+      if match[0] == self.submix.name and match[1] == self.variant:
+        yield match[2:]
 
   def scan(self) -> Tuple[Dict[str, int], records_lib.ReadReport]:
     """Examples per task_name and the read report (one read, shared by every source that
@@ -202,20 +167,24 @@ class FlanFileSource(seqio.DataSource):
               if submix == self.submix.name and variant == self.variant}
       if not mine:
         raise ValueError(f'no {self.submix.name} {self.variant} records in {len(files)} files '
-                         f'({list(files[:3])}...)')
+                         f'({[f.name for f in files[:3]]}...)')
       self._scan = (dict(sorted(mine.items())), report)
     return self._scan
+
+  def cap_of(self, task: str) -> float:
+    """The per-task cap; none for records without a task name (SirNeural's files)."""
+    return float('inf') if task == layouts_lib.UNNAMED_TASK else self.cap
 
   def task_rates(self) -> Dict[str, float]:
     """Share of each task_name in this source's stream: min(n, cap) / sum min(n, cap)."""
     counts, _ = self.scan()
-    capped = {t: min(n, self.cap) for t, n in counts.items()}
+    capped = {t: min(n, self.cap_of(t)) for t, n in counts.items()}
     total = sum(capped.values())
     return {t: c / total for t, c in capped.items()}
 
   def num_input_examples(self, split: str) -> int:
     counts, _ = self.scan()
-    return sum(min(n, self.cap) for n in counts.values())
+    return int(sum(min(n, self.cap_of(t)) for t, n in counts.items()))
 
   def epoch(self, epoch: int, shuffle: bool = True, seed: Optional[int] = None
             ) -> Iterator[Tuple[str, str, str]]:
@@ -224,7 +193,7 @@ class FlanFileSource(seqio.DataSource):
     seed = self._seed if seed is None else int(seed)
     keep = {}
     for task, n in counts.items():
-      if n > self.cap:
+      if n > self.cap_of(task):
         rng = np.random.default_rng([seed, epoch, records_lib.stable_int(task)])
         mask = np.zeros(n, dtype=bool)
         mask[rng.choice(n, self.cap, replace=False)] = True
@@ -284,7 +253,7 @@ def task_name(submix: str, variant: str) -> str:
 def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str, int]] = None,
                       rates: Optional[Mapping[str, float]] = None, on_error: str = 'raise',
                       vocabulary: Optional[seqio.Vocabulary] = None,
-                      prefix: str = '') -> List[str]:
+                      prefix: str = '', layout: Optional[str] = None) -> List[str]:
   """Registers the Flan 2022 tasks and mixtures (names get `prefix`); returns the names."""
   features = spec_lib.default_features(vocabulary)
   caps = dict(caps or {})
@@ -293,7 +262,8 @@ def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str,
   for submix in SUBMIXES:
     variant_tasks = []
     for variant in submix.variants:
-      source = FlanFileSource(submix, variant, pattern, caps.get(submix.name), on_error=on_error)
+      source = FlanFileSource(submix, variant, pattern, caps.get(submix.name), on_error=on_error,
+                              layout=layout)
       task = ResamplingTask(prefix + task_name(submix.name, variant), source=source,
                             output_features=features,
                             preprocessors=list(spec_lib.TASK_PREPROCESSORS),

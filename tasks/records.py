@@ -1,7 +1,9 @@
 """Reading record files (JSONL, TSV, Parquet, TFRecord; local or gs://) with validation.
 
-Every bad record is either an error naming file and line (on_error='raise') or counted in a
-`ReadReport` and logged (on_error='skip'); nothing is dropped silently. Blank lines are not records.
+Every bad record (malformed, missing fields, not UTF-8, longer than `max_record_bytes()`) is either an
+error naming file and line (on_error='raise') or counted in a `ReadReport` and logged (on_error='skip');
+nothing is dropped silently. Blank lines are not records. Over-long lines are skipped in chunks, never
+held in memory whole.
 """
 
 import collections
@@ -15,7 +17,11 @@ import logging
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+import gin
+
 ON_ERROR = ('raise', 'skip')
+MAX_RECORD_BYTES_ENV = 'FLANX_MAX_RECORD_BYTES'
+DEFAULT_MAX_RECORD_BYTES = 4 << 20  # far above any real Flan / Dolly record (tens of KB)
 
 
 class RecordError(ValueError):
@@ -55,8 +61,60 @@ def check_on_error(on_error: str) -> str:
   return on_error
 
 
+def reject(where: str, problem: Tuple[str, str], on_error: str, report: Optional[ReadReport]) -> None:
+  """A bad record: RecordError naming its location under 'raise'; else counted in `report` (if any)."""
+  kind, message = problem
+  if on_error == 'raise':
+    raise RecordError(f'{where}: {message}')
+  if report is not None:
+    report.add_skip(kind, f'{where}: {message}')
+
+
+@gin.configurable
+def max_record_bytes(limit: Optional[int] = None) -> int:
+  """Longest record (line, or a row's text) read: argument / gin binding, else $FLANX_MAX_RECORD_BYTES,
+  else 4 MiB. Longer records are bad records (an error, or a counted skip), never loaded whole."""
+  limit = limit or int(os.environ.get(MAX_RECORD_BYTES_ENV) or DEFAULT_MAX_RECORD_BYTES)
+  if limit <= 0:
+    raise ValueError(f'max record bytes must be positive, got {limit}')
+  return limit
+
+
+def _too_long(size: int, limit: int) -> Tuple[str, str]:
+  return ('record_too_long', f'record is {size:,} bytes, over the {limit:,}-byte limit (gin '
+                             f'tasks.records.max_record_bytes.limit / ${MAX_RECORD_BYTES_ENV})')
+
+
 def _is_remote(path: str) -> bool:
   return '://' in path
+
+
+def has_glob(pattern: str) -> bool:
+  return any(c in pattern for c in '*?[')
+
+
+def is_dir(path: str) -> bool:
+  """Whether a local or gs:// path is a directory."""
+  if _is_remote(path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.isdir(path)
+  return os.path.isdir(os.path.expanduser(path))
+
+
+def walk_files(folder: str) -> List[str]:
+  """Sorted files under a local or gs:// folder, skipping hidden entries (.cache, .gitattributes)."""
+  if _is_remote(folder):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    walk = ((d, sub, names) for d, sub, names in tf.io.gfile.walk(folder))
+  else:
+    walk = os.walk(os.path.expanduser(folder))
+  files = []
+  for directory, subdirs, names in walk:
+    subdirs[:] = [d for d in subdirs if not d.startswith('.')]
+    files += [os.path.join(directory, n) for n in names if not n.startswith('.')]
+  if not files:
+    raise FileNotFoundError(f'no files in {folder!r}')
+  return sorted(files)
 
 
 def expand(pattern: str) -> List[str]:
@@ -74,19 +132,82 @@ def expand(pattern: str) -> List[str]:
 
 def open_binary(path: str):
   """Opens a local or gs:// file for binary reading (gunzips *.gz)."""
-  if _is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    f = tf.io.gfile.GFile(path, 'rb')
-  else:
-    f = open(path, 'rb')
+  f = open_binary_raw(path)
   return gzip.GzipFile(fileobj=f) if path.endswith('.gz') else f
 
 
-def iter_lines(path: str) -> Iterator[Tuple[int, str]]:
-  """(1-based line number, line without its newline) for a UTF-8 text file."""
-  with open_binary(path) as f:
-    for number, raw in enumerate(io.TextIOWrapper(f, encoding='utf-8', newline='\n'), 1):
-      yield number, raw.rstrip('\n').rstrip('\r')
+class _Joined(io.RawIOBase):
+  """The bytes of several files, one after the other (parts of one split file)."""
+
+  def __init__(self, paths: Sequence[str]):
+    super().__init__()
+    self._paths = list(paths)
+    self._file = None
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while self._paths or self._file:
+      if self._file is None:
+        path = self._paths.pop(0)
+        self._file = open_binary_raw(path)
+      n = self._file.readinto(buffer)
+      if n:
+        return n
+      self._file.close()
+      self._file = None
+    return 0
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    super().close()
+
+
+def open_binary_raw(path: str):
+  """Opens a local or gs:// file for binary reading, as stored (no gunzip)."""
+  if _is_remote(path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.GFile(path, 'rb')
+  return open(path, 'rb')
+
+
+def _read_lines(f, limit: int) -> Iterator[Tuple[int, Optional[bytes], int]]:
+  """(line number, bytes without the newline or None when longer than `limit`, length) for a binary file;
+  a long line is skipped in chunks, never held whole."""
+  number = 0
+  while True:
+    raw = f.readline(limit + 1)
+    if not raw:
+      return
+    number += 1
+    size = len(raw)
+    if len(raw) > limit and not raw.endswith(b'\n'):
+      while raw and not raw.endswith(b'\n'):
+        raw = f.readline(1 << 20)
+        size += len(raw)
+      yield number, None, size
+      continue
+    yield number, raw.rstrip(b'\n').rstrip(b'\r'), size
+
+
+def iter_lines(path: str, where: Optional[str] = None, file=None
+               ) -> Iterator[Tuple[str, Optional[str], Optional[Tuple[str, str]]]]:
+  """(location, line or None, problem or None) for a UTF-8 text file: a line that is not UTF-8 or is over
+  `max_record_bytes()` is a problem naming file and line."""
+  limit = max_record_bytes()
+  with (file if file is not None else open_binary(path)) as f:
+    for number, raw, size in _read_lines(f, limit):
+      location = f'{where or path}:{number}'
+      if raw is None:
+        yield location, None, _too_long(size, limit)
+        continue
+      try:
+        yield location, raw.decode('utf-8'), None
+      except UnicodeDecodeError as e:
+        yield location, None, ('invalid_utf8', f'not UTF-8 text (byte 0x{raw[e.start]:02x} at column '
+                                               f'{e.start + 1})')
 
 
 def validate(record: Any, required: Sequence[str], optional: Sequence[str] = ()
@@ -109,23 +230,35 @@ def validate(record: Any, required: Sequence[str], optional: Sequence[str] = ()
   return None
 
 
-def _iter_jsonl(path: str) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
-  for number, line in iter_lines(path):
+def _iter_jsonl(path: str, where: Optional[str] = None, file=None
+                ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+  for where, line, problem in iter_lines(path, where, file):
+    if problem:
+      yield where, None, problem
+      continue
     if not line.strip():
       continue
-    where = f'{path}:{number}'
     try:
       yield where, json.loads(line), None
     except json.JSONDecodeError as e:
       yield where, None, ('malformed_json', f'malformed JSON ({e.msg} at column {e.colno})')
 
 
+def iter_joined_jsonl(paths: Sequence[str]) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+  """Records of a JSONL file split into byte chunks (`cat parts | gunzip`), located by joined line."""
+  raw = io.BufferedReader(_Joined(paths))
+  file = gzip.GzipFile(fileobj=raw) if paths[0].endswith('.gz') else raw
+  return _iter_jsonl(paths[0], f'{paths[0]} (+{len(paths) - 1} parts)', file)
+
+
 def _iter_tsv(path: str, columns: Sequence[str]
               ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
-  for number, line in iter_lines(path):
+  for where, line, problem in iter_lines(path):
+    if problem:
+      yield where, None, problem
+      continue
     if not line.strip():
       continue
-    where = f'{path}:{number}'
     fields = line.split('\t')
     if len(fields) != len(columns):
       yield where, None, ('malformed_line',
@@ -144,26 +277,40 @@ def _iter_parquet(path: str, columns: Optional[Sequence[str]]
     table = pq.ParquetFile(f)
     names = set(table.schema_arrow.names)
     wanted = [c for c in columns if c in names] if columns else None
-    row = 0
-    for batch in table.iter_batches(columns=wanted, batch_size=4096):
+    row, limit = 0, max_record_bytes()
+    for batch in table.iter_batches(columns=wanted, batch_size=256):
       for record in batch.to_pylist():
-        yield f'{path}:row {row}', record, None
+        size = _text_bytes(record)
+        yield (f'{path}:row {row}', None, _too_long(size, limit)) if size > limit else (
+            f'{path}:row {row}', record, None)
         row += 1
+
+
+def _text_bytes(record: Mapping[str, Any]) -> int:
+  """Bytes of a record's text values (UTF-8 is at least one byte a character: the length bounds it)."""
+  return sum(len(v) for v in record.values() if isinstance(v, (str, bytes)))
 
 
 def _iter_tfrecord(path: str) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for number, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
     where = f'{path}:record {number}'
+    if len(raw) > max_record_bytes():
+      yield where, None, _too_long(len(raw), max_record_bytes())
+      continue
     try:
       example = tf.train.Example.FromString(raw)
     except Exception as e:  # pylint: disable=broad-except
       yield where, None, ('malformed_record', f'not a tf.train.Example ({e})')
       continue
     record = {}
-    for name, feature in example.features.feature.items():
-      values = feature.bytes_list.value
-      record[name] = values[0].decode('utf-8') if len(values) == 1 else None
+    try:
+      for name, feature in example.features.feature.items():
+        values = feature.bytes_list.value
+        record[name] = values[0].decode('utf-8') if len(values) == 1 else None
+    except UnicodeDecodeError as e:
+      yield where, None, ('invalid_utf8', f'feature {name!r} is not UTF-8 text ({e.reason})')
+      continue
     yield where, record, None
 
 
@@ -211,10 +358,7 @@ def read_records(pattern: str, required: Sequence[str], optional: Sequence[str] 
     for where, record, problem in iter_file(path, fmt, columns):
       problem = problem or validate(record, required, optional)
       if problem:
-        kind, message = problem
-        if on_error == 'raise':
-          raise RecordError(f'{where}: {message}')
-        report.add_skip(kind, f'{where}: {message}')
+        reject(where, problem, on_error, report)
         continue
       records.append({k: record[k] for k in list(required) + list(optional)})
       report.kept += 1

@@ -12,6 +12,7 @@ Records are read and validated when a dataset is first built, never at registrat
 """
 
 import dataclasses
+import functools
 import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 import seqio
 
+from tasks import few_shot as few_shot_lib
 from tasks import records as records_lib
 from tasks import templates as templates_lib
 from tasks import vocab as vocab_lib
@@ -115,10 +117,7 @@ def _validate_loaded(spec: DatasetSpec) -> Tuple[List[Dict[str, str]], records_l
   for i, row in enumerate(rows):
     problem = records_lib.validate(row, spec.required, spec.optional)
     if problem:
-      message = f'{description}: record {i}: {problem[1]}'
-      if spec.on_error == 'raise':
-        raise records_lib.RecordError(message)
-      report.add_skip(problem[0], message)
+      records_lib.reject(f'{description}: record {i}', problem, spec.on_error, report)
       continue
     records.append({k: row[k] for k in spec.required + spec.optional})
     report.kept += 1
@@ -186,6 +185,12 @@ class SpecSource(seqio.DataSource):
                                     ).permutation(len(examples))
     if shard_info is not None and shard_info.num_shards > 1:
       order = order[shard_info.index::shard_info.num_shards]
+    if isinstance(examples, _FewShot):  # pieces; `few_shot.fit_exemplars` joins them to the run's length
+      text = tf.TensorSpec([], tf.string)
+      return tf.data.Dataset.from_generator(
+          lambda: (examples.pieces(int(i)) for i in order),
+          output_signature={'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text,
+                            'targets': text})
     if isinstance(examples, list):
       return tf.data.Dataset.from_tensor_slices({
           'inputs': tf.constant([examples[i][0] for i in order], tf.string, shape=[len(order)]),
@@ -227,6 +232,17 @@ class _FewShot:
     return self._texts[t], self._lengths[t]
 
   def __getitem__(self, i: int) -> Tuple[str, str]:
+    prompt, targets, _ = self._draw(i)
+    return prompt, targets
+
+  def pieces(self, i: int) -> Dict[str, Any]:
+    """Example i for `few_shot.fit_exemplars`: the drawn exemplars (each ending with the separator),
+    the query and the targets; the run's input length may drop exemplars later, never the query."""
+    _, targets, (texts, inputs) = self._draw(i, trim=False)
+    sep = templates_lib.EXEMPLAR_SEPARATOR
+    return {'prefix': '', 'exemplars': [x + sep for x in texts], 'query': inputs, 'targets': targets}
+
+  def _draw(self, i: int, trim: bool = True) -> Tuple[str, str, Tuple[List[str], str]]:
     t = int(self._choice[i])
     inputs, targets = self._variant.templates[t].render(self._records[i])
     texts, lengths = self._exemplars(t)
@@ -247,10 +263,10 @@ class _FewShot:
       total += lengths[j] + self._sep_len
     prompt = self._join(texts, chosen, inputs)
     # SentencePiece without lossless newlines is not exactly additive: trim until it fits.
-    while not self._exact and chosen and len(self._vocab.encode(prompt)) > budget:
+    while trim and not self._exact and chosen and len(self._vocab.encode(prompt)) > budget:
       chosen.pop()
       prompt = self._join(texts, chosen, inputs)
-    return prompt, targets
+    return prompt, targets, ([texts[j] for j in chosen], inputs)
 
   @staticmethod
   def _join(texts: List[str], chosen: List[int], inputs: str) -> str:
@@ -291,8 +307,12 @@ def register(spec: DatasetSpec) -> List[str]:
   names = []
   for variant in spec.variants:
     name = spec.task_name(variant)
+    preprocessors = list(TASK_PREPROCESSORS)
+    if variant.few_shot:  # exemplars fit min(few_shot_budget, the run's inputs length - EOS)
+      preprocessors.insert(0, functools.partial(few_shot_lib.fit_exemplars, max_tokens=spec.few_shot_budget,
+                                                on_overflow='keep', task_name=name))
     add_task(seqio.Task(name, source=SpecSource(spec, variant, vocabulary),
-                        output_features=features, preprocessors=list(TASK_PREPROCESSORS),
+                        output_features=features, preprocessors=preprocessors,
                         metric_fns=list(spec.metric_fns)))
     names.append(name)
   return names
