@@ -70,9 +70,14 @@ def _read(path: str) -> str:
     return f.read()
 
 
-@functools.lru_cache(maxsize=None)
 def cot_prompt(path: str) -> Tuple[str, Tuple[str, ...]]:
   """(task description, the exemplars verbatim) of an official CoT prompt file."""
+  return _cot_prompt(path, spec_lib.file_key(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _cot_prompt(path: str, key) -> Tuple[str, Tuple[str, ...]]:
+  del key  # changes with the file: read once per version
   text = _read(path)
   if '\n-----\n' not in text:
     raise ValueError(f'{path}: no `-----` line after the canary line')
@@ -92,9 +97,14 @@ def answer_only(exemplar: str) -> str:
   return f'{question}\n{DIRECT_CUE} {metrics.bbh_answer(exemplar)}'
 
 
-@functools.lru_cache(maxsize=None)
 def examples(path: str) -> Tuple[Tuple[str, str], ...]:
   """(input, target) pairs of a task file `{"examples": [{"input", "target"}]}`."""
+  return _examples(path, spec_lib.file_key(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _examples(path: str, key) -> Tuple[Tuple[str, str], ...]:
+  del key  # changes with the file: read once per version
   try:
     rows = json.loads(_read(path))['examples']
   except (ValueError, KeyError, TypeError) as e:

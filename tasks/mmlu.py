@@ -69,22 +69,32 @@ def mmlu_dir(path: Optional[str] = None) -> str:
   if not path:
     raise FileNotFoundError('MMLU data not configured: set $FLANX_MMLU_DIR or gin `tasks.mmlu.mmlu_dir.path` to '
                             "the release's data/ folder (holding dev/, val/, test/)")
+  return path
+
+
+def data_folder(path: str) -> str:
+  """`path` itself when it holds dev/, else its data/ subfolder when that does."""
   if not os.path.isdir(os.path.join(path, 'dev')) and os.path.isdir(os.path.join(path, 'data', 'dev')):
-    path = os.path.join(path, 'data')
+    return os.path.join(path, 'data')
   return path
 
 
 def csv_path(subject: str, split: str, directory: Optional[str] = None) -> str:
   """Where a subject's split lives: `<data>/{dev,val,test}/{subject}_{split}.csv`."""
   name = SPLIT_FILES[split]
-  return os.path.join(directory or mmlu_dir(), name, f'{subject}_{name}.csv')
+  return os.path.join(data_folder(directory or mmlu_dir()), name, f'{subject}_{name}.csv')
 
 
-@functools.lru_cache(maxsize=None)
 def read_rows(path: str) -> Tuple[Tuple[str, ...], ...]:
   """(question, A, B, C, D, answer) rows of one CSV; a clear error naming file and line otherwise."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: missing (MMLU layout: data/{{dev,val,test}}/{{subject}}_{{split}}.csv)')
+  return _read_rows(spec_lib.file_key(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_rows(key) -> Tuple[Tuple[str, ...], ...]:
+  path = key[0] if isinstance(key, tuple) else key  # the key changes with the file (read once per version)
   with open(path, encoding='utf-8', newline='') as f:
     text = f.read()
   reader = csv.reader(io.StringIO(text))
