@@ -1,0 +1,41 @@
+"""Convert a t5x gin: `python -m flanx.from_t5x_gin OLD_RUN/config.gin [--gin_search_paths=T5X_CHECKOUT] > run.gin`.
+
+Reads a t5x run's config.gin (or t5x-style gins with includes) without importing t5x and prints the flanx gin
+that trains the same model on the same task with the same lengths, batch, steps, learning-rate schedule,
+Adafactor settings, dropout, loss normalization, checkpointing and partitioning. Bindings flanx cannot carry
+over are listed as comments at the end. Then: `python -m flanx.train --gin_file=run.gin --gin.MODEL_DIR=...`.
+"""
+
+import argparse
+import sys
+from typing import Sequence
+
+from flanx.interop import t5x_gin
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Command-line entry point: the flanx gin on stdout (or --output), errors on stderr with exit code 2."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('config', help="a t5x gin file, e.g. a run's MODEL_DIR/config.gin")
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help='comma-separated folders where includes are looked up (e.g. a t5x checkout)')
+  parser.add_argument('--output', default=None, help='write here instead of stdout')
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  paths = [p for value in args.gin_search_paths for p in value.split(',') if p]
+  try:
+    text = t5x_gin.convert_file(args.config, paths)
+  except t5x_gin.T5xGinError as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 2
+  if args.output:
+    with open(args.output + '.tmp', 'w') as f:
+      f.write(text)
+    import os  # pylint: disable=g-import-not-at-top
+    os.replace(args.output + '.tmp', args.output)
+  else:
+    sys.stdout.write(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
