@@ -1,0 +1,483 @@
+"""Compile-only check: will this run fit its TPU pod? Answered on a CPU machine, before anyone pays for the pod.
+
+`python -m flanx.train <the flags of the real run> --topology=v3-128 --compile_only` (also flanx.eval and
+flanx.infer) builds the mesh and shardings the real run builds, on libtpu's compile-only devices of that slice
+(hosts included), lowers the real jitted step with abstract inputs (no params allocated, no data read, no
+checkpoint or MODEL_DIR touched), compiles it for the TPU and reports the per-device memory XLA plans against
+the chip's HBM. Exit status: 0 fits, 3 does not fit, 1 error. `--compile_report=PATH` writes the report as
+JSON; `--suggest` recompiles with memory levers (remat, fsdp, a larger model axis, microbatches) and says
+which fit; `--step_time=SECONDS` turns the model FLOPs per step into MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from flanx.training import tpu_topology
+
+EXIT_FITS, EXIT_ERROR, EXIT_DOES_NOT_FIT = 0, 1, 3
+GIB = 2 ** 30
+_UNITS = {'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
+
+
+class CompileCheckError(ValueError):
+  """A configuration the pod would reject before compiling (batch split across hosts, microbatches...)."""
+
+
+@dataclasses.dataclass
+class StepMemory:
+  """XLA's per-device memory plan of one compiled step (bytes), or the compiler's out-of-memory verdict."""
+  name: str
+  arguments: int
+  outputs: int
+  aliased: int  # outputs written into donated arguments (counted once)
+  temporaries: int | None  # None when the compiler ran out of memory before planning them
+  generated_code: int
+  compile_seconds: float
+  compiled_flops_per_device: float | None = None
+  out_of_memory: str | None = None  # the compiler's message
+  required: int | None = None  # what the compiler said it needed, when it ran out
+
+  @property
+  def total(self) -> int:
+    """Peak bytes one device holds: arguments + outputs not aliased to them + temporaries + program."""
+    if self.out_of_memory is not None:
+      return self.required if self.required is not None else self.arguments
+    return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
+
+
+@dataclasses.dataclass
+class Report:
+  """What the compile-only check found, printable and JSON-able."""
+  mode: str
+  tpu: tpu_topology.TpuSlice
+  mesh: dict[str, int]
+  steps: list[StepMemory]
+  batch_size: int
+  per_host_batch: int
+  model_flops_per_step: float | None = None
+  step_time: float | None = None
+  levers: dict[str, Any] = dataclasses.field(default_factory=dict)  # what this compile used
+  suggestions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+  @property
+  def limit(self) -> int:
+    return self.tpu.usable_hbm_bytes_per_device
+
+  @property
+  def worst(self) -> StepMemory:
+    return max(self.steps, key=lambda s: s.total)
+
+  @property
+  def fits(self) -> bool:
+    return all(s.out_of_memory is None and s.total <= self.limit for s in self.steps)
+
+  @property
+  def mfu(self) -> float | None:
+    if not (self.model_flops_per_step and self.step_time):
+      return None
+    return self.model_flops_per_step / self.step_time / (self.tpu.peak_flops_per_device * self.tpu.devices)
+
+  def to_json(self) -> dict:
+    """The JSON of --compile_report (the worst step's figures at the top level, every step under 'steps')."""
+    worst = self.worst
+    return {
+        'topology': self.tpu.topology, 'accelerator': self.tpu.accelerator, 'mode': self.mode,
+        'num_devices': self.tpu.devices, 'num_hosts': self.tpu.hosts, 'mesh': self.mesh,
+        'per_device_bytes': _bytes_json(worst), 'hbm_bytes_per_device': self.tpu.hbm_bytes_per_device,
+        'usable_hbm_bytes_per_device': self.limit, 'fits': self.fits, 'headroom_bytes': self.limit - worst.total,
+        'compile_seconds': round(sum(s.compile_seconds for s in self.steps), 2),
+        'batch_size': self.batch_size, 'per_host_batch': self.per_host_batch, 'levers': self.levers,
+        'model_flops_per_step': self.model_flops_per_step, 'step_time': self.step_time, 'mfu': self.mfu,
+        'steps': {s.name: {**_bytes_json(s), 'compile_seconds': round(s.compile_seconds, 2),
+                           'compiled_flops_per_device': s.compiled_flops_per_device,
+                           'out_of_memory': s.out_of_memory} for s in self.steps},
+        'suggestions': self.suggestions,
+    }
+
+  def text(self) -> str:
+    """The human-readable report."""
+    gib = lambda b: f'{b / GIB:.2f} GiB' if b is not None else 'n/a'
+    lines = [f'compile-only check of flanx.{self.mode} for {tpu_topology.describe(self.tpu)}',
+             f'  mesh: {" x ".join(f"{k}={v}" for k, v in self.mesh.items())}; batch {self.batch_size} '
+             f'({self.per_host_batch} per host); {", ".join(f"{k}={v}" for k, v in self.levers.items())}']
+    for s in self.steps:
+      if s.out_of_memory is not None:
+        lines.append(f'  {s.name}: does not fit: {s.out_of_memory} (compiled in {s.compile_seconds:.1f}s)')
+        continue
+      lines.append(f'  {s.name}: per device arguments {gib(s.arguments)}, outputs {gib(s.outputs)} '
+                   f'({gib(s.aliased)} aliased to arguments), temporaries {gib(s.temporaries)}, '
+                   f'code {gib(s.generated_code)}, total {gib(s.total)} of {gib(self.limit)} usable '
+                   f'({self.tpu.hbm_bytes_per_device / GIB:g} GiB HBM); compiled in {s.compile_seconds:.1f}s')
+    worst = self.worst
+    verdict = 'fits' if self.fits else 'DOES NOT FIT'
+    lines.append(f'  {verdict}: {gib(worst.total)} per device, headroom {gib(self.limit - worst.total)} '
+                 f'({100 * (self.limit - worst.total) / self.limit:.0f}%)')
+    if self.model_flops_per_step:
+      line = f'  model FLOPs per step: {self.model_flops_per_step:.4g}'
+      if self.mfu is not None:
+        line += f'; at {self.step_time:g} s/step MFU = {100 * self.mfu:.1f}%'
+      else:
+        line += ' (pass --step_time=SECONDS for the MFU it implies)'
+      lines.append(line)
+    for s in self.suggestions:
+      status = (f'fits, {gib(s["total_bytes"])} per device' if s['fits'] else
+                f'does not fit ({gib(s["total_bytes"])})' if s.get('total_bytes') else f'error: {s.get("error")}')
+      lines.append(f'  lever {s["lever"]}: {status}  [{" ".join(s["flags"])}]')
+    if not self.fits and not self.suggestions:
+      lines.append('  levers that lower memory: ' + '; '.join(_lever_hints(self)) + ' (--suggest tries them)')
+    return '\n'.join(lines)
+
+
+def _bytes_json(s: StepMemory) -> dict:
+  return {'arguments': s.arguments, 'outputs': s.outputs, 'aliased': s.aliased, 'temporaries': s.temporaries,
+          'generated_code': s.generated_code, 'total': s.total}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the run's gin configuration
+
+
+def bound_arguments(fn: Callable) -> dict[str, Any]:
+  """The keyword arguments a gin-configurable `fn` would receive now: its defaults, then gin's bindings."""
+  import gin
+  signature = inspect.signature(fn)
+  values = {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+  values.update(gin.get_bindings(fn))
+  return values
+
+
+def _required(values: Mapping[str, Any], name: str, fn_name: str) -> Any:
+  import gin
+  value = values.get(name, gin.REQUIRED)
+  if value is gin.REQUIRED or value is None:
+    raise CompileCheckError(f'{fn_name}.{name} is not set (bind it in a gin file or with --gin.)')
+  return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Abstract inputs, data layout and compilation
+
+
+def abstract_batch(batch_size: int, lengths: Mapping[str, int], pack: bool, sharding: Any) -> dict:
+  """ShapeDtypeStructs of a training batch as seqio's EncDecFeatureConverter yields it (int32)."""
+  import jax
+  import jax.numpy as jnp
+  inputs, targets = lengths['inputs'], lengths['targets']
+  features = {'encoder_input_tokens': inputs, 'decoder_target_tokens': targets, 'decoder_input_tokens': targets,
+              'decoder_loss_weights': targets}
+  if pack:
+    features.update(encoder_segment_ids=inputs, decoder_segment_ids=targets, encoder_positions=inputs,
+                    decoder_positions=targets)
+  return {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=sharding) for k, n in features.items()}
+
+
+def check_host_batches(batch_size: int, sharding: Any, hosts: int) -> int:
+  """The rows each host loads (as data.get_dataset splits them); errors when the mesh cannot take them.
+
+  Each host reads batch_size / hosts rows and data.to_global places them on its own devices, so every host's
+  devices must cover exactly one contiguous block of that many rows of the global batch.
+  """
+  if batch_size % hosts:
+    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by the {hosts} hosts of the slice '
+                            '(each host loads batch_size / hosts rows)')
+  per_host = batch_size // hosts
+  data_size = sharding.mesh.shape['data']
+  if batch_size % data_size:
+    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by the mesh data axis ({data_size})')
+  rows: dict[int, set] = {}
+  for device, index in sharding.devices_indices_map((batch_size,)).items():
+    start, stop, _ = index[0].indices(batch_size)
+    rows.setdefault(device.process_index, set()).update(range(start, stop))
+  for host, host_rows in sorted(rows.items()):
+    if len(host_rows) != per_host or max(host_rows) - min(host_rows) + 1 != per_host:
+      raise CompileCheckError(
+          f'host {host} holds {len(host_rows)} rows of the batch on its devices but loads {per_host}: the mesh '
+          f'{dict(sharding.mesh.shape)} spreads the data axis across hosts in a way the per-host input pipeline '
+          'cannot feed; change make_mesh.model or BATCH_SIZE')
+  return per_host
+
+
+def per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds for a tree of sharded ShapeDtypeStructs (before XLA's layout padding)."""
+  import jax
+  import numpy as np
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, 'sharding', None) is not None else leaf.shape
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _parse_size(text: str) -> int | None:
+  match = re.fullmatch(r'([\d.]+)\s*([KMGT])i?B?', text.strip())
+  return int(float(match.group(1)) * _UNITS[match.group(2)]) if match else None
+
+
+def compile_step(name: str, jitted: Any, *args: Any) -> StepMemory:
+  """Lowers and compiles `jitted(*args)` (abstract args) and reads XLA's memory plan."""
+  start = time.perf_counter()
+  try:
+    compiled = jitted.lower(*args).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e)
+    if 'RESOURCE_EXHAUSTED' not in message and 'Ran out of memory' not in message:
+      raise
+    message = message.replace('RESOURCE_EXHAUSTED:', '').strip().splitlines()[0]
+    required = re.search(r'required[^(]*\(([\d.]+\s*[KMGT])', message)
+    return StepMemory(name, per_device_bytes(args), 0, 0, None, 0, time.perf_counter() - start,
+                      out_of_memory=message, required=_parse_size(required.group(1)) if required else None)
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops')) if cost and cost.get('flops') is not None else None
+  except Exception:  # pylint: disable=broad-except  # cost analysis is optional information
+    flops = None
+  return StepMemory(name, memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.alias_size_in_bytes,
+                    memory.temp_size_in_bytes, memory.generated_code_size_in_bytes, seconds, flops)
+
+
+# ----------------------------------------------------------------------------------------------
+# The three modes
+
+
+@dataclasses.dataclass(frozen=True)
+class Levers:
+  """Memory levers a --suggest run may change; None keeps the run's own (gin) setting."""
+  remat: str | None = None
+  fsdp: bool | None = None
+  model: int | None = None
+  num_microbatches: int | None = None
+
+
+def _mesh_and_rules(devices: Sequence[Any], levers: Levers):
+  from flanx.training import partitioning
+  mesh = partitioning.make_mesh(devices=devices) if levers.model is None else partitioning.make_mesh(
+      model=levers.model, devices=devices)
+  rules = partitioning.axis_rules() if levers.fsdp is None else partitioning.axis_rules(fsdp=levers.fsdp)
+  return mesh, rules
+
+
+def _config(values: Mapping[str, Any], levers: Levers):
+  from flanx.model.config import T5Config
+  config = values.get('model_config') or T5Config()
+  return config if levers.remat is None else config.replace(remat=levers.remat)
+
+
+def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Levers = Levers()) -> Report:
+  """Compiles the real train step of the gin-configured run for the slice."""
+  import jax
+  import jax.numpy as jnp
+  from flanx.model import flops
+  from flanx.model import network
+  from flanx.training import adafactor, loop, schedules, steps
+  values = bound_arguments(loop.train)
+  config = _config(values, levers)
+  batch_size = int(_required(values, 'batch_size', 'train'))
+  lengths = dict(_required(values, 'task_feature_lengths', 'train'))
+  num_microbatches = int(levers.num_microbatches or values.get('num_microbatches') or 1)
+  mesh, rules = _mesh_and_rules(devices, levers)
+  # The trainer's optimizer construction (flanx/training/loop.py).
+  schedule = values.get('learning_rate_schedule') or schedules.constant()
+  tx = (values.get('optimizer') or adafactor.adafactor)(learning_rate=schedule,
+                                                         param_axes=network.logical_axes(config))
+  shardings = steps.make_shardings(config, tx, mesh, rules)
+  per_host = check_host_batches(batch_size, shardings.batch, tpu.hosts)
+  if batch_size % num_microbatches:
+    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}')
+  state = steps.abstract_state(config, tx, shardings)
+  batch = abstract_batch(batch_size, lengths, values.get('pack', True), shardings.batch)
+  loss_config = steps.LossConfig(values.get('z_loss', 1e-4), values.get('label_smoothing', 0.0),
+                                 values.get('loss_normalizing_factor'))
+  with mesh, steps.activation_rules(shardings):
+    train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches,
+                                       dropout_seed=values.get('seed', 42))
+    memory = compile_step('train_step', train_step, state, batch)
+  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(rules).get('embed') == 'data',
+          'num_microbatches': num_microbatches, 'dtype': config.dtype}
+  return Report('train', tpu, dict(mesh.shape), [memory], batch_size, per_host,
+                flops.train_flops(config, lengths['inputs'], lengths['targets']) * batch_size, levers=used)
+
+
+def check_decode(mode: str, tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Levers = Levers()) -> Report:
+  """Compiles the decode step (and, for eval, the teacher-forced scoring step) of an eval or infer run."""
+  import jax
+  import jax.numpy as jnp
+  from flanx.inference import predict
+  from flanx.training import partitioning, steps
+  if mode == 'eval':
+    from flanx.inference.evaluate import evaluate as entry
+  else:
+    from flanx.inference.infer import infer as entry
+  name = entry.__name__
+  values = bound_arguments(entry)
+  config = _config(values, levers)
+  batch_size = int(_required(values, 'batch_size', name))
+  lengths = dict(_required(values, 'task_feature_lengths', name))
+  mesh, rules = _mesh_and_rules(devices, levers)
+  # As InferenceModel: params only (no optimizer), every host holds the whole padded batch.
+  shardings = steps.make_shardings(config, None, mesh, rules)
+  if batch_size % mesh.shape['data']:
+    raise CompileCheckError(f'{name}.batch_size={batch_size} is not divisible by the mesh data axis '
+                            f'({mesh.shape["data"]})')
+  from flanx.model import network
+  with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  params = jax.tree.map(with_sharding, network.abstract_params(config), shardings.params)
+  token_rows = lambda n: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=shardings.batch)
+  out = partitioning.replicated(mesh)
+  options = predict.decode_options()
+  memories = []
+  with mesh, steps.activation_rules(shardings):
+    predict_fn = predict.make_predict_fn(config, out, **options)
+    memories.append(compile_step(f'decode_step ({options["mode"]}, {options["max_decode_length"]} tokens)',
+                                 predict_fn, params, token_rows(lengths['inputs']), jax.ShapeDtypeStruct((), jnp.int32)))
+    if mode == 'eval':
+      score_fn = predict.make_score_fn(config, out)
+      batch = {'encoder_input_tokens': token_rows(lengths['inputs']),
+               'decoder_input_tokens': token_rows(lengths['targets']),
+               'decoder_target_tokens': token_rows(lengths['targets']),
+               'decoder_loss_weights': token_rows(lengths['targets'])}
+      memories.append(compile_step('score_step', score_fn, params, batch))
+  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(rules).get('embed') == 'data',
+          'dtype': config.dtype, 'decode_mode': options['mode']}
+  return Report(mode, tpu, dict(mesh.shape), memories, batch_size, batch_size, levers=used)
+
+
+def check(mode: str, accelerator: str, levers: Levers = Levers()) -> Report:
+  """The compile-only report of the gin-configured `mode` run ('train', 'eval', 'infer') on a TPU slice."""
+  tpu = tpu_topology.parse(accelerator)
+  devices = tpu_topology.compile_only_devices(tpu)
+  if mode == 'train':
+    return check_train(tpu, devices, levers)
+  return check_decode(mode, tpu, devices, levers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Levers
+
+
+def lever_flags(levers: Levers) -> list[str]:
+  """The --gin flags that apply `levers` to the real run."""
+  flags = []
+  if levers.remat is not None:
+    flags.append(f"--gin.T5Config.remat='{levers.remat}'")
+  if levers.fsdp is not None:
+    flags.append(f'--gin.axis_rules.fsdp={levers.fsdp}')
+  if levers.model is not None:
+    flags.append(f'--gin.make_mesh.model={levers.model}')
+  if levers.num_microbatches is not None:
+    flags.append(f'--gin.train.num_microbatches={levers.num_microbatches}')
+  return flags
+
+
+def candidate_levers(report: Report) -> list[tuple[str, Levers]]:
+  """Single levers not yet in use, then all of them together, cheapest first."""
+  used, mesh = report.levers, report.mesh
+  singles = []
+  if used.get('remat') != 'full':
+    singles.append(('remat full', Levers(remat='full')))
+  if not used.get('fsdp'):
+    singles.append(('fsdp', Levers(fsdp=True)))
+  model = mesh['model'] * 2
+  if report.tpu.devices % model == 0 and report.batch_size % (report.tpu.devices // model) == 0:
+    singles.append((f'model axis {model}', Levers(model=model)))
+  if report.mode == 'train':
+    data = mesh['data']
+    for k in (2, 4, 8):
+      if report.batch_size % (k * data) == 0 and k > used.get('num_microbatches', 1):
+        singles.append((f'{k} microbatches', Levers(num_microbatches=k)))
+        break
+  if len(singles) > 1:
+    merged = Levers(**{f.name: next((getattr(l, f.name) for _, l in singles if getattr(l, f.name) is not None), None)
+                       for f in dataclasses.fields(Levers)})
+    singles.append(('all of the above', merged))
+  return singles
+
+
+def _lever_hints(report: Report) -> list[str]:
+  return [f'{name} ({" ".join(lever_flags(l))})' for name, l in candidate_levers(report)[:4]] or ['none left']
+
+
+def suggest(report: Report) -> list[dict[str, Any]]:
+  """Recompiles with each lever and records which fit and with how much memory."""
+  results = []
+  for name, levers in candidate_levers(report):
+    entry = {'lever': name, 'flags': lever_flags(levers)}
+    try:
+      trial = check(report.mode, report.tpu.accelerator, levers)
+      entry.update(fits=trial.fits, total_bytes=trial.worst.total, mesh=trial.mesh)
+    except (CompileCheckError, ValueError) as e:
+      entry.update(fits=False, error=str(e))
+    print(f'  tried {name}: {"fits" if entry.get("fits") else "does not fit"}', file=sys.stderr, flush=True)
+    results.append(entry)
+    if entry.get('fits') and name != 'all of the above':
+      break  # one working lever is the answer; the cheapest comes first
+  return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """The compile-only flags of flanx.train / flanx.eval / flanx.infer."""
+  group = parser.add_argument_group('compile-only check (compiles for a TPU pod on this machine, runs nothing)')
+  group.add_argument('--topology', default=None,
+                     help='gcloud accelerator type of the pod, e.g. v3-128, v4-64, v5litepod-16, v5p-8, v6e-16')
+  group.add_argument('--compile_only', action='store_true', help='compile the step for --topology and report memory')
+  group.add_argument('--compile_report', default=None, help='also write the report as JSON to this path')
+  group.add_argument('--suggest', action='store_true', help='when it does not fit, try memory levers and report')
+  group.add_argument('--step_time', type=float, default=None, help='seconds per step, for the MFU it implies')
+
+
+def requested(argv: Sequence[str]) -> bool:
+  """Whether a command line asks for the compile-only check (or passes one of its flags)."""
+  names = ('--compile_only', '--topology', '--compile_report', '--suggest', '--step_time')
+  return any(a == n or a.startswith(n + '=') for a in argv for n in names)
+
+
+def force_cpu_backend() -> None:
+  """Compile-only never runs on the TPU it compiles for: keep JAX's own backend on the CPU."""
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  import jax
+  with contextlib.suppress(Exception):  # already initialised (tests): jax keeps what it has
+    jax.config.update('jax_platforms', 'cpu')
+
+
+def main(mode: str, argv: Sequence[str], description: str = '') -> int:
+  """`python -m flanx.<mode> ... --topology=T --compile_only`: prints the report; returns the exit status."""
+  from flanx import gin_config
+  try:
+    args, files, bindings = gin_config.parse_args(argv, description)
+    if not (args.compile_only and args.topology):
+      raise CompileCheckError('the compile-only check needs both --topology=ACCELERATOR_TYPE and --compile_only')
+    tpu_topology.parse(args.topology)  # bad names fail before any import work
+    force_cpu_backend()
+    gin_config.parse_gin(files, bindings, args.gin_search_paths)
+    report = check(mode, args.topology)
+    report.step_time = args.step_time
+    if args.suggest and not report.fits:
+      report.suggestions = suggest(report)
+  except Exception as e:  # pylint: disable=broad-except  # exit 1 with the error, never a partial report
+    print(f'compile-only check failed: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+    return EXIT_ERROR
+  print(report.text(), flush=True)
+  if args.compile_report:
+    path = args.compile_report
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(report.to_json(), f, indent=2)
+    os.replace(path + '.tmp', path)
+  return EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT
