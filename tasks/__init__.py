@@ -9,4 +9,6 @@ from tasks import vocab  # pylint: disable=unused-import
 from tasks import dolly  # pylint: disable=unused-import
 from tasks import demo  # pylint: disable=unused-import
 from tasks import cot  # pylint: disable=unused-import
+from tasks import registrations
+registrations.track(cot.register_cot, call=False)  # cot registered itself on import just now
 from tasks import flan  # pylint: disable=unused-import

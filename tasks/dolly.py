@@ -17,6 +17,7 @@ import gin
 import seqio
 
 from tasks import metrics
+from tasks import registrations
 from tasks import spec as spec_lib
 from tasks import templates
 from tasks import vocab as vocab_lib
@@ -96,4 +97,4 @@ def register_dolly(name: str = 'dolly', path: Optional[str] = None,
   return names
 
 
-register_dolly()
+registrations.track(register_dolly)

@@ -38,6 +38,7 @@ import seqio
 from tasks import dolly  # pylint: disable=unused-import  (registers the `dolly` task)
 from tasks import flan_layouts as layouts_lib
 from tasks import records as records_lib
+from tasks import registrations
 from tasks import spec as spec_lib
 
 PATTERN_ENV = 'FLANX_FLAN_DATA'
@@ -220,6 +221,7 @@ class FlanFileSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs
     if split != 'train':
       raise ValueError(f'Flan files have only a train split, not {split!r}')
+    registrations.check()
     self.scan()
     epochs = itertools.count()
 
@@ -319,5 +321,5 @@ def register_dolly_flan(name: str = 'dolly_flan', dolly_task: str = 'dolly',
   return name
 
 
-register_flan2022()
-register_dolly_flan()
+registrations.track(register_flan2022)
+registrations.track(register_dolly_flan)

@@ -22,6 +22,7 @@ import seqio
 
 from tasks import few_shot as few_shot_lib
 from tasks import records as records_lib
+from tasks import registrations
 from tasks import templates as templates_lib
 from tasks import vocab as vocab_lib
 
@@ -175,6 +176,7 @@ class SpecSource(seqio.DataSource):
                   use_cached=False, num_epochs=1):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     del sequence_length, use_cached, num_epochs
+    registrations.check()
     examples = self.render(split)
     if not len(examples):  # pylint: disable=g-explicit-length-test
       raise ValueError(f'{self._spec.name}: split {split!r} has no records '
