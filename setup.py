@@ -30,7 +30,8 @@ setuptools.setup(
     version='0.1.0',
     description='Flan-style instruction tuning of T5-family models in JAX, exported to Hugging Face.',
     packages=setuptools.find_packages(include=['flanx', 'flanx.*', 'tasks', 'tasks.*']),
-    package_data={'tasks': ['data/*']},
+    # gin files and the endpoint handler ship inside the package (flanx/gin links to the repo's gin/).
+    package_data={'flanx': ['gin/*/*.gin', 'gin/*.md'], 'tasks': ['data/*']},
     python_requires='>=3.10',
     install_requires=CORE,
     extras_require={

@@ -18,7 +18,7 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 def load_config(model: str, dtype: str, **changes):
   """The flanx T5Config of gin/models/{model}.gin, with the compute dtype and other fields overridden."""
   import gin  # pylint: disable=g-import-not-at-top
-  from flanx.config import T5Config  # pylint: disable=g-import-not-at-top
+  from flanx.model.config import T5Config  # pylint: disable=g-import-not-at-top
   path = REPO / 'gin' / 'models' / f'{model}.gin'
   if not path.exists():
     raise FileNotFoundError(f'{path}: no such model gin (known: {sorted(p.stem for p in path.parent.glob("*.gin"))})')

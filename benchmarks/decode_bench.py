@@ -2,7 +2,7 @@
 
 Inputs: seeded random token ids filling every input position (no padding), the same on both sides. Both
 sides emit exactly `new_tokens` tokens per sequence: flanx runs the same composition as
-`flanx.predict.make_predict_fn` (encode, `init_cache`, `make_step_fn`, `decoding.greedy` / `decoding.sample`)
+`flanx.inference.predict.make_predict_fn` (encode, `init_cache`, `make_step_fn`, `decoding.greedy` / `decoding.sample`)
 with eos_id=-1, a token id that never occurs, so only the length stops it; transformers gets a
 GenerationConfig with eos_token_id=None and max_new_tokens = min_new_tokens = new_tokens. Sampling is plain
 temperature-1 sampling on both sides (no top-k/top-p). Each timed call includes encoding the inputs. In bf16,
@@ -27,7 +27,7 @@ def random_inputs(batch: int, length: int, vocab: int, seed: int) -> np.ndarray:
 def run_flanx(spec: dict) -> dict:
   """Times flanx decoding for every (mode, batch) of the spec; one compilation per pair."""
   import jax  # pylint: disable=g-import-not-at-top
-  from flanx import decoding, model as model_lib  # pylint: disable=g-import-not-at-top
+  from flanx.model import decoding, network as model_lib  # pylint: disable=g-import-not-at-top
   config = common.load_config(spec['model'], spec['dtype'])
   model = model_lib.Transformer(config)
   params = jax.jit(model_lib.init_params, static_argnums=0)(config, jax.random.key(spec.get('seed', 0)))

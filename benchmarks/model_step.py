@@ -28,10 +28,10 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from flanx import flops as flops_lib  # pylint: disable=g-import-not-at-top
-from flanx import hf  # pylint: disable=g-import-not-at-top
-from flanx import model as flanx_model  # pylint: disable=g-import-not-at-top
-from flanx.config import T5Config  # pylint: disable=g-import-not-at-top
+from flanx.model import flops as flops_lib  # pylint: disable=g-import-not-at-top
+from flanx.interop import hf_format as hf  # pylint: disable=g-import-not-at-top
+from flanx.model import network as flanx_model  # pylint: disable=g-import-not-at-top
+from flanx.model.config import T5Config  # pylint: disable=g-import-not-at-top
 
 
 def load_config(name: str, dtype: str) -> T5Config:

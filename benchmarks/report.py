@@ -3,8 +3,8 @@
 Every derived number is computed here from a row's own fields, so results.json can be re-checked by hand:
   tokens/s            = batch * length / median step time, encoder and decoder slots counted separately
   non-padding tok/s   = real (non-padding) encoder + decoder tokens per step / step time
-  model TFLOP/s       = batch * flanx.flops.train_flops(config, inputs, targets) / step time  (training)
-                        batch * flanx.flops.forward_flops(config, inputs, new_tokens) / time  (decoding)
+  model TFLOP/s       = batch * flanx.model.flops.train_flops(config, inputs, targets) / step time  (training)
+                        batch * flanx.model.flops.forward_flops(config, inputs, new_tokens) / time  (decoding)
   MFU                 = model TFLOP/s / (devices * bf16 peak of the device kind); useful MFU = MFU * non-padding
   ratio               = flanx value / Hugging Face value, measured in the same run on the same machine
 """
@@ -12,7 +12,7 @@ Every derived number is computed here from a row's own fields, so results.json c
 from __future__ import annotations
 
 FLOPS_FORMULA = (
-    'flanx.flops: matmul FLOPs only (2 per multiply-add), per sequence pair of input length Li and target '
+    'flanx.model.flops: matmul FLOPs only (2 per multiply-add), per sequence pair of input length Li and target '
     'length Lt: encoder layers Li*(4*d*hk + M) + 2*Li^2*hk; decoder layers Lt*(4*d*hk + M) + Lt^2*hk (causal '
     'half) + cross-attention Lt*2*d*hk + Li*2*d*hk + 2*Lt*Li*hk; head Lt*d*V; where hk = heads*d_kv and '
     'M = 3*d*d_ff (gated) or 2*d*d_ff. Training = 3 x forward (no remat recompute counted). Padded slots '

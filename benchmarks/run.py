@@ -27,7 +27,7 @@ from benchmarks import report
 from benchmarks import suite as suite_lib
 
 NOTES = [
-    'Training: flanx runs flanx.train_state.make_train_step (jitted forward + backward + t5x Adafactor, '
+    'Training: flanx runs flanx.training.steps.make_train_step (jitted forward + backward + t5x Adafactor, '
     'lr 1e-3, z-loss 1e-4, summed loss) on seqio-packed rows; HF runs T5ForConditionalGeneration forward + '
     'backward + transformers Adafactor (relative_step=False, scale_parameter=True, decay_rate=-0.8, '
     'clip_threshold=1.0, beta1=None, eps=(1e-30, 1e-3)) on padded unpacked rows of the same shape (HF T5 cannot '
@@ -36,8 +36,8 @@ NOTES = [
     'Both sides start from random init with the same config and parameter count (HF head untied as in Flan-T5). '
     'Batches are prepared before timing; the median of the timed steps is reported after untimed warm-up '
     'steps (the first compiles).',
-    'Decoding: flanx = encode + init_cache + make_step_fn + flanx.decoding greedy/sample (as '
-    'flanx.predict.make_predict_fn) with eos_id=-1 so exactly new_tokens tokens are generated; HF = '
+    'Decoding: flanx = encode + init_cache + make_step_fn + flanx.model.decoding greedy/sample (as '
+    'flanx.inference.predict.make_predict_fn) with eos_id=-1 so exactly new_tokens tokens are generated; HF = '
     'model.generate with eos_token_id=None and min_new_tokens = max_new_tokens; temperature-1 sampling without '
     'top-k/top-p on both; inputs are full-length random ids. Each call includes encoding.',
     'Peak memory: process peak RSS on CPU (includes the libraries); device peak_bytes_in_use (JAX) and '
@@ -93,7 +93,7 @@ def _base_row(row: dict, impl: str) -> dict:
 def run_train(row: dict, device: str, data: str, workdir: pathlib.Path, args, peak: float | None) -> list[dict]:
   """Both sides of one training row: packed batches for flanx, unpacked for HF, same data and shape."""
   from benchmarks import batches as batches_lib  # pylint: disable=g-import-not-at-top
-  from flanx import flops  # pylint: disable=g-import-not-at-top
+  from flanx.model import flops  # pylint: disable=g-import-not-at-top
   config = common.load_config(row['model'], row['dtype'])
   flops_per_seq = flops.train_flops(config, row['inputs'], row['targets'])
   lengths = {'inputs': row['inputs'], 'targets': row['targets']}
@@ -131,7 +131,7 @@ def run_train(row: dict, device: str, data: str, workdir: pathlib.Path, args, pe
 
 def run_decode(row: dict, device: str, workdir: pathlib.Path, args, peak: float | None, hf: bool) -> list[dict]:
   """flanx and HF `generate` over every (mode, batch) of the row."""
-  from flanx import flops  # pylint: disable=g-import-not-at-top
+  from flanx.model import flops  # pylint: disable=g-import-not-at-top
   config = common.load_config(row['model'], row['dtype'])
   flops_per_seq = flops.forward_flops(config, row['inputs'], row['new_tokens'])
   out = []
@@ -210,14 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
                            'auto = cot when present, synthetic in --quick mode')
   parser.add_argument('--out', default='runs/benchmarks', help='directory for results.json and results.md')
   parser.add_argument('--peak_tflops', type=float, default=None,
-                      help='per-device peak for MFU (default: flanx.flops table by device kind; none on CPU)')
+                      help='per-device peak for MFU (default: flanx.model.flops table by device kind; none on CPU)')
   parser.add_argument('--worker_timeout', type=float, default=3600.0, help='seconds per measured side')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   wanted = tuple(s.strip() for s in args.suite.split(',') if s.strip())
 
   from benchmarks import batches as batches_lib  # pylint: disable=g-import-not-at-top
-  from flanx import flops  # pylint: disable=g-import-not-at-top
+  from flanx.model import flops  # pylint: disable=g-import-not-at-top
   probe_env = _worker_env('cpu' if args.device == 'cpu' else 'auto', 'flanx')
   device_info = _probe_device(probe_env)
   platform = device_info['platform'] if args.device == 'auto' else args.device

@@ -1,6 +1,6 @@
 """One side of a training-throughput row: the full flanx train step, or transformers' torch T5 + Adafactor.
 
-flanx: `flanx.train_state.make_train_step` (jitted forward, backward, t5x Adafactor update; z-loss 1e-4,
+flanx: `flanx.training.steps.make_train_step` (jitted forward, backward, t5x Adafactor update; z-loss 1e-4,
 summed loss) on seqio-packed rows, state sharded by `make_shardings` on a `make_mesh()` mesh over every
 local device. Hugging Face: `T5ForConditionalGeneration` (random init, untied head, same param count) with
 `transformers.optimization.Adafactor` set as close to t5x as it goes (lr 1e-3, relative_step=False,
@@ -30,8 +30,9 @@ def _load_batches(path: str) -> list[dict[str, np.ndarray]]:
 def run_flanx(spec: dict) -> dict:
   """Times the full jitted flanx train step; returns timing, memory and device facts."""
   import jax  # pylint: disable=g-import-not-at-top
-  from flanx import adafactor, model as model_lib, partitioning  # pylint: disable=g-import-not-at-top
-  from flanx import train_state as ts  # pylint: disable=g-import-not-at-top
+  from flanx.training import adafactor, partitioning  # pylint: disable=g-import-not-at-top
+  from flanx.model import network as model_lib
+  from flanx.training import steps as ts  # pylint: disable=g-import-not-at-top
   config = common.load_config(spec['model'], spec['dtype'], remat=spec.get('remat', 'none'),
                               scan_layers=spec.get('scan_layers', False))
   mesh = partitioning.make_mesh()
@@ -40,8 +41,7 @@ def run_flanx(spec: dict) -> dict:
   tx = adafactor.adafactor(learning_rate=LEARNING_RATE, param_axes=model_lib.logical_axes(config))
   shardings = ts.make_shardings(config, tx, mesh, rules)
   params = ts.init_params(config, spec.get('seed', 0), shardings)
-  state = {'step': jax.device_put(np.int32(0), partitioning.replicated(mesh)), 'params': params,
-           'opt_state': ts.init_opt_state(tx, params, shardings)}
+  state = ts.new_state(params, tx, shardings)
   batches = [jax.device_put(b, shardings.batch) for b in _load_batches(spec['batches_path'])]
   with mesh, ts.activation_rules(shardings):
     step = ts.make_train_step(config, tx, shardings, ts.LossConfig(), spec.get('num_microbatches', 1))
@@ -78,7 +78,7 @@ def hf_model(config, device: str, dtype=None):
   """Random-init transformers T5 of `config` (untied head when flanx's is), on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from flanx import hf  # pylint: disable=g-import-not-at-top
+  from flanx.interop import hf_format as hf  # pylint: disable=g-import-not-at-top
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf.hf_config_dict(config)))
   if not config.tie_embeddings:  # transformers 5.x ties lm_head to shared in memory; give it its own weight
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())

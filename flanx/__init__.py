@@ -1,6 +1,12 @@
 """flanx: Flan-style instruction tuning of T5-family models in JAX, exported to Hugging Face.
 
-Submodules are imported on use (`flanx.model`, `flanx.train`, …) so `import flanx` stays cheap.
+Packages: `flanx.model` (config, network, decoding), `flanx.training` (optimizer, losses, steps, partitioning,
+checkpoints, data, loop), `flanx.inference` (predict, evaluate, infer), `flanx.interop` (Hugging Face and t5x
+formats); the command lines are the modules at the top (`python -m flanx.train`, `flanx.eval`, `flanx.infer`,
+`flanx.export`, `flanx.import_t5x`, `flanx.demo`). Submodules are imported on use, so `import flanx` stays cheap.
 """
 
+from flanx import _legacy_names
+
 __version__ = '0.1.0'
+_legacy_names.install()

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Sequence
 
-from flanx import evaluation, gin_utils, runtime
+from flanx.inference import evaluate as evaluation
+from flanx import gin_config as gin_utils
+from flanx.training import runtime
 
 
 def main(argv: Sequence[str] | None = None) -> int:

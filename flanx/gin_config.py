@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import difflib
 import logging
 import os
@@ -14,7 +15,8 @@ from typing import Any, Callable, Sequence
 import gin
 import gin.config
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / 'gin'
+# The shipped gin files: flanx/gin is a link to the repo's gin/ in a checkout and a copy in an installed wheel.
+GIN_DIR = pathlib.Path(__file__).parent / 'gin'
 
 
 class GinConfigError(ValueError):
@@ -27,7 +29,7 @@ def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespac
   parser.add_argument('--gin_file', action='append', default=[], help='gin file; repeat, later files win')
   parser.add_argument('--gin_bindings', action='append', default=[], help='a gin binding string; repeatable')
   parser.add_argument('--gin_search_paths', action='append', default=[],
-                      help=f'comma-separated folders to resolve gin files and includes (default has {REPO_GIN_DIR})')
+                      help=f'comma-separated folders to resolve gin files and includes (default has {GIN_DIR})')
   parser.add_argument('--coordinator_address', default=None, help='multi-host (GPU clusters): host:port of process 0')
   parser.add_argument('--process_count', type=int, default=None, help='multi-host: number of processes')
   parser.add_argument('--process_index', type=int, default=None, help='multi-host: this process index')
@@ -48,7 +50,7 @@ def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespac
 def search_paths(flag_values: Sequence[str]) -> list[pathlib.Path]:
   """Folders gin files are resolved against: the given ones, the working directory, then the repo's gin/."""
   paths = [pathlib.Path(p) for value in flag_values for p in value.split(',') if p]
-  return paths + [pathlib.Path.cwd(), REPO_GIN_DIR, REPO_GIN_DIR.parent]
+  return paths + [pathlib.Path.cwd(), GIN_DIR, GIN_DIR.parent]
 
 
 def resolve_gin_file(name: str, paths: Sequence[pathlib.Path]) -> str:
@@ -124,8 +126,12 @@ def _tolerate_namespace_packages() -> None:
       readers[i] = (reader, safe_exists)
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = ()) -> None:
-  """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = (),
+              finalize: bool = True) -> None:
+  """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work.
+
+  finalize=False leaves the config open: a task module imported later (export) may still add configurables.
+  """
   _tolerate_namespace_packages()
   paths = search_paths(search_path_flags)
   for path in paths:
@@ -137,7 +143,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
   except (ValueError, IOError, SyntaxError) as e:
     raise GinConfigError(str(e)) from None
   _check_macro_overrides(bindings)
-  gin.finalize()
+  if finalize:
+    gin.finalize()
 
 
 def write_config(model_dir: str, filename: str = 'config.gin') -> str:
@@ -152,9 +159,63 @@ def write_config(model_dir: str, filename: str = 'config.gin') -> str:
 
 def run(entry: Callable[[], Any], description: str, argv: Sequence[str] | None = None) -> Any:
   """Parses the command line, starts the multi-host runtime, parses gin, then calls `entry()`."""
-  from flanx import runtime
+  from flanx.training import runtime
   args, files, bindings = parse_args(sys.argv[1:] if argv is None else argv, description)
   runtime.initialize_distributed(args.coordinator_address, args.process_count, args.process_index,
                                  args.initialization_timeout)
   parse_gin(files, bindings, args.gin_search_paths)
   return entry()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a parsed config back (export and import describe the run that wrote a checkpoint).
+
+# Configurables whose bindings describe a run, in the order they are consulted.
+RUN_CONFIGURABLES = ('train', 'evaluate', 'infer')
+
+
+def parse_bool(text: str) -> bool:
+  """true/false, yes/no, 1/0, on/off (flag values)."""
+  if text.lower() in ('1', 'true', 'yes', 'on'):
+    return True
+  if text.lower() in ('0', 'false', 'no', 'off'):
+    return False
+  raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
+
+
+def gin_value(selector: str, default: Any = None) -> Any:
+  """The value gin binds to `selector` (references and macros evaluated), or `default` when unbound."""
+  try:
+    value = gin.query_parameter(selector)
+  except (ValueError, KeyError):
+    return default
+  return copy.deepcopy(value)  # gin evaluates @refs() and %macros on deepcopy
+
+
+def run_value(name: str, default: Any = None) -> Any:
+  """A run setting (e.g. 'model_config') as bound to train, evaluate or infer, whichever binds it first."""
+  for configurable in RUN_CONFIGURABLES:
+    value = gin_value(f'{configurable}.{name}')
+    if value is not None:
+      return value
+  return default
+
+
+def configurable_bindings(name: str) -> dict[str, Any]:
+  """gin's bindings of one configurable ({} when it has none)."""
+  try:
+    return gin.get_bindings(name)
+  except (ValueError, KeyError):
+    return {}
+
+
+def describe_binding(selector: str, fallback: str) -> str:
+  """'@constant() with learning_rate=0.001'-style text for a bound configurable reference."""
+  try:
+    ref = gin.query_parameter(selector)
+  except (ValueError, KeyError):
+    ref = None
+  name = ref.selector if isinstance(ref, gin.config.ConfigurableReference) else fallback
+  args = ', '.join(f'{k}={v!r}' for k, v in sorted(configurable_bindings(name).items()))
+  label = str(ref) if ref is not None else f'{fallback} (flanx default)'
+  return f'{label} with {args}' if args else label

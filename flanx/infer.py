@@ -6,7 +6,9 @@ Greedy, sampled or beam-search predictions for a task split or a JSONL file of p
 import sys
 from typing import Sequence
 
-from flanx import gin_utils, inference, runtime
+from flanx import gin_config as gin_utils
+from flanx.inference import infer as inference
+from flanx.training import runtime
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,8 @@ data position); SIGTERM checkpoints and exits 0; a non-finite loss exits 1 with 
 import sys
 from typing import Sequence
 
-from flanx import gin_utils, runtime, trainer
+from flanx import gin_config as gin_utils
+from flanx.training import runtime, loop as trainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

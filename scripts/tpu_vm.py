@@ -36,6 +36,21 @@ TPU_RUNTIMES = (
     (r'v6e-\d+', 'v2-alpha-tpuv6e'),
 )
 REMOTE_TARBALL = 'flanx.tar.gz'
+# Zones that offer each TPU type, from Cloud TPU's "TPU regions and zones" page; the first is the default.
+# v3 pods (v3-32 and up) are only in europe-west4-a; v4 only in us-central2-b.
+TPU_ZONES = (
+    (r'v3-8', ('europe-west4-a', 'us-central1-a', 'us-central1-b')),
+    (r'v3-\d+', ('europe-west4-a',)),
+    (r'v4-\d+', ('us-central2-b',)),
+    (r'v5litepod-\d+', ('us-west4-a', 'us-central1-a', 'us-south1-a', 'us-west1-c')),
+    (r'v5p-\d+', ('us-east5-a', 'us-central1-a', 'europe-west4-b')),
+    (r'v6e-\d+', ('us-east5-b', 'us-central1-b', 'us-east1-d', 'us-east5-a', 'europe-west4-a')),
+)
+# gcloud's rule for TPU node and Compute Engine instance names: 1-63 characters, a lowercase letter first,
+# then lowercase letters, digits or hyphens, not ending with a hyphen.
+VM_NAME = r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?'
+# The local compile-only check of train/eval/infer (flanx.training.aot): 3 = does not fit, 1 = error.
+COMPILE_DOES_NOT_FIT = 3
 
 
 class UsageError(Exception):
@@ -47,7 +62,7 @@ class StepFailed(Exception):
 
   def __init__(self, argv: list[str], returncode: int):
     super().__init__(f'command failed with exit status {returncode}: {shlex.join(argv)}')
-    self.returncode = returncode
+    self.argv, self.returncode = argv, returncode
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,6 +132,29 @@ def tpu_runtime(accelerator: str) -> str:
       return version
   raise UsageError(f'no default TPU software version for accelerator type {accelerator!r}; '
                    'pass --version (see `gcloud compute tpus tpu-vm versions list`)')
+
+
+def tpu_zones(accelerator: str) -> tuple[str, ...]:
+  """Zones offering a TPU accelerator type (default first); empty for types this table does not know."""
+  for pattern, zones in TPU_ZONES:
+    if re.fullmatch(pattern, accelerator):
+      return zones
+  return ()
+
+
+def check_zone(s: dict) -> None:
+  """Refuses a TPU accelerator/zone pair Cloud TPU does not offer, before gcloud would."""
+  zones = tpu_zones(s['accelerator'])
+  if zones and s['zone'] not in zones:
+    raise UsageError(f'{s["accelerator"]} is not offered in zone {s["zone"]}; zones that offer it: '
+                     f'{", ".join(zones)} (Cloud TPU "TPU regions and zones"; --skip_zone_check to try anyway)')
+
+
+def check_name(name: str) -> None:
+  """Refuses VM names gcloud would reject (they also name local temporary files)."""
+  if not re.fullmatch(VM_NAME, name):
+    raise UsageError(f'VM name {name!r} is not valid: use 1-63 characters, a lowercase letter first, then '
+                     'lowercase letters, digits or hyphens, not ending with a hyphen (gcloud\'s rule)')
 
 
 def create_argv(s: dict) -> list[str]:
@@ -293,6 +331,19 @@ def plan_setup(s: dict) -> tuple[list[list[str]], list[list[str]]]:
   return steps, [['rm', '-f', tarball]]
 
 
+def local_python(s: dict) -> str:
+  """The interpreter of the local compile check: local_python, else this checkout's .venv, else this one."""
+  if s.get('local_python'):
+    return s['local_python']
+  venv = REPO_ROOT / '.venv' / 'bin' / 'python'
+  return str(venv) if venv.exists() else sys.executable
+
+
+def compile_check_argv(s: dict, mode: str, flags: list[str]) -> list[str]:
+  """`python -m flanx.<mode> FLAGS --topology=ACCELERATOR --compile_only`, run here before the VM starts it."""
+  return [local_python(s), '-m', ENTRY_POINTS[mode], *flags, f'--topology={s["accelerator"]}', '--compile_only']
+
+
 def entry_flags(s: dict, mode: str, gin_files: list[str], gin_args: list[str],
                 model_dir: str | None) -> list[str]:
   """The flags of `python -m flanx.<mode>`: gin files, search paths, MODEL_DIR, then overrides."""
@@ -335,13 +386,16 @@ def plan(args: argparse.Namespace, s: dict, gin_args: list[str]) -> tuple[list[l
   if gin_args and command not in ENTRY_POINTS:
     raise UsageError(f'{gin_args[0]} is only for train, eval and infer')
   if command == 'create':
+    if s['kind'] == 'tpu' and not args.skip_zone_check:
+      check_zone(s)
     return [create_argv(s)], []
   if command == 'setup':
     return plan_setup(s)
   if command in ENTRY_POINTS:
     _check_remote_path('remote_repo', s['remote_repo'])
     flags = entry_flags(s, command, args.gin_files, gin_args, args.model_dir)
-    return [ssh_argv(s, run_command(s, command, flags))], []
+    check = [] if s['kind'] == 'gpu' or args.skip_compile_check else [compile_check_argv(s, command, flags)]
+    return check + [ssh_argv(s, run_command(s, command, flags))], []
   if command == 'logs':
     if args.lines < 0:
       raise UsageError('--lines must be >= 0')
@@ -411,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
   create.add_argument('--machine_type', help='GPU VM machine type (a2-highgpu-1g)')
   create.add_argument('--image_family', help='GPU VM image family')
   create.add_argument('--boot_disk_size', help='GPU VM boot disk size (200GB)')
+  create.add_argument('--skip_zone_check', action='store_true',
+                      help='create even where the zone table says the accelerator is not offered')
 
   setup = add('setup', 'copy the repo (git archive HEAD, or clone repo_url) to every worker and '
               'pip install it into a venv')
@@ -423,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
               '--gin_search_paths=P pass through unchanged')
     run.add_argument('gin_files', nargs='*', metavar='GIN_FILE', help='gin file, relative to the repo root')
     run.add_argument('--model_dir', help='MODEL_DIR (gs://BUCKET/RUN); default: model_dir of the config')
+    run.add_argument('--accelerator', help='TPU accelerator type the run is checked against (default: the config)')
+    run.add_argument('--skip_compile_check', action='store_true',
+                     help='start without first compiling the step for the accelerator here (flanx --compile_only)')
 
   logs = add('logs', 'print (or follow) the log of each worker')
   logs.add_argument('--mode', choices=list(ENTRY_POINTS), default='train', help='which run (train)')
@@ -467,7 +526,20 @@ def settings_for(args: argparse.Namespace) -> dict:
       s[key] = value
   if not s['name']:
     raise UsageError('the VM needs a name: set name in the config or pass --name')
+  check_name(s['name'])
+  if s['kind'] == 'tpu' and not s['zone']:
+    zones = tpu_zones(s['accelerator'])
+    if not zones:
+      raise UsageError(f'no default zone for accelerator type {s["accelerator"]!r}; set zone or pass --zone')
+    s['zone'] = zones[0]
+  if not s['zone']:
+    raise UsageError('the VM needs a zone: set zone in the config or pass --zone')
   return s
+
+
+def is_compile_check(argv: list[str]) -> bool:
+  """Whether a step is the local compile-only check of train/eval/infer."""
+  return '--compile_only' in argv
 
 
 def execute(steps: list[list[str]], cleanup: list[list[str]], dry_run: bool) -> None:
@@ -480,7 +552,8 @@ def execute(steps: list[list[str]], cleanup: list[list[str]], dry_run: bool) -> 
     for argv in steps:
       print('+ ' + shlex.join(argv), file=sys.stderr, flush=True)
       try:
-        returncode = subprocess.call(argv)
+        # The compile check runs from the repo root, where the gin file paths it is given start.
+        returncode = subprocess.call(argv, cwd=REPO_ROOT if is_compile_check(argv) else None)
       except FileNotFoundError as e:
         raise UsageError(f'{argv[0]} is not on PATH (gcloud comes with the Google Cloud CLI)') from e
       if returncode:
@@ -503,6 +576,12 @@ def main(argv: list[str] | None = None) -> int:
   except UsageError as e:
     parser.exit(2, f'{parser.prog} {args.command}: error: {e}\n')
   except StepFailed as e:
+    if is_compile_check(e.argv):
+      verdict = ('does not fit' if e.returncode == COMPILE_DOES_NOT_FIT else
+                 f'could not be checked (exit status {e.returncode}, error above)')
+      print(f'{parser.prog} {args.command}: refusing to start: the run {verdict} on {s["accelerator"]} '
+            '(report above); fix the config, or pass --skip_compile_check to start anyway', file=sys.stderr)
+      return e.returncode
     print(f'{parser.prog} {args.command}: {e}', file=sys.stderr)
     return e.returncode
   except KeyboardInterrupt:  # Ctrl-C ends `logs -f` and interactive ssh; no traceback.

@@ -33,7 +33,7 @@ def shared_dir() -> pathlib.Path:
 @pytest.fixture
 def tiny_config():
   """Factory: tiny_config(**changes) → a T5Config small enough for CPU tests (d_model 32, 2+2 layers)."""
-  from flanx.config import T5Config  # pylint: disable=g-import-not-at-top
+  from flanx.model.config import T5Config  # pylint: disable=g-import-not-at-top
 
   def make(**changes):
     base = dict(vocab_size=96, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2,
@@ -48,7 +48,7 @@ def _random_params(config, seed: int = 0):
   """Random float32 numpy params at T5's init scales, made without compiling anything (fast on CPU)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from flanx import model  # pylint: disable=g-import-not-at-top
+  from flanx.model import network as model  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
 
   def draw(path, shape):
@@ -73,7 +73,7 @@ def random_params():
 @functools.lru_cache(maxsize=None)
 def _jitted_forward(config):
   import jax  # pylint: disable=g-import-not-at-top
-  from flanx import model  # pylint: disable=g-import-not-at-top
+  from flanx.model import network as model  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda params, *batch: model.Transformer(config).apply({'params': params}, *batch))
 
 
@@ -82,3 +82,11 @@ def forward():
   """forward(config, params, encoder_tokens, decoder_tokens, *more) → float32 numpy logits; one jit per config."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   return lambda config, params, *batch: np.asarray(_jitted_forward(config)(params, *batch))
+
+
+def pytest_collection_modifyitems(config, items):
+  """Whole-run tests (tests/e2e/) are `slow`: `scripts/test.sh -m "not slow"` runs the fast unit tests only."""
+  e2e = REPO_ROOT / 'tests' / 'e2e'
+  for item in items:
+    if e2e in pathlib.Path(str(item.fspath)).parents:
+      item.add_marker(pytest.mark.slow)

@@ -11,46 +11,12 @@ import os
 from typing import Any, Mapping
 
 import gin
-import jax
 import numpy as np
 
-from flanx import checkpoint_import, data, partitioning, predict, runtime
-from flanx import train_state as ts
-from flanx.config import T5Config
-from flanx.metrics_writer import MetricsWriter
-
-
-class InferenceModel:
-  """Params on a mesh plus jitted predict/score functions over host numpy batches of a fixed size."""
-
-  def __init__(self, checkpoint_path: str, config: T5Config, batch_size: int, **decode_options):
-    self.config, self.batch_size = config, batch_size
-    self.mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
-    self.shardings = ts.make_shardings(config, None, self.mesh, partitioning.axis_rules())
-    self.params = checkpoint_import.load_sharded_params(checkpoint_path, config, self.shardings.params)
-    out = partitioning.replicated(self.mesh)
-    self._predict = predict.make_predict_fn(config, out, **decode_options)
-    self._score = predict.make_score_fn(config, out)
-
-  def _global(self, batch: Mapping[str, np.ndarray]) -> dict:
-    # Every process holds the same full batch (eval data is not sharded by host): build global arrays from it.
-    return {k: jax.make_array_from_callback(v.shape, self.shardings.batch, lambda i, v=v: v[i])
-            for k, v in batch.items()}
-
-  def predict(self, encoder_input_tokens: np.ndarray, batch_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded tokens [rows, max_decode_length] (EOS, then 0s) and scores, for up to batch_size rows."""
-    padded, n = data.pad_batch({'encoder_input_tokens': encoder_input_tokens}, self.batch_size)
-    with self.mesh, ts.activation_rules(self.shardings):
-      tokens, scores = self._predict(self.params, self._global(padded)['encoder_input_tokens'], batch_index)
-    return np.asarray(tokens)[:n], np.asarray(scores)[:n]
-
-  def score(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-example target log-likelihood, correct-token and target-token counts (teacher forced)."""
-    keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
-    padded, n = data.pad_batch({k: batch[k] for k in keys if k in batch}, self.batch_size)
-    with self.mesh, ts.activation_rules(self.shardings):
-      out = self._score(self.params, self._global(padded))
-    return tuple(np.asarray(x)[:n] for x in out)
+from flanx.inference.inference_model import InferenceModel
+from flanx.model.config import T5Config
+from flanx.training import data, runtime, steps
+from flanx.training.metrics_writer import MetricsWriter
 
 
 def _batches(dataset, batch_size: int):
@@ -115,17 +81,14 @@ def evaluate(*,
 
 def _teacher_forced(model: InferenceModel, name: str, lengths: Mapping[str, int], split: str, use_cached: bool,
                     num_examples: int | None) -> dict[str, float]:
-  """Loss per target token and token accuracy over the split, unpacked."""
+  """Loss per target token and token accuracy over the split, unpacked (one example per row)."""
   import seqio
   ds = seqio.get_dataset(name, task_feature_lengths=dict(lengths), dataset_split=split, shuffle=False,
                          num_epochs=1, use_cached=use_cached, feature_converter=seqio.EncDecFeatureConverter(pack=False))
   if num_examples is not None:
     ds = ds.take(num_examples)
-  loss = correct = count = 0.0
-  for batch in ds.batch(model.batch_size).as_numpy_iterator():
-    ll, c, n = model.score(batch)
-    loss, correct, count = loss - ll.sum(), correct + c.sum(), count + n.sum()
-  return {'loss_per_nonpadding_target_token': float(loss / max(count, 1.0)), 'accuracy': float(correct / max(count, 1.0))}
+  scores = (model.score(batch) for batch in ds.batch(model.batch_size).as_numpy_iterator())
+  return steps.teacher_forced_metrics({'loss': -ll, 'num_correct': c, 'weight_sum': n} for ll, c, n in scores)
 
 
 def _scalar(value: Any) -> float:

@@ -14,9 +14,10 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
-from flanx import data, predict, runtime
-from flanx.config import T5Config
-from flanx.evaluation import InferenceModel
+from flanx.training import data, runtime
+from flanx.inference import predict
+from flanx.model.config import T5Config
+from flanx.inference.inference_model import InferenceModel
 
 _PROMPT_KEYS = ('inputs', 'input', 'prompt')
 

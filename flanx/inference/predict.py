@@ -6,11 +6,10 @@ from typing import Any, Callable
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flanx import decoding, model as model_lib
-from flanx.config import T5Config
+from flanx.model import decoding, network as model_lib
+from flanx.model.config import EOS_ID, PAD_ID, T5Config
 
 PyTree = Any
 
@@ -52,26 +51,10 @@ def make_predict_fn(config: T5Config, out_sharding: Any = None, **options) -> Ca
   return jax.jit(predict, out_shardings=out_sharding)
 
 
-def make_score_fn(config: T5Config, out_sharding: Any = None) -> Callable:
-  """`score(params, batch) -> (log-likelihood [b], correct tokens [b], target tokens [b])`, teacher-forced."""
-  model = model_lib.Transformer(config)
-
-  def score(params: PyTree, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-    logits = model.apply({'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'])
-    targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-    log_probs = jax.nn.log_softmax(logits)
-    token_ll = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    correct = (jnp.argmax(logits, -1) == targets) * weights
-    return jnp.sum(token_ll * weights, -1), jnp.sum(correct, -1), jnp.sum(weights, -1)
-
-  return jax.jit(score, out_shardings=out_sharding)
-
-
-def trim_at_eos(tokens: np.ndarray, eos_id: int = 1) -> list[list[int]]:
+def trim_at_eos(tokens: np.ndarray, eos_id: int = EOS_ID) -> list[list[int]]:
   """Token lists cut before the first EOS (and without padding)."""
   out = []
   for row in np.asarray(tokens).tolist():
     row = row[:row.index(eos_id)] if eos_id in row else row
-    out.append([t for t in row if t != 0])
+    out.append([t for t in row if t != PAD_ID])
   return out

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from flanx.config import T5Config
+from flanx.interop import staging
+from flanx.model.config import DECODER_START_ID, EOS_ID, PAD_ID, T5Config
 
 PyTree = Any
 
@@ -176,9 +175,9 @@ def hf_config_dict(config: T5Config, dtype: str = 'float32', **overrides) -> dic
       'initializer_factor': 1.0,
       # false: separate lm_head, no output rescale (v1.1/Flan-T5); true: lm_head = shared, rescaled (1.0, UL2).
       'tie_word_embeddings': bool(config.tie_embeddings),
-      'decoder_start_token_id': 0,
-      'pad_token_id': 0,
-      'eos_token_id': 1,
+      'decoder_start_token_id': DECODER_START_ID,
+      'pad_token_id': PAD_ID,
+      'eos_token_id': EOS_ID,
       'use_cache': True,
       'torch_dtype': dtype,  # transformers 4.x
       'dtype': dtype,  # transformers 5.x
@@ -312,68 +311,44 @@ def _plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: float) -> list[l
   return shards
 
 
-def replace_folder(staged: pathlib.Path, target: pathlib.Path) -> None:
-  """Moves a complete `staged` folder to `target`, replacing an existing `target` only at that moment."""
-  if target.exists():
-    old = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-    target.rename(old / target.name)
-    staged.rename(target)
-    shutil.rmtree(old)
-  else:
-    staged.rename(target)
-
-
 def write_hf_model(folder: str | os.PathLike, params: PyTree, config: T5Config, dtype: str = 'float32',
                    max_shard_bytes: float = 5e9, overwrite: bool = False,
-                   add_files: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+                   generation: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Writes a transformers-loadable folder (config.json, generation_config.json, safetensors) atomically.
 
-  Tensors are converted and written one shard at a time. Everything is written into a temporary directory
-  beside `folder` and renamed into place at the end; `add_files(tmp_dir)` may add more files (tokenizer)
-  before that. An existing non-empty `folder` is an error unless overwrite=True.
+  Staged beside `folder` and renamed into place at the end (flanx.interop.staging); an existing non-empty
+  `folder` is an error unless overwrite=True.
   """
+  with staging.staged_folder(folder, overwrite) as staged:
+    write_hf_files(staged, params, config, dtype, max_shard_bytes, generation)
+  return pathlib.Path(folder).absolute()
+
+
+def write_hf_files(folder: pathlib.Path, params: PyTree, config: T5Config, dtype: str = 'float32',
+                   max_shard_bytes: float = 5e9, generation: Mapping[str, Any] | None = None) -> None:
+  """Writes config.json, generation_config.json and the safetensors (one shard at a time) into `folder`."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   np_dtype = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}.get(dtype)
   if np_dtype is None:
     raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
-  folder = pathlib.Path(folder).absolute()
-  if folder.exists() and not folder.is_dir():
-    raise FileExistsError(f'{folder} exists and is not a directory')
-  if folder.exists() and any(folder.iterdir()) and not overwrite:
-    raise FileExistsError(f'{folder} exists and is not empty (pass overwrite=True to replace it)')
-  folder.parent.mkdir(parents=True, exist_ok=True)
-
   tensors = list(_hf_tensors(params, config))
   itemsize = np.dtype(np_dtype).itemsize
   sizes = [(name, int(np.prod(shape)) * itemsize) for name, shape, _ in tensors]
   shards = _plan_shards(sizes, max_shard_bytes)
   makers = {name: make for name, _, make in tensors}
-
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=folder.parent))
-  try:
-    weight_map = {}
-    for k, names in enumerate(shards):
-      file = 'model.safetensors' if len(shards) == 1 else f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
-      save_file({n: makers[n]().astype(np_dtype, copy=False) for n in names}, tmp / file, metadata={'format': 'pt'})
-      weight_map.update({n: file for n in names})
-    if len(shards) > 1:
-      index = {'metadata': {'total_size': sum(s for _, s in sizes)}, 'weight_map': weight_map}
-      (tmp / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')
-    (tmp / 'config.json').write_text(json.dumps(hf_config_dict(config, dtype=dtype), indent=2) + '\n')
-    generation = {'decoder_start_token_id': 0, 'pad_token_id': 0, 'eos_token_id': 1}
-    (tmp / 'generation_config.json').write_text(json.dumps(generation, indent=2) + '\n')
-    if add_files is not None:
-      add_files(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
-    replace_folder(tmp, folder)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return folder
+  weight_map = {}
+  for k, names in enumerate(shards):
+    file = 'model.safetensors' if len(shards) == 1 else f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
+    save_file({n: makers[n]().astype(np_dtype, copy=False) for n in names}, folder / file, metadata={'format': 'pt'})
+    weight_map.update({n: file for n in names})
+  if len(shards) > 1:
+    index = {'metadata': {'total_size': sum(s for _, s in sizes)}, 'weight_map': weight_map}
+    (folder / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')
+  (folder / 'config.json').write_text(json.dumps(hf_config_dict(config, dtype=dtype), indent=2) + '\n')
+  ids = {'decoder_start_token_id': DECODER_START_ID, 'pad_token_id': PAD_ID, 'eos_token_id': EOS_ID}
+  (folder / 'generation_config.json').write_text(json.dumps({**ids, **dict(generation or {})}, indent=2) + '\n')
 
 
 class _LazyTensors(Mapping):

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from flanx.config import T5Config
+from flanx.model.config import T5Config
 
 PyTree = Any
 
@@ -52,7 +52,7 @@ def _pad_rows(rows: Sequence[Sequence[int]]) -> np.ndarray:
 
 def probe_batch(vocabulary: Any, config: T5Config) -> tuple[np.ndarray, np.ndarray]:
   """Encoder inputs (probe strings + EOS) and teacher-forced decoder inputs of different lengths (padding)."""
-  from flanx import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  from flanx.interop import hf_tokenizer  # pylint: disable=g-import-not-at-top
   texts = hf_tokenizer.probe_strings(vocabulary)
   eos = vocabulary.eos_id
   inputs = [list(vocabulary.encode(t))[:MAX_INPUT_TOKENS - 1] + [eos] for t in texts[:NUM_PROMPTS]]
@@ -68,7 +68,8 @@ def probe_batch(vocabulary: Any, config: T5Config) -> tuple[np.ndarray, np.ndarr
 @functools.lru_cache(maxsize=8)
 def _compiled(config: T5Config):
   import jax  # pylint: disable=g-import-not-at-top
-  from flanx import model as model_lib, predict  # pylint: disable=g-import-not-at-top
+  from flanx.model import network as model_lib  # pylint: disable=g-import-not-at-top
+  from flanx.inference import predict
   forward = jax.jit(lambda params, enc, dec: model_lib.Transformer(config).apply({'params': params}, enc, dec))
   greedy = predict.make_predict_fn(config, None, mode='greedy', max_decode_length=DECODE_TOKENS)
   return forward, greedy
@@ -170,7 +171,7 @@ def verify_folder(folder: str, vocabulary: Any, config: T5Config, reference: Ref
   the float32 weights before rounding, checked with the looser bf16 tolerance.
   """
   import transformers  # pylint: disable=g-import-not-at-top
-  from flanx import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  from flanx.interop import hf_tokenizer  # pylint: disable=g-import-not-at-top
   problems = []
   tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
   problems += [f'tokenization: {p}' for p in hf_tokenizer.compare_tokenization(vocabulary, tokenizer)]

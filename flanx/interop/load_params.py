@@ -8,8 +8,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from flanx import checkpoints, model as model_lib
-from flanx.config import T5Config
+from flanx.model import network
+from flanx.model.config import T5Config
+from flanx.training import checkpoints, steps
 
 PyTree = Any
 
@@ -30,14 +31,14 @@ def load_params(path: str, config: T5Config) -> PyTree:
   folder with checkpoint_<step> subfolders (newest step); local or gs://. Shapes and tying are checked against
   `config` (the activation is not stored in t5x checkpoints: the config's is used).
   """
-  from flanx import hf, t5x_checkpoint
+  from flanx.interop import hf_format, t5x_checkpoint  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(path, 'config.json')):
-    params, found = hf.read_hf_model(path)
+    params, found = hf_format.read_hf_model(path)
     _check_matches(config, found, path)
-    return model_lib.to_model_layout(config, params)
+    return network.to_model_layout(config, params)
   if t5x_checkpoint.is_t5x_checkpoint(path):
     params, _, _ = t5x_checkpoint.load_t5x_params(path, config)
-    return model_lib.to_model_layout(config, params)
+    return network.to_model_layout(config, params)
   raise ValueError(f'{path}: not a flanx checkpoint, a Hugging Face folder (config.json) or a t5x checkpoint '
                    '(checkpoint msgpack file)')
 
@@ -53,7 +54,5 @@ def place_params(host_params: PyTree, param_shardings: PyTree) -> PyTree:
 def load_sharded_params(path: str, config: T5Config, param_shardings: PyTree) -> PyTree:
   """Params from a flanx checkpoint (run folder or checkpoint_<step>), HF folder or t5x checkpoint, on the mesh."""
   if checkpoints.is_flanx_checkpoint(path):
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            model_lib.abstract_params(config), param_shardings)
-    return checkpoints.restore_params(path, abstract)
+    return checkpoints.restore_params(path, steps.with_shardings(network.abstract_params(config), param_shardings))
   return place_params(load_params(path, config), param_shardings)

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from flanx.config import T5Config
+from flanx.model.config import T5Config
 
 _TRAIN_KEYS = ('loss', 'loss_per_nonpadding_target_token', 'cross_ent_loss', 'z_loss', 'accuracy', 'learning_rate')
 

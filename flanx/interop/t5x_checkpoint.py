@@ -15,7 +15,7 @@ Shapes are checked against the configured model; every missing, unexpected or mi
 one error.
 
 Adafactor state: t5x's `param_states` leaves `{v_row, v_col, v, m}` map one to one onto
-`flanx.adafactor.AdafactorState` (placeholders included); `read_adafactor_state(read_state(path,
+`flanx.training.adafactor.AdafactorState` (placeholders included); `read_adafactor_state(read_state(path,
 optimizer_state=True)[0], config)` returns it with the checkpoint's step as `count`, shape-checked, for callers
 that want to continue the pretrained second moments. Nothing uses it by default: the trainer starts initial
 checkpoints with a fresh optimizer state, and `python -m flanx.import_t5x` writes params only.
@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from flanx.config import T5Config
+from flanx.model.config import T5Config
 
 PyTree = Any
 _CHECKPOINT_FILE = 'checkpoint'
@@ -290,7 +290,7 @@ def _unstack(flat: dict[tuple[str, ...], Any], expected: Mapping[tuple[str, ...]
 @functools.lru_cache(maxsize=16)
 def _abstract_params(config: T5Config) -> PyTree:
   """Canonical param shapes of `config` (tracing the model takes ~1 s: once per config)."""
-  from flanx import model as model_lib  # pylint: disable=g-import-not-at-top
+  from flanx.model import network as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.abstract_params(config.replace(scan_layers=False))
 
 
@@ -335,7 +335,7 @@ def load_t5x_params(path: str, config: T5Config | None = None, activation: str |
 def read_adafactor_state(state: Mapping[str, Any], config: T5Config) -> Any:
   """t5x's Adafactor `param_states` (from read_state(…, optimizer_state=True)) → flanx AdafactorState (numpy,
   canonical layout), checked against the state flanx's Adafactor keeps for `config`."""
-  from flanx import adafactor  # pylint: disable=g-import-not-at-top
+  from flanx.training import adafactor  # pylint: disable=g-import-not-at-top
   optimizer_state = state.get('state') or {}
   param_states = optimizer_state.get('param_states')
   if not isinstance(param_states, dict):

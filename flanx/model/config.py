@@ -6,6 +6,11 @@ import dataclasses
 
 import gin
 
+# T5's special ids, shared by its SentencePiece and byte vocabularies; padding doubles as the decoder start.
+PAD_ID = 0
+EOS_ID = 1
+DECODER_START_ID = PAD_ID
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ rematerialisation is not counted (MFU, not hardware FLOPs utilisation).
 
 from __future__ import annotations
 
-from flanx.config import T5Config
+from flanx.model.config import T5Config
 
 # bf16 dense peak TFLOP/s per device, by jax device_kind substring (lower case).
 PEAK_TFLOPS = {

@@ -2,7 +2,7 @@
 
 Linen rather than NNX because t5x's param-tree names (`encoder/layers_0/attention/query/kernel`) fall out of
 module names, `nn.scan`/`nn.remat` lift whole layers, and `nn.with_logical_partitioning` gives every parameter
-the logical axis names that `flanx.partitioning` maps onto a mesh: t5x checkpoints map 1:1.
+the logical axis names that `flanx.training.partitioning` maps onto a mesh: t5x checkpoints map 1:1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flanx.config import T5Config
+from flanx.model.config import T5Config
 
 Array = jax.Array
 PyTree = Any
@@ -381,16 +381,20 @@ def init_params(config: T5Config, rng: Array) -> PyTree:
   return nn.unbox(variables['params'])
 
 
+@functools.lru_cache(maxsize=32)
+def _abstract_boxed(config: T5Config) -> PyTree:
+  """The boxed (logically annotated) param shapes of `config`, traced once per config."""
+  return jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), *_dummy_batch(config)))['params']
+
+
 def abstract_params(config: T5Config) -> PyTree:
   """Param shapes/dtypes as jax.ShapeDtypeStruct, computed without allocating anything."""
-  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), *_dummy_batch(config)))
-  return nn.unbox(boxed['params'])
+  return nn.unbox(_abstract_boxed(config))
 
 
 def logical_axes(config: T5Config) -> PyTree:
   """The logical axis names (a PartitionSpec of names) of every param, same tree as the params."""
-  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), *_dummy_batch(config)))
-  return nn.get_partition_spec(boxed['params'])
+  return nn.get_partition_spec(_abstract_boxed(config))
 
 
 def param_count(config: T5Config) -> int:
@@ -448,7 +452,7 @@ def init_cache(config: T5Config, params: PyTree, encoded: Array, encoder_input_t
 
 
 def make_step_fn(config: T5Config, params: PyTree) -> Callable[[Array, PyTree], tuple[Array, PyTree]]:
-  """step_fn(tokens [b, 1], cache) -> (float32 logits [b, vocab], cache), for flanx.decoding."""
+  """step_fn(tokens [b, 1], cache) -> (float32 logits [b, vocab], cache), for flanx.model.decoding."""
   model = Transformer(config)
 
   def step_fn(tokens: Array, cache: PyTree) -> tuple[Array, PyTree]:

@@ -18,7 +18,7 @@ Which axes are factored (t5x's rules, documented choice for scanned params):
     the larger, ties keep axis order) when the smaller has >= min_dim_size_to_factor entries. t5x also ignores
     logical rules for such params. A scanned param therefore gets exactly the per-layer state of its unscanned
     layers, stacked (t5x instead applies its logical rules to scanned params, which only renames row/col and
-    skips the size test); optimizer state moves between layouts with flanx.model's stack/unstack functions.
+    skips the size test); optimizer state moves between layouts with flanx.model.network's stack/unstack functions.
   * Proper rank > 2: the logical rules (FACTOR_RULES: 'embed' row; 'vocab', 'mlp', 'heads', 'kv', 'joined_kv'
     column); without axis names, the heuristic on the two largest axes.
 
@@ -26,7 +26,7 @@ State (AdafactorState) is a NamedTuple of arrays, like t5x's param_states: v_row
 the params, unused slots hold a float32 zeros((1,)) placeholder, so a t5x checkpoint's optimizer state maps
 leaf for leaf. `count` drives rho: restoring a pretrained state (count ~1.1M) keeps second moments nearly
 frozen, a fresh init (count 0) starts from rho = 0; `step_offset` resets the schedule without losing state.
-Shard the state with `transform.state_logical_axes(params, param_axes)`: logical names per state leaf
+Shard the state with `optimizer.state_logical_axes(params, param_axes)` (the Optimizer contract): logical names per state leaf
 (v_row = param axes minus the col axes, v_col = minus the row axes, v and m = param axes, placeholders and
 count replicated) to be mapped to a mesh by the same rules as the params.
 """
@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
+
+from flanx.training.optimizer import Optimizer
 
 PyTree = Any
 
@@ -134,14 +136,6 @@ def _rms(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.sqrt(jnp.mean(x * x, axis=axes, keepdims=True))
 
 
-class AdafactorTransformation(optax.GradientTransformation):
-  """optax.GradientTransformation whose `state_logical_axes(params, param_axes)` names its state's axes."""
-
-  def state_logical_axes(self, params: PyTree, param_axes: Optional[PyTree] = None) -> AdafactorState:
-    """Logical axis names (PartitionSpec) of every state leaf, for params (arrays or ShapeDtypeStructs)."""
-    return self._state_axes_fn(params, param_axes)
-
-
 @gin.configurable
 def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
               *,
@@ -156,7 +150,7 @@ def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
               epsilon1: float = 1e-30,
               epsilon2: float = 1e-3,
               param_axes: Optional[PyTree] = None,
-              factor_rules: Mapping[str, Optional[str]] = FACTOR_RULES) -> AdafactorTransformation:
+              factor_rules: Mapping[str, Optional[str]] = FACTOR_RULES) -> Optimizer:
   """Adafactor with t5x defaults; `update(grads, state, params)` returns additive updates (optax style).
 
   Args:
@@ -172,7 +166,7 @@ def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
     epsilon1: added to squared gradients.
     epsilon2: floor of the parameter scale.
     param_axes: logical axis names per param (tuples or PartitionSpecs, same tree as the params), e.g.
-      flanx.model.logical_axes(config). Needed for scanned params ('layers' axis) and rank > 2 params.
+      flanx.model.network.logical_axes(config). Needed for scanned params ('layers' axis) and rank > 2 params.
     factor_rules: logical axis name -> 'row' | 'column' | 'batch' | None.
   """
   schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
@@ -262,6 +256,4 @@ def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
     trees = [jax.tree.unflatten(treedef, x) for x in (v_row, v_col, v, m)]
     return AdafactorState(PartitionSpec(), *trees)
 
-  transform = AdafactorTransformation(init, update)
-  transform._state_axes_fn = state_axes  # pylint: disable=protected-access
-  return transform
+  return Optimizer(optax.GradientTransformation(init, update), state_axes)

@@ -47,6 +47,8 @@ class StepMemory:
   compiled_flops_per_device: float | None = None
   out_of_memory: str | None = None  # the compiler's message
   required: int | None = None  # what the compiler said it needed, when it ran out
+  abstract_argument_bytes: int = 0  # the arguments' shard sizes before XLA's layout padding
+  compiled: Any = dataclasses.field(default=None, repr=False)  # the TPU executable (never run)
 
   @property
   def total(self) -> int:
@@ -236,7 +238,8 @@ def compile_step(name: str, jitted: Any, *args: Any) -> StepMemory:
     message = message.replace('RESOURCE_EXHAUSTED:', '').strip().splitlines()[0]
     required = re.search(r'required[^(]*\(([\d.]+\s*[KMGT])', message)
     return StepMemory(name, per_device_bytes(args), 0, 0, None, 0, time.perf_counter() - start,
-                      out_of_memory=message, required=_parse_size(required.group(1)) if required else None)
+                      out_of_memory=message, required=_parse_size(required.group(1)) if required else None,
+                      abstract_argument_bytes=per_device_bytes(args))
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   try:
@@ -246,7 +249,8 @@ def compile_step(name: str, jitted: Any, *args: Any) -> StepMemory:
   except Exception:  # pylint: disable=broad-except  # cost analysis is optional information
     flops = None
   return StepMemory(name, memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.alias_size_in_bytes,
-                    memory.temp_size_in_bytes, memory.generated_code_size_in_bytes, seconds, flops)
+                    memory.temp_size_in_bytes, memory.generated_code_size_in_bytes, seconds, flops,
+                    abstract_argument_bytes=per_device_bytes(args), compiled=compiled)
 
 
 # ----------------------------------------------------------------------------------------------

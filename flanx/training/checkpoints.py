@@ -8,6 +8,7 @@ pipeline's position is written *before* the step's checkpoint is committed, so e
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -28,8 +29,7 @@ class RunCheckpoints:
     self.model_dir = model_dir
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=_PREFIX, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(os.path.abspath(model_dir) if '://' not in model_dir else model_dir,
-                                          options=options, item_names=('params', 'opt_state', 'meta'))
+    self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
     """Step of the newest complete checkpoint, if any."""
@@ -74,43 +74,57 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def restore_params(path: str, abstract_params: PyTree) -> PyTree:
-  """Params from a flanx checkpoint (run folder: newest step; or one checkpoint_<step> folder) onto the
-  shardings carried by `abstract_params`."""
-  item = params_item_path(path)
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.abspath(item) if '://' not in item else item, abstract_params)
-
-
-def params_item_path(path: str) -> str:
-  """The `params` folder of a run folder's newest checkpoint, or of one checkpoint_<step> folder."""
+def locate(path: str) -> tuple[str, str, int]:
+  """(checkpoint_<step> folder, run folder, step) for a run folder (newest step) or one checkpoint folder."""
+  import tensorflow as tf  # gfile: local or gs://
   path = path.rstrip('/')
-  if os.path.basename(path).startswith(_PREFIX + '_'):
-    return os.path.join(path, 'params')
-  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(step_prefix=_PREFIX, read_only=True),
-                                  item_names=('params', 'opt_state', 'meta'))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no flanx checkpoint under {path}')
-  return os.path.join(path, f'{_PREFIX}_{step}', 'params')
-
-
-def restore_params_on_one_device(path: str, device: jax.Device | None = None) -> PyTree:
-  """Params of a checkpoint written on any mesh/topology, restored whole onto one device (e.g. the CPU)."""
-  item = params_item_path(path)
-  item = os.path.abspath(item) if '://' not in item else item
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(item)
-    tree = getattr(metadata, 'item_metadata', metadata)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
-    return checkpointer.restore(item, target)
+  match = re.fullmatch(_PREFIX + r'_(\d+)', os.path.basename(path))
+  if match:
+    if not tf.io.gfile.exists(os.path.join(path, 'params')):
+      raise FileNotFoundError(f'{path} is not a flanx checkpoint (no params/ inside)')
+    return path, os.path.dirname(path), int(match.group(1))
+  if not tf.io.gfile.isdir(path):
+    raise FileNotFoundError(f'{path} does not exist')
+  steps = [int(m.group(1)) for name in tf.io.gfile.listdir(path)
+           if (m := re.fullmatch(_PREFIX + r'_(\d+)/?', name))
+           and tf.io.gfile.exists(os.path.join(path, name.rstrip('/'), 'params'))]
+  if not steps:
+    raise FileNotFoundError(f'no flanx checkpoint ({_PREFIX}_<step>/params) under {path}')
+  return os.path.join(path, f'{_PREFIX}_{max(steps)}'), path, max(steps)
 
 
 def is_flanx_checkpoint(path: str) -> bool:
   """Whether `path` is a flanx run folder or checkpoint folder (as opposed to an HF or t5x one)."""
-  import tensorflow as tf
-  if tf.io.gfile.exists(os.path.join(path, 'params')):
-    return True
-  return any(name.rstrip('/').startswith(_PREFIX + '_') and tf.io.gfile.exists(os.path.join(path, name, 'params'))
-             for name in (tf.io.gfile.listdir(path) if tf.io.gfile.isdir(path) else []))
+  try:
+    locate(path)
+  except FileNotFoundError:
+    return False
+  return True
+
+
+def _local_or_remote(path: str) -> str:
+  return os.path.abspath(path) if '://' not in path else path
+
+
+def restore_params(path: str, target: PyTree = None, *, device: jax.Device | None = None) -> PyTree:
+  """Params of a flanx run (newest step) or checkpoint folder, onto the shardings `target` carries.
+
+  `target`: the params' ShapeDtypeStructs with shardings (steps.with_shardings), or None to restore every array
+  whole onto `device` (default: the first local device; the CPU for export), whatever mesh wrote it.
+  """
+  item = _local_or_remote(os.path.join(locate(path)[0], 'params'))
+  with ocp.StandardCheckpointer() as checkpointer:
+    if target is None:
+      one_device = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+      metadata = checkpointer.metadata(item)
+      tree = getattr(metadata, 'item_metadata', metadata)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), tree)
+    return checkpointer.restore(item, target)
+
+
+def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: dict) -> None:
+  """A params-only checkpoint RUN/checkpoint_<step>/{params, meta} (e.g. an import), written synchronously."""
+  options = ocp.CheckpointManagerOptions(step_prefix=_PREFIX, create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(_local_or_remote(run_dir), options=options, item_names=('params', 'meta')) as manager:
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()

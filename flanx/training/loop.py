@@ -1,4 +1,4 @@
-"""The training loop behind `python -m flanx.train` (gin-configurable `train`).
+"""The training loop behind `python -m flanx.train` (gin-configurable `train`): set up, restore, loop, save.
 
 Restarting the same command resumes from the newest checkpoint in MODEL_DIR with params, optimizer state,
 step and data position restored; dropout keys derive from (seed, step), so a resumed run is bitwise identical
@@ -8,23 +8,43 @@ with the last good checkpoint untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 
-from flanx import adafactor, checkpoint_import, checkpoints, data, flops, gin_utils, partitioning, runtime
-from flanx import model as model_lib, schedules
-from flanx import train_state as ts
-from flanx.config import T5Config
-from flanx.metrics_writer import MetricsWriter
+from flanx import gin_config
+from flanx.interop import load_params
+from flanx.model import flops, network
+from flanx.model.config import T5Config
+from flanx.training import adafactor, checkpoints, data, partitioning, runtime, schedules, steps
+from flanx.training.metrics_writer import MetricsWriter
+from flanx.training.optimizer import Optimizer
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN/inf; the run stopped without saving the bad state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """What the loop reads: the task, its lengths and batch, and how the pipeline is built."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  batch_size: int
+  pack: bool = True
+  shuffle: bool = True
+  seed: int = 42
+  use_cached: bool = False
+
+  def dataset(self, split: str, **kwargs):
+    """This host's batches of `split` (see data.get_dataset)."""
+    options = {'shuffle': self.shuffle, 'pack': self.pack, 'seed': self.seed, 'use_cached': self.use_cached, **kwargs}
+    return data.get_dataset(self.mixture_or_task_name, self.task_feature_lengths, split, self.batch_size, **options)
 
 
 @gin.configurable(denylist=['run_name'])
@@ -37,7 +57,7 @@ def train(*,
           model_config: T5Config | None = None,
           mixture_or_task_module: str | None = None,
           learning_rate_schedule: Any = None,
-          optimizer: Any = None,
+          optimizer: Callable[..., Optimizer] | None = None,
           initial_checkpoint_path: str | None = None,
           checkpoint_period: int = 1000,
           keep_checkpoints: int | None = 3,
@@ -58,109 +78,148 @@ def train(*,
           progress_bar: bool = True,
           inject_nan_at_step: int | None = None,
           run_name: str = 'train') -> dict:
-  """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics."""
+  """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
+
+  `optimizer` is a factory `(learning_rate=schedule, param_axes=axes) -> Optimizer` (default: t5x's Adafactor).
+  """
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
+  settings = DataSettings(mixture_or_task_name, task_feature_lengths, batch_size, pack, shuffle, data_seed,
+                          use_cached_tasks)
   if runtime.is_first_host():
-    gin_utils.write_config(model_dir)
-  mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
-  rules = partitioning.axis_rules()  # gin: axis_rules.fsdp
+    gin_config.write_config(model_dir)
   schedule = learning_rate_schedule or schedules.constant()
   # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
-  tx = (optimizer or adafactor.adafactor)(learning_rate=schedule, param_axes=model_lib.logical_axes(config))
-  shardings = ts.make_shardings(config, tx, mesh, rules)
+  tx = (optimizer or adafactor.adafactor)(learning_rate=schedule, param_axes=network.logical_axes(config))
+  mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
+  shardings = steps.make_shardings(config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
   ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
   writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar)
+  try:
+    state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, initial_checkpoint_path, seed,
+                                                    writer)
+    iterator = data.CheckpointableIterator(settings.dataset('train'))
+    if batches_read:
+      iterator.restore(ckpts.data_state_prefix(resumed), batches_read)
+    saver = _Saver(ckpts, iterator, {'seed': seed, 'data_seed': data_seed}, resumed)
+    loss_config = steps.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
+    with mesh, steps.activation_rules(shardings):
+      train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches, dropout_seed=seed,
+                                         inject_nan_at_step=inject_nan_at_step)
+      eval_fn = _make_eval(config, shardings, settings, eval_split, eval_batches) if eval_period else None
+      timing = _Timing(config, settings, schedule)
+      periods = {'train_steps': train_steps, 'log_every': log_every, 'eval_period': eval_period,
+                 'checkpoint_period': checkpoint_period}
+      return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, model_dir)
+  finally:
+    ckpts.close()
+    writer.close()
 
+
+def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Optimizer,
+                     shardings: steps.Shardings, initial_checkpoint_path: str | None, seed: int,
+                     writer: MetricsWriter) -> tuple[steps.TrainState, int, int | None]:
+  """(state, batches already read, step resumed from or None): the newest checkpoint, else a fresh start."""
   latest = ckpts.latest_step()
-  batches_read = 0
   if latest is not None:
-    target = ts.abstract_state(config, tx, shardings)
-    params, opt_state, meta = ckpts.restore(latest, target['params'], target['opt_state'])
-    step, batches_read = int(meta['step']), int(meta['batches_read'])
-    writer.log(f'Resuming from {model_dir}/checkpoint_{latest} (step {step}).')
+    target = steps.abstract_state(config, tx, shardings)
+    params, opt_state, meta = ckpts.restore(latest, target.params, target.opt_state)
+    writer.log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
+    state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
+                             opt_state=opt_state)
+    return state, int(meta['batches_read']), latest
+  if initial_checkpoint_path:
+    params = load_params.load_sharded_params(initial_checkpoint_path, config, shardings.params)
+    writer.log(f'Initialised from {initial_checkpoint_path}.')
   else:
-    if initial_checkpoint_path:
-      params = checkpoint_import.load_sharded_params(initial_checkpoint_path, config, shardings.params)
-      writer.log(f'Initialised from {initial_checkpoint_path}.')
+    params = steps.init_params(config, seed, shardings)
+  return steps.new_state(params, tx, shardings), 0, None
+
+
+class _Saver:
+  """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
+
+  def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
+               last_saved: int | None):
+    self.ckpts, self.iterator, self.meta, self.last_saved = ckpts, iterator, meta, last_saved
+
+  def save(self, state: steps.TrainState, step: int) -> None:
+    if self.last_saved != step:
+      meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
+      self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
+      self.last_saved = step
+
+  def last_good(self) -> str:
+    return f'checkpoint_{self.last_saved}' if self.last_saved is not None else 'none yet'
+
+
+def _loop(state: steps.TrainState, train_step: Callable, iterator: data.CheckpointableIterator,
+          shardings: steps.Shardings, eval_fn: Callable | None, saver: _Saver, writer: MetricsWriter,
+          timing: _Timing, periods: Mapping[str, int], model_dir: str) -> dict:
+  """Steps until train_steps (or SIGTERM), logging, evaluating and checkpointing on their periods."""
+  step, metrics, status = int(state.step), {}, 'finished'
+  preempted = runtime.PreemptionFlag().install()
+  try:
+    writer.advance(step)
+    while step < periods['train_steps']:
+      host_batch = next(iterator)
+      timing.add_batch(host_batch)
+      state, step_metrics = train_step(state, data.to_global(host_batch, shardings.batch))
+      step += 1
+      loss = float(step_metrics['loss'])
+      if not math.isfinite(loss):
+        saver.ckpts.wait()
+        raise NonFiniteLossError(f'non-finite loss ({loss}) at step {step}; stopped without saving. '
+                                 f'Last good checkpoint in {model_dir}: {saver.last_good()}')
+      writer.advance()
+      if step % periods['log_every'] == 0 or step == periods['train_steps']:
+        metrics = timing.metrics(step_metrics, step)
+        writer.write(step, metrics)
+      if eval_fn is not None and step % periods['eval_period'] == 0:
+        writer.write(step, eval_fn(state.params))
+      if step % periods['checkpoint_period'] == 0:
+        saver.save(state, step)
+      if preempted.is_set():
+        writer.log(f'SIGTERM: saving checkpoint_{step} and exiting.')
+        saver.save(state, step)
+        status = 'preempted'
+        break
     else:
-      params = ts.init_params(config, seed, shardings)
-    opt_state, step = ts.init_opt_state(tx, params, shardings), 0
-  state = {'step': jax.device_put(np.int32(step), partitioning.replicated(mesh)), 'params': params,
-           'opt_state': opt_state}
-
-  dataset = data.get_dataset(mixture_or_task_name, task_feature_lengths, 'train', batch_size, shuffle=shuffle,
-                             pack=pack, seed=data_seed, use_cached=use_cached_tasks)
-  iterator = data.CheckpointableIterator(dataset)
-  if batches_read:
-    iterator.restore(ckpts.data_state_prefix(latest), batches_read)
-
-  loss_config = ts.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
-  with mesh, ts.activation_rules(shardings):
-    train_step = ts.make_train_step(config, tx, shardings, loss_config, num_microbatches, dropout_seed=seed,
-                                    inject_nan_at_step=inject_nan_at_step)
-    eval_fn = _make_eval(config, shardings, loss_config, mixture_or_task_name, task_feature_lengths, eval_split,
-                         batch_size, pack, data_seed, use_cached_tasks, eval_batches) if eval_period else None
-    lengths = (task_feature_lengths['inputs'], task_feature_lengths['targets'])
-    flops_per_step = flops.train_flops(config, *lengths) * batch_size
-    peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
-    preempted = runtime.PreemptionFlag().install()
-    last_saved, metrics, status = (step if latest is not None else None), {}, 'finished'
-
-    def save(at_step: int) -> None:
-      nonlocal last_saved
-      if last_saved != at_step:
-        ckpts.save(at_step, state['params'], state['opt_state'],
-                   {'step': at_step, 'batches_read': iterator.batches_read, 'seed': seed, 'data_seed': data_seed},
-                   iterator)
-        last_saved = at_step
-
-    try:
-      interval_start, interval_steps, fractions = time.perf_counter(), 0, []
-      writer.advance(step)
-      while step < train_steps:
-        host_batch = next(iterator)
-        fractions.append(data.non_padding_fraction(host_batch))
-        state, step_metrics = train_step(state, data.to_global(host_batch, shardings.batch))
-        step += 1
-        interval_steps += 1
-        loss = float(step_metrics['loss'])
-        if not math.isfinite(loss):
-          ckpts.wait()
-          good = f'checkpoint_{last_saved}' if last_saved is not None else 'none yet'
-          raise NonFiniteLossError(f'non-finite loss ({loss}) at step {step}; stopped without saving. '
-                                   f'Last good checkpoint in {model_dir}: {good}')
-        writer.advance()
-        if step % log_every == 0 or step == train_steps:
-          elapsed = time.perf_counter() - interval_start
-          metrics = _timing_metrics(step_metrics, interval_steps, elapsed, batch_size, lengths, fractions,
-                                    flops_per_step, peak, schedule(step - 1))
-          writer.write(step, metrics)
-          interval_start, interval_steps, fractions = time.perf_counter(), 0, []
-        if eval_fn is not None and step % eval_period == 0:
-          writer.write(step, eval_fn(state['params']))
-        if step % checkpoint_period == 0:
-          save(step)
-        if preempted.is_set():
-          writer.log(f'SIGTERM: saving checkpoint_{step} and exiting.')
-          save(step)
-          status = 'preempted'
-          break
-      else:
-        save(step)
-    finally:
-      preempted.uninstall()
-      ckpts.close()
-      writer.close()
+      saver.save(state, step)
+  finally:
+    preempted.uninstall()
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
 
 
-def _timing_metrics(step_metrics: Mapping[str, Any], steps: int, seconds: float, batch_size: int,
+class _Timing:
+  """t5x's timing and padding metrics plus tokens/s and MFU (when the device peak is known), per log interval."""
+
+  def __init__(self, config: T5Config, settings: DataSettings, schedule: Callable[[int], Any]):
+    self.batch_size, self.schedule = settings.batch_size, schedule
+    self.lengths = (settings.task_feature_lengths['inputs'], settings.task_feature_lengths['targets'])
+    self.flops_per_step = flops.train_flops(config, *self.lengths) * settings.batch_size
+    self.peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
+    self._reset()
+
+  def _reset(self) -> None:
+    self.start, self.steps, self.fractions = time.perf_counter(), 0, []
+
+  def add_batch(self, host_batch: Mapping[str, np.ndarray]) -> None:
+    self.steps += 1
+    self.fractions.append(data.non_padding_fraction(host_batch))
+
+  def metrics(self, step_metrics: Mapping[str, Any], step: int) -> dict[str, float]:
+    out = _timing_metrics(step_metrics, self.steps, time.perf_counter() - self.start, self.batch_size,
+                          self.lengths, self.fractions, self.flops_per_step, self.peak, self.schedule(step - 1))
+    self._reset()
+    return out
+
+
+def _timing_metrics(step_metrics: Mapping[str, Any], steps_done: int, seconds: float, batch_size: int,
                     lengths: tuple[int, int], fractions: Sequence[Mapping[str, float]], flops_per_step: float,
                     peak: float | None, learning_rate: float) -> dict[str, float]:
-  """t5x's timing and padding metrics plus tokens/s and MFU (when the device peak is known)."""
   out = {k: float(v) for k, v in step_metrics.items()}
-  steps_per_second = steps / max(seconds, 1e-9)
+  steps_per_second = steps_done / max(seconds, 1e-9)
   out['learning_rate'] = float(learning_rate)
   out['timing/steps_per_second'] = steps_per_second
   out['timing/seqs_per_second'] = steps_per_second * batch_size
@@ -174,22 +233,18 @@ def _timing_metrics(step_metrics: Mapping[str, Any], steps: int, seconds: float,
   return out
 
 
-def _make_eval(config, shardings, loss_config, task, lengths, split, batch_size, pack, seed, use_cached, max_batches):
-  """Teacher-forced loss/accuracy over the eval split (one pass), as `fn(params) -> metrics`."""
-  eval_step = ts.make_eval_step(config, shardings, loss_config)
+def _make_eval(config: T5Config, shardings: steps.Shardings, settings: DataSettings, split: str,
+               max_batches: int | None) -> Callable[[Any], dict[str, float]]:
+  """Teacher-forced loss/accuracy over one pass of the eval split, batched as in training (packed)."""
+  eval_step = steps.make_eval_step(config, shardings)
+  rows = settings.batch_size // jax.process_count()
 
   def run(params) -> dict[str, float]:
-    ds = data.get_dataset(task, lengths, split, batch_size, shuffle=False, pack=pack, seed=seed, num_epochs=1,
-                          use_cached=use_cached, drop_remainder=False)
-    totals = {'loss_sum': 0.0, 'correct_sum': 0.0, 'weight_sum': 0.0}
-    for i, batch in enumerate(ds.as_numpy_iterator()):
-      if max_batches is not None and i >= max_batches:
-        break
-      batch, _ = data.pad_batch(batch, batch_size // jax.process_count())
-      out = eval_step(params, data.to_global(batch, shardings.batch))
-      totals = {k: totals[k] + float(out[k]) for k in totals}
-    weights = max(totals['weight_sum'], 1e-9)
-    return {f'eval/{split}/loss_per_nonpadding_target_token': totals['loss_sum'] / weights,
-            f'eval/{split}/accuracy': totals['correct_sum'] / weights}
+    ds = settings.dataset(split, shuffle=False, num_epochs=1, drop_remainder=False)
+    batches = ds.as_numpy_iterator()
+    if max_batches is not None:
+      batches = (b for i, b in zip(range(max_batches), batches))
+    outputs = (eval_step(params, data.to_global(data.pad_batch(b, rows)[0], shardings.batch)) for b in batches)
+    return {f'eval/{split}/{k}': v for k, v in steps.teacher_forced_metrics(outputs).items()}
 
   return run

@@ -122,8 +122,11 @@ def loss_weights_and_factor(batch: Mapping[str, Any],
 
 def token_loss(logits: Array, targets: Array, weights: Optional[Array] = None, *, z_loss: float = 1e-4,
                label_smoothing: float = 0.0,
-               loss_normalizing_factor: Union[None, float, Array] = None) -> tuple[Array, dict[str, Array]]:
+               loss_normalizing_factor: Union[None, float, Array] = None,
+               per_example: bool = False) -> tuple[Array, dict[str, Array]]:
   """Weighted, normalized cross-entropy of logits [b, l, V] vs targets [b, l] and t5x's metric ingredients.
+
+  per_example=True sums over the length axis only: every value is [b] (rank scoring, per-example eval).
 
   Returns (loss, aux) with aux: loss, z_loss, cross_ent_loss (loss - z_loss), all after normalization;
   weight_sum (the sum of weights: t5x's nonpadding token count), num_correct (weighted argmax hits),
@@ -136,16 +139,17 @@ def token_loss(logits: Array, targets: Array, weights: Optional[Array] = None, *
                      'loss_weights_and_factor first')
   per_token, z_term = cross_entropy_with_logits(logits, targets, float(z_loss), float(label_smoothing))
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  total = functools.partial(jnp.sum, axis=-1) if per_example else jnp.sum
   if weights is None:
-    weight_sum = jnp.asarray(float(np.prod(targets.shape)), jnp.float32)
+    weights = jnp.ones(targets.shape, jnp.float32)
   else:
     weights = jnp.asarray(weights, jnp.float32)
     per_token, z_term, correct = per_token * weights, z_term * weights, correct * weights
-    weight_sum = jnp.sum(weights)
-  loss, z_total = jnp.sum(per_token), jnp.sum(z_term)
+  weight_sum = total(weights)
+  loss, z_total = total(per_token), total(z_term)
   if loss_normalizing_factor is not None:
     loss, z_total = loss / loss_normalizing_factor, z_total / loss_normalizing_factor
-  num_correct = jnp.sum(correct)
+  num_correct = total(correct)
   aux = {
       'loss': loss,
       'z_loss': z_total,
@@ -153,7 +157,7 @@ def token_loss(logits: Array, targets: Array, weights: Optional[Array] = None, *
       'weight_sum': weight_sum,
       'num_correct': num_correct,
       'accuracy': num_correct / jnp.maximum(weight_sum, 1e-8),
-      'num_tokens': jnp.asarray(float(np.prod(targets.shape)), jnp.float32),
+      'num_tokens': jnp.asarray(float(np.prod(targets.shape[-1 if per_example else 0:])), jnp.float32),
       'loss_per_nonpadding_target_token': loss / jnp.maximum(weight_sum, 1e-8),
   }
   return loss, aux

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Mapping
 
-from flanx import runtime
+from flanx.training import runtime
 
 
 class MetricsWriter:

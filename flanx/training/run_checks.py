@@ -113,8 +113,7 @@ def check_batch_fits(batch_size: int, num_microbatches: int, data_parallel: int,
                       (num_microbatches * data_parallel,
                        f'num_microbatches x the mesh\'s data-parallel size ({num_microbatches} x {data_parallel})')):
     if batch_size % count:
-      fits = [b for b in range(count, 2 * batch_size + count, count)]
-      near = min(fits, key=lambda b: abs(b - batch_size))
+      near = max(count, round(batch_size / count) * count)
       raise RunConfigError(f'{key} = {batch_size} is not divisible by {what}; use a multiple of {count} '
                            f'(e.g. {near}), or change make_mesh.data / num_microbatches')
 
@@ -179,3 +178,29 @@ def _normal(v: Any) -> Any:
   if isinstance(v, (list, tuple)):
     return [_normal(x) for x in v]
   return v
+
+
+# t5x's standard macros (run, eval and infer gin files): what each must be when it is set.
+MACRO_RULES: dict[str, tuple[Any, str]] = {
+    'MODEL_DIR': (non_empty_str, 'a folder path or gs:// URL (a quoted string)'),
+    'CHECKPOINT_PATH': (non_empty_str, 'a checkpoint folder path or gs:// URL (a quoted string)'),
+    'INITIAL_CHECKPOINT_PATH': (optional_str, 'None or a checkpoint path (a quoted string)'),
+    'MIXTURE_OR_TASK_NAME': (optional_str, 'a seqio task or mixture name (a quoted string)'),
+    'MIXTURE_OR_TASK_MODULE': (optional_str, 'None or a module name (a quoted string)'),
+    'TASK_FEATURE_LENGTHS': (feature_lengths, "a dict of positive integer lengths with 'inputs' and 'targets', e.g. "
+                                              "{'inputs': 512, 'targets': 256}"),
+    'BATCH_SIZE': (positive_int, 'a positive integer'),
+    'TRAIN_STEPS': (positive_int, 'a positive integer'),
+    'EVAL_PERIOD': (non_negative_int, 'an integer >= 0 (0: no evaluation during training)'),
+    'CHECKPOINT_PERIOD': (positive_int, 'a positive integer'),
+    'NUM_MICROBATCHES': (positive_int, 'a positive integer'),
+    'SEED': (any_int, 'an integer'),
+    'LEARNING_RATE': (positive_number, 'a positive number'),
+    'DROPOUT_RATE': (fraction, 'a number in [0, 1)'),
+    'USE_CACHED_TASKS': (boolean, 'True or False'),
+    'MAX_DECODE_LENGTH': (positive_int, 'a positive integer'),
+    'BEAM_SIZE': (positive_int, 'a positive integer'),
+    'TOP_K': (non_negative_int, 'an integer >= 0 (0: no top-k cut)'),
+    'TOP_P': (unit_interval, 'a number in [0, 1] (0: no nucleus cut)'),
+    'TEMPERATURE': (non_negative_number, 'a number >= 0'),
+}

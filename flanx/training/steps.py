@@ -1,18 +1,21 @@
-"""The sharded train state (params, optimizer state, step) and the jitted train step."""
+"""The train state and the jitted steps: one loss forward pass, used to train, to evaluate and to score."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from flanx import losses, model as model_lib, partitioning
-from flanx.config import T5Config
+from flanx.model import network
+from flanx.model.config import T5Config
+from flanx.training import losses, partitioning
+from flanx.training.optimizer import Optimizer
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -21,12 +24,23 @@ _MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'encoder_segm
                    'encoder_positions', 'decoder_positions')
 
 
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint restores: the step count, the params and the optimizer state."""
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """t5x's loss knobs: z-loss, label smoothing and the loss-normalizing factor (None = summed loss)."""
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
   loss_normalizing_factor: float | str | None = None
+
+
+EVAL_LOSS = LossConfig(z_loss=0.0)  # evaluation and scoring: the plain cross-entropy, i.e. -log-likelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,92 +53,118 @@ class Shardings:
   batch: NamedSharding
 
   @property
-  def state(self) -> dict:
-    return {'step': partitioning.replicated(self.mesh), 'params': self.params, 'opt_state': self.opt_state}
+  def state(self) -> TrainState:
+    return TrainState(step=partitioning.replicated(self.mesh), params=self.params, opt_state=self.opt_state)
 
 
-def make_shardings(config: T5Config, tx: Any | None, mesh: Mesh, rules: tuple) -> Shardings:
-  """Shardings of params (from their logical axes) and of the optimizer state derived from them (tx=None: none)."""
-  abstract = model_lib.abstract_params(config)
-  axes = model_lib.logical_axes(config)
+def make_shardings(config: T5Config, optimizer: Optimizer | None, mesh: Mesh, rules: tuple) -> Shardings:
+  """Shardings of params (from their logical axes) and of the optimizer state (optimizer=None: params only)."""
+  abstract = network.abstract_params(config)
+  axes = network.logical_axes(config)
   fit = lambda shardings, shapes: jax.tree.map(lambda s, x: partitioning.fit_sharding(s, x.shape), shardings, shapes)
   params = fit(partitioning.logical_to_sharding(axes, mesh, rules), abstract)
   opt_state = None
-  if tx is not None:
-    opt_axes = tx.state_logical_axes(abstract, axes)
-    opt_state = fit(partitioning.logical_to_sharding(opt_axes, mesh, rules), jax.eval_shape(tx.init, abstract))
+  if optimizer is not None:
+    opt_axes = optimizer.state_logical_axes(abstract, axes)
+    opt_state = fit(partitioning.logical_to_sharding(opt_axes, mesh, rules), jax.eval_shape(optimizer.init, abstract))
   return Shardings(mesh, rules, params, opt_state, partitioning.batch_sharding(mesh))
 
 
-def abstract_state(config: T5Config, tx: Any, shardings: Shardings) -> dict:
-  """ShapeDtypeStructs carrying shardings: the restore target for checkpoints."""
-  with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  params = jax.tree.map(with_sharding, model_lib.abstract_params(config), shardings.params)
-  opt_state = jax.tree.map(with_sharding, jax.eval_shape(tx.init, model_lib.abstract_params(config)),
-                           shardings.opt_state)
-  return {'params': params, 'opt_state': opt_state}
+def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
+  """ShapeDtypeStructs of `tree` (arrays or abstract values) carrying `shardings`: a restore target."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_state(config: T5Config, optimizer: Optimizer, shardings: Shardings) -> TrainState:
+  """The train state as sharded ShapeDtypeStructs (nothing allocated): the checkpoint restore target."""
+  params = network.abstract_params(config)
+  return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(shardings.mesh)),
+                    params=with_shardings(params, shardings.params),
+                    opt_state=with_shardings(jax.eval_shape(optimizer.init, params), shardings.opt_state))
 
 
 def init_params(config: T5Config, seed: int, shardings: Shardings) -> PyTree:
   """Random params created directly in their shards (no host copy of a large model)."""
-  init = jax.jit(lambda key: model_lib.init_params(config, key), out_shardings=shardings.params)
+  init = jax.jit(lambda key: network.init_params(config, key), out_shardings=shardings.params)
   return init(jax.random.key(seed))
 
 
-def init_opt_state(tx: Any, params: PyTree, shardings: Shardings) -> PyTree:
+def init_opt_state(optimizer: Optimizer, params: PyTree, shardings: Shardings) -> PyTree:
   """A fresh optimizer state, sharded like the params it belongs to."""
-  return jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  return jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
 
 
-def _model_inputs(batch: Batch) -> dict:
+def new_state(params: PyTree, optimizer: Optimizer, shardings: Shardings, step: int = 0) -> TrainState:
+  """A train state at `step` around `params`, with a fresh optimizer state."""
+  return TrainState(step=jax.device_put(jnp.int32(step), partitioning.replicated(shardings.mesh)), params=params,
+                    opt_state=init_opt_state(optimizer, params, shardings))
+
+
+def model_inputs(batch: Batch) -> dict:
+  """The features the network reads (tokens, and segment ids / positions when packed)."""
   return {k: batch[k] for k in _MODEL_FEATURES if k in batch}
 
 
-def make_train_step(config: T5Config, tx: Any, shardings: Shardings, loss_config: LossConfig,
-                    num_microbatches: int = 1, dropout_seed: int = 0,
-                    inject_nan_at_step: int | None = None) -> Callable[[dict, Batch], tuple[dict, dict]]:
+def loss_forward(model: network.Transformer, params: PyTree, batch: Batch, loss_config: LossConfig, *,
+                 weights: jax.Array | None = None, rng: jax.Array | None = None,
+                 per_example: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The one teacher-forced forward pass: network → logits → weighted token loss and its metric ingredients.
+
+  Summed (unnormalized) over the batch, or per example with per_example=True. `rng` turns dropout on.
+  Weights default to the batch's decoder_loss_weights (t5x: non-padding targets when absent).
+  """
+  logits = model.apply({'params': params}, **model_inputs(batch), deterministic=rng is None,
+                       rngs=None if rng is None else {'dropout': rng})
+  targets = batch['decoder_target_tokens']
+  if weights is None:
+    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+  return losses.token_loss(logits, targets, weights, z_loss=loss_config.z_loss,
+                           label_smoothing=loss_config.label_smoothing, per_example=per_example)
+
+
+def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings, loss_config: LossConfig,
+                    num_microbatches: int = 1, dropout_seed: int = 0, inject_nan_at_step: int | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted `step(state, batch) -> (state, metrics)`; the input state's buffers are donated.
 
   Gradients of microbatches are summed in float32 and normalized once for the whole batch, so the result
   does not depend on `num_microbatches`. Dropout keys are fold_in(seed, step, microbatch): reproducible and
   independent of restarts. `inject_nan_at_step` is a fault-injection hook for testing the non-finite guard.
   """
-  model = model_lib.Transformer(config)
+  model = network.Transformer(config)
+  dropout = config.dropout_rate > 0.0
 
-  def summed_loss(params, batch, key):
-    logits = model.apply({'params': params}, **_model_inputs(batch), deterministic=config.dropout_rate == 0.0,
-                         rngs={'dropout': key})
-    return losses.token_loss(logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'),
-                             z_loss=loss_config.z_loss, label_smoothing=loss_config.label_smoothing)
+  def summed_loss(params, batch, weights, key):
+    return loss_forward(model, params, batch, loss_config, weights=weights, rng=key if dropout else None)
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
 
-  def step(state: dict, batch: Batch) -> tuple[dict, dict]:
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     # Weights and factor come from the whole batch, so microbatching leaves the normalization unchanged.
     weights, factor = losses.loss_weights_and_factor(batch, loss_config.loss_normalizing_factor)
-    batch = dict(batch)
-    if weights is not None:
-      batch['decoder_loss_weights'] = weights
+    if weights is None:
+      weights = (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
     factor = 1.0 if factor is None else factor
-    params, key = state['params'], jax.random.fold_in(jax.random.key(dropout_seed), state['step'])
+    params, key = state.params, jax.random.fold_in(jax.random.key(dropout_seed), state.step)
     if num_microbatches == 1:
-      grads, aux = grad_fn(params, batch, key)
+      grads, aux = grad_fn(params, batch, weights, key)
     else:
-      micro = jax.tree.map(lambda x: x.reshape((num_microbatches, -1) + x.shape[1:]), batch)
+      split = lambda x: x.reshape((num_microbatches, -1) + x.shape[1:])
+      micro, micro_weights = jax.tree.map(split, dict(batch)), split(weights)
 
       def accumulate(carry, inputs):
-        index, mb = inputs
-        g, a = grad_fn(params, mb, jax.random.fold_in(key, index))
+        index, mb, w = inputs
+        g, a = grad_fn(params, mb, w, jax.random.fold_in(key, index))
         return jax.tree.map(jnp.add, carry, (g, a)), None
 
-      zeros = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), zeros)
-      (grads, aux), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
+      first = jax.tree.map(lambda x: x[0], (micro, micro_weights))
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, *first, key))
+      (grads, aux), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro, micro_weights))
     grads = jax.tree.map(lambda g: g / factor, grads)
     loss = aux['loss'] / factor
     if inject_nan_at_step is not None:
-      loss = jnp.where(state['step'] + 1 == inject_nan_at_step, jnp.nan, loss)
-    updates, opt_state = tx.update(grads, state['opt_state'], params)
+      loss = jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, loss)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
     weight_sum = jnp.maximum(aux['weight_sum'], 1e-9)
     metrics = {
@@ -136,24 +176,32 @@ def make_train_step(config: T5Config, tx: Any, shardings: Shardings, loss_config
         'grad_norm': optax.global_norm(grads),
         'param_norm': optax.global_norm(new_params),
     }
-    return {'step': state['step'] + 1, 'params': new_params, 'opt_state': opt_state}, metrics
+    return TrainState(step=state.step + 1, params=new_params, opt_state=opt_state), metrics
 
   return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
                  out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0)
 
 
-def make_eval_step(config: T5Config, shardings: Shardings, loss_config: LossConfig) -> Callable:
-  """A jitted teacher-forced `eval_step(params, batch) -> summed loss/accuracy metrics`."""
-  model = model_lib.Transformer(config)
+def make_eval_step(config: T5Config, shardings: Shardings, per_example: bool = False) -> Callable:
+  """A jitted teacher-forced `eval_step(params, batch) -> {loss, num_correct, weight_sum}` (summed, or [b])."""
+  model = network.Transformer(config)
+  out = partitioning.replicated(shardings.mesh)
 
   def step(params: PyTree, batch: Batch) -> dict:
-    logits = model.apply({'params': params}, **_model_inputs(batch))
-    _, aux = losses.token_loss(logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'),
-                               z_loss=0.0)
-    return {'loss_sum': aux['loss'], 'correct_sum': aux['num_correct'], 'weight_sum': aux['weight_sum']}
+    _, aux = loss_forward(model, params, batch, EVAL_LOSS, per_example=per_example)
+    return {k: aux[k] for k in ('loss', 'num_correct', 'weight_sum')}
 
-  return jax.jit(step, in_shardings=(shardings.params, shardings.batch),
-                 out_shardings=partitioning.replicated(shardings.mesh))
+  return jax.jit(step, in_shardings=(shardings.params, shardings.batch), out_shardings=out)
+
+
+def teacher_forced_metrics(totals: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+  """t5x's eval metrics from eval-step outputs: loss per non-padding target token and token accuracy."""
+  loss = correct = weight = 0.0
+  for out in totals:
+    loss, correct, weight = (loss + float(jnp.sum(out['loss'])), correct + float(jnp.sum(out['num_correct'])),
+                             weight + float(jnp.sum(out['weight_sum'])))
+  weight = max(weight, 1e-9)
+  return {'loss_per_nonpadding_target_token': loss / weight, 'accuracy': correct / weight}
 
 
 def activation_rules(shardings: Shardings):

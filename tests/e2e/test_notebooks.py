@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / 'notebooks'
 NOTEBOOKS = ('colab_tpu_finetune_dolly.ipynb', 'inference.ipynb')
 CELL_TIMEOUT_S = 300

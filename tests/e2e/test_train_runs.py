@@ -16,9 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from flanx import checkpoints, gin_utils, trainer as train
+from flanx.training import checkpoints, loop as train
+from flanx import gin_config as gin_utils
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TESTS = REPO / 'tests'
 sys.path.insert(0, str(TESTS))
 import fixture_tasks  # noqa: E402  (registers the fixture task)
@@ -64,7 +65,7 @@ def read_metrics(model_dir) -> list[dict]:
 
 
 def saved_params(model_dir, step: int) -> dict:
-  tree = checkpoints.restore_params_on_one_device(str(pathlib.Path(model_dir) / f'checkpoint_{step}'))
+  tree = checkpoints.restore_params(str(pathlib.Path(model_dir) / f'checkpoint_{step}'))
   return jax.tree.map(np.asarray, tree)
 
 

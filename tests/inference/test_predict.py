@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flanx import model as model_lib, predict
-from flanx.config import T5Config
+from flanx.model import network as model_lib
+from flanx.inference import predict
+from flanx.model.config import T5Config
 
 CONFIG = T5Config(vocab_size=40, d_model=24, d_kv=6, num_heads=3, d_ff=32, num_encoder_layers=2,
                   num_decoder_layers=2)

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import seqio
 
-from flanx import checkpoint_import, checkpoints, export, gin_utils, hf, hf_tokenizer, hf_verify
-from flanx.config import T5Config
+from flanx.interop import load_params as checkpoint_import, hf_format as hf, hf_tokenizer, hf_verify
+from flanx.training import checkpoints
+from flanx import export, gin_config as gin_utils
+from flanx.interop import hf_export
+from flanx.model.config import T5Config
 from tasks import vocab as vocab_lib
 
 torch = pytest.importorskip('torch')
@@ -42,7 +45,7 @@ def _register_task() -> seqio.Vocabulary:
 
 
 def _run_gin(run_dir: pathlib.Path) -> str:
-  lines = ['import flanx.trainer', 'import flanx.schedules', 'import flanx.config',
+  lines = ['import flanx.training.loop', 'import flanx.training.schedules', 'import flanx.model.config',
            f"train.model_dir = '{run_dir}'", f"train.mixture_or_task_name = '{TASK}'",
            f'train.task_feature_lengths = {LENGTHS}', 'train.batch_size = 8', 'train.train_steps = 100',
            "train.initial_checkpoint_path = 'gs://t5-data/pretrained_models/t5x/flan_t5_small/checkpoint_1198000'",
@@ -271,7 +274,7 @@ def test_gin_files_instead_of_the_run_config(run, tmp_path):
   """Model gins + export_checkpoint bindings (no config.gin): the card states only what is known."""
   run_dir, _, params = run
   gin_file = tmp_path / 'export.gin'
-  gin_file.write_text('\n'.join(['import flanx.config', 'import flanx.export'] +
+  gin_file.write_text('\n'.join(['import flanx.model.config', 'import flanx.export'] +
                                  [f'T5Config.{k} = {v}' for k, v in CONFIG.items()] +
                                  [f"export_checkpoint.checkpoint_dir = '{run_dir / 'checkpoint_50'}'",
                                   "export_checkpoint.vocab = 'byte'", 'export_checkpoint.verify = False']))
@@ -292,7 +295,7 @@ def test_hf_import_then_export_is_byte_identical(tiny_config, tmp_path):
   source.lm_head.weight = torch.nn.Parameter(torch.randn(config.vocab_size, config.d_model))
   source.save_pretrained(tmp_path / 'hf')  # transformers' own safetensors file
   params = checkpoint_import.load_params(str(tmp_path / 'hf'), config)
-  out = export.export_model(lambda: params, config, tmp_path / 'again', seqio.ByteVocabulary(), verify=False,
+  out = hf_export.export_model(lambda: params, config, tmp_path / 'again', seqio.ByteVocabulary(), verify=False,
                             handler=False, log=lambda _: None)
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   original, again = load_file(tmp_path / 'hf' / 'model.safetensors'), load_file(out / 'model.safetensors')
@@ -303,7 +306,7 @@ def test_hf_import_then_export_is_byte_identical(tiny_config, tmp_path):
 
 
 def test_parse_size():
-  assert export.parse_size('5GB') == 5 * 10**9 and export.parse_size('20KB') == 20_000
-  assert export.parse_size('2GiB') == 2 * 2**30 and export.parse_size(1e6) == 10**6
+  assert hf_export.parse_size('5GB') == 5 * 10**9 and hf_export.parse_size('20KB') == 20_000
+  assert hf_export.parse_size('2GiB') == 2 * 2**30 and hf_export.parse_size(1e6) == 10**6
   with pytest.raises(ValueError, match='5GB'):
-    export.parse_size('five')
+    hf_export.parse_size('five')

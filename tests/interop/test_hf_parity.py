@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from flanx import hf
-from flanx import model as flanx_model
+from flanx.interop import hf_format as hf
+from flanx.model import network as flanx_model
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')

@@ -15,8 +15,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from flanx import checkpoint_import, checkpoints, hf, import_t5x, t5x_checkpoint
-from flanx import model as flanx_model
+from flanx.interop import load_params as checkpoint_import, hf_format as hf, t5x_checkpoint
+from flanx.training import checkpoints
+from flanx import import_t5x
+from flanx.model import network as flanx_model
 
 ts = pytest.importorskip('tensorstore')
 
@@ -154,7 +156,7 @@ def test_tied_scanned_and_split_heads_layout(tiny_config, random_params, tmp_pat
 
 
 def test_adafactor_state_maps_onto_flanx(tiny_config, random_params, tmp_path):
-  from flanx import adafactor  # pylint: disable=g-import-not-at-top
+  from flanx.training import adafactor  # pylint: disable=g-import-not-at-top
   config = tiny_config(**CONFIG)
   params = random_params(config, 15)
   rng = np.random.default_rng(0)

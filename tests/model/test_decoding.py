@@ -1,4 +1,4 @@
-"""flanx.decoding on a toy history-dependent Markov model, against brute force in numpy."""
+"""flanx.model.decoding on a toy history-dependent Markov model, against brute force in numpy."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flanx import decoding
+from flanx.model import decoding
 
 EOS = 1
 MOD = 5  # the toy's logits depend on (sum of fed tokens) % MOD: beams must carry their own cache

@@ -1,4 +1,4 @@
-"""flanx.model behaviour: packing, incremental decoding, scan/remat equivalence, dropout, bfloat16."""
+"""flanx.model.network behaviour: packing, incremental decoding, scan/remat equivalence, dropout, bfloat16."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flanx import model as flanx_model
+from flanx.model import network as flanx_model
 
 INPUT_LENGTH, TARGET_LENGTH = 16, 12
 

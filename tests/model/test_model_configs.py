@@ -6,9 +6,9 @@ import re
 import gin
 import pytest
 
-from flanx import hf
-from flanx import model as flanx_model
-from flanx.config import T5Config
+from flanx.interop import hf_format as hf
+from flanx.model import network as flanx_model
+from flanx.model.config import T5Config
 
 # Published sizes (Hugging Face model cards / num_parameters(); Flan-UL2 with its tied head, see FACTS.md).
 PUBLISHED_PARAMS = {

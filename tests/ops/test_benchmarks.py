@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from benchmarks import common
-from flanx import flops
+from flanx.model import flops
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +29,7 @@ def test_header_records_device_date_commit_load(quick_d1):
   assert result['quick'] and result['suite'] == ['D1']
   assert len(result['load_average']['start']) == 3 and len(result['load_average']['end']) == 3
   assert result['commit'] != '' and result['date'][:2] == '20'
-  for text in (f"commit: {result['commit']}", result['date'], 'load average', 'FLOPs: flanx.flops'):
+  for text in (f"commit: {result['commit']}", result['date'], 'load average', 'FLOPs: flanx.model.flops'):
     assert text in md
 
 

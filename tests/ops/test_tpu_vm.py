@@ -24,7 +24,7 @@ from unittest import mock
 
 import pytest
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / 'scripts'
+SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / 'scripts'
 HOSTNAME = 't1v-n-test-w-0'
 GIN_FILE = 'gin/recipes/test run.gin'  # A space in the path on purpose.
 # Values with spaces, both kinds of quotes, braces and shell syntax that must reach flanx untouched.

@@ -10,7 +10,7 @@ from tasks import cot
 from tasks import templates
 from tasks import vocab as vocab_lib
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+SHARED = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 COT_DIR = SHARED / 'flan_cot'
 DEV_VOCAB = SHARED / 'vocab' / 'dev_8k.model'
 DATASETS = ('aqua', 'creak', 'ecqa', 'gsm8k', 'sensemaking')

@@ -16,7 +16,7 @@ from tasks import spec as spec_lib
 from tasks import synthetic
 from tasks import vocab as vocab_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DEV_VOCAB = REPO.parent / 'shared' / 'data' / 'vocab' / 'dev_8k.model'
 # The exact batch fields flanx's trainer reads from seqio's packed encoder-decoder converter.
 PACKED_FIELDS = {'encoder_input_tokens', 'encoder_segment_ids', 'encoder_positions',

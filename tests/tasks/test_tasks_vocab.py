@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tasks import vocab as vocab_lib
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared'
+SHARED = pathlib.Path(__file__).resolve().parents[2].parent / 'shared'
 DEV_VOCAB = SHARED / 'data' / 'vocab' / 'dev_8k.model'
 SEQIO_VOCAB = (pathlib.Path(seqio.__file__).parent / 'test_data' / 'sentencepiece' /
                'sentencepiece.model')

@@ -1,4 +1,4 @@
-"""flanx.adafactor against an independent numpy Adafactor (paper's Algorithms 4/5) and optax.adafactor."""
+"""flanx.training.adafactor against an independent numpy Adafactor (paper's Algorithms 4/5) and optax.adafactor."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from flanx import schedules
-from flanx.adafactor import adafactor
+from flanx.training import schedules
+from flanx.training.adafactor import adafactor
 
 
 def paper_matrix_step(x, g, r, c, t, lr, eps1=1e-30, eps2=1e-3, d=1.0, decay=0.8):

@@ -5,11 +5,12 @@ import pathlib
 import gin
 import pytest
 
-from flanx import gin_utils, trainer  # noqa: F401  (registers the configurables gin files bind)
-from flanx import evaluation, inference  # noqa: F401
-from flanx.config import T5Config
+from flanx import gin_config as gin_utils  # noqa: F401  (registers the configurables gin files bind)
+from flanx.training import loop as trainer
+from flanx.inference import evaluate as evaluation, infer as inference  # noqa: F401
+from flanx.model.config import T5Config
 
-GIN = pathlib.Path(__file__).resolve().parents[1] / 'gin'
+GIN = pathlib.Path(__file__).resolve().parents[2] / 'gin'
 RECIPE_STEPS = {'small': 98000, 'base': 84000, 'large': 64000, 'xl': 38000, 'xxl': 14000}
 
 

@@ -1,4 +1,4 @@
-"""flanx.losses against torch's cross_entropy, torch autograd and hand-written formulas."""
+"""flanx.training.losses against torch's cross_entropy, torch autograd and hand-written formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanx import losses
+from flanx.training import losses
 
 B, L, V = 3, 7, 11
 

@@ -1,0 +1,46 @@
+"""A checkpoint on the mesh with jitted predict/score functions: what eval, infer and the notebooks call."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from flanx.inference import predict
+from flanx.interop import load_params
+from flanx.model.config import T5Config
+from flanx.training import data, partitioning
+from flanx.training import steps
+
+
+class InferenceModel:
+  """Params on a mesh plus jitted predict/score functions over host numpy batches of a fixed size."""
+
+  def __init__(self, checkpoint_path: str, config: T5Config, batch_size: int, **decode_options):
+    self.config, self.batch_size = config, batch_size
+    self.mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
+    self.shardings = steps.make_shardings(config, None, self.mesh, partitioning.axis_rules())
+    self.params = load_params.load_sharded_params(checkpoint_path, config, self.shardings.params)
+    self._predict = predict.make_predict_fn(config, partitioning.replicated(self.mesh), **decode_options)
+    self._score = steps.make_eval_step(config, self.shardings, per_example=True)
+
+  def _global(self, batch: Mapping[str, np.ndarray]) -> dict:
+    # Every process holds the same full batch (eval data is not sharded by host): build global arrays from it.
+    return {k: jax.make_array_from_callback(v.shape, self.shardings.batch, lambda i, v=v: v[i])
+            for k, v in batch.items()}
+
+  def predict(self, encoder_input_tokens: np.ndarray, batch_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded tokens [rows, max_decode_length] (EOS, then 0s) and scores, for up to batch_size rows."""
+    padded, n = data.pad_batch({'encoder_input_tokens': encoder_input_tokens}, self.batch_size)
+    with self.mesh, steps.activation_rules(self.shardings):
+      tokens, scores = self._predict(self.params, self._global(padded)['encoder_input_tokens'], batch_index)
+    return np.asarray(tokens)[:n], np.asarray(scores)[:n]
+
+  def score(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-example target log-likelihood, correct-token and target-token counts (teacher forced)."""
+    keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
+    padded, n = data.pad_batch({k: batch[k] for k in keys if k in batch}, self.batch_size)
+    with self.mesh, steps.activation_rules(self.shardings):
+      out = self._score(self.params, self._global(padded))
+    return -np.asarray(out['loss'])[:n], np.asarray(out['num_correct'])[:n], np.asarray(out['weight_sum'])[:n]

@@ -1,0 +1,213 @@
+"""Writing a verified Hugging Face folder from flanx params, and exporting a flanx checkpoint as one.
+
+The folder (`AutoModelForSeq2SeqLM` / `AutoTokenizer` load it offline): config.json, generation_config.json,
+model.safetensors (sharded above max_shard_size), the tokenizer, README.md (model card) and handler.py
+(Inference Endpoints). Unless verify=False it is reloaded with transformers and checked against flanx
+(hf_verify) before it appears: it is staged beside the output folder and renamed at the end (staging), so a
+failure leaves nothing behind. The command line is `python -m flanx.export`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Any, Callable, Mapping
+
+import gin
+
+from flanx import gin_config
+from flanx.interop import staging
+from flanx.model.config import T5Config
+from flanx.training import checkpoints
+
+PyTree = Any
+
+HANDLER_TEMPLATE = pathlib.Path(__file__).parent / 'endpoint_handler.py'  # copied into the folder as handler.py
+DTYPES = {'float32': 'float32', 'fp32': 'float32', 'bfloat16': 'bfloat16', 'bf16': 'bfloat16'}
+_SIZE_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'KIB': 2**10, 'MIB': 2**20,
+               'GIB': 2**30, 'TIB': 2**40}
+
+
+def parse_size(value: int | float | str) -> int:
+  """Bytes from 5e9, '5GB', '500MB', '2GiB' (HF's units: GB = 10**9)."""
+  if isinstance(value, (int, float)):
+    return int(value)
+  match = re.fullmatch(r'\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*', str(value))
+  unit = match.group(2).upper() if match else None
+  if not match or unit not in _SIZE_UNITS:
+    raise ValueError(f'size {value!r}: expected a number of bytes or e.g. 5GB, 500MB, 2GiB')
+  return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def resolve_vocabulary(vocab: str | None, newline_mode: str | None, mixture_or_task_name: str | None,
+                       mixture_or_task_module: str | None) -> Any:
+  """--vocab (a SentencePiece path or 'byte'), else the inputs vocabulary of the run's task or mixture."""
+  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  if vocab:
+    return vocab_lib.get_vocabulary(vocab, newline_mode)
+  if not mixture_or_task_name:
+    raise ValueError('no vocabulary: the run config names no MIXTURE_OR_TASK_NAME; pass --vocab=PATH.model or '
+                     '--vocab=byte')
+  import seqio  # pylint: disable=g-import-not-at-top
+  from flanx.training import data  # pylint: disable=g-import-not-at-top
+  data.import_task_modules(mixture_or_task_module)
+  try:
+    task = seqio.get_mixture_or_task(mixture_or_task_name)
+  except ValueError as e:
+    raise ValueError(f'{mixture_or_task_name!r} is not a registered task or mixture (MIXTURE_OR_TASK_MODULE='
+                     f'{mixture_or_task_module!r}); pass --vocab instead') from e
+  features = task.output_features
+  vocabulary = features['inputs'].vocabulary
+  if 'targets' in features and features['targets'].vocabulary != vocabulary:
+    raise ValueError(f'{mixture_or_task_name}: inputs and targets use different vocabularies; a Hugging Face '
+                     'folder has one tokenizer (pass --vocab to choose)')
+  return vocabulary
+
+
+def _learning_rate_text(step: int) -> str | None:
+  """The configured schedule and its value at the checkpoint's last step."""
+  from flanx.training import schedules  # pylint: disable=g-import-not-at-top
+  text = gin_config.describe_binding('train.learning_rate_schedule', 'schedules.constant')
+  try:
+    schedule = gin_config.gin_value('train.learning_rate_schedule') or schedules.constant()
+    return f'{text}; {float(schedule(max(step - 1, 0))):.4g} at step {step}'
+  except Exception:  # pylint: disable=broad-except  (a schedule needing more context: keep the description)
+    return text
+
+
+def run_config(model_config: T5Config | None = None) -> T5Config:
+  """The model config: the argument, else what gin binds to train/evaluate/infer.model_config, else T5Config()."""
+  return model_config or gin_config.run_value('model_config') or T5Config()
+
+
+def restore_on_cpu(checkpoint_path: str, config: T5Config) -> PyTree:
+  """Params of a flanx checkpoint, restored whole onto the host CPU (one copy), checked against `config`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flanx.model import network  # pylint: disable=g-import-not-at-top
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), network.abstract_params(config))
+  try:
+    return checkpoints.restore_params(checkpoint_path, target)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{checkpoint_path}: params do not match the model config {config} ({e})') from e
+
+
+def _on_cpu(tree: PyTree) -> PyTree:
+  """Leaves as jax arrays on the host CPU, converted one at a time in place (never two copies of the model)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = jax.devices('cpu')[0]
+  if not isinstance(tree, dict):
+    return jax.device_put(tree, cpu)
+  for key in list(tree):
+    tree[key] = _on_cpu(tree[key])
+  return tree
+
+
+def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir: str | os.PathLike,
+                 vocabulary: Any, *, dtype: str = 'float32', max_shard_bytes: int = 5 * 10**9, verify: bool = True,
+                 handler: bool = True, overwrite: bool = False, card_info: Mapping[str, Any] | None = None,
+                 feature_lengths: Mapping[str, int] | None = None, log: Callable[[str], None] = print
+                 ) -> pathlib.Path:
+  """Writes (and verifies) the HF folder for the params `load_params()` returns; returns its path.
+
+  `load_params` is called once; its (dict) tree is moved onto the host CPU leaf by leaf in place and dropped
+  after writing, before transformers loads the folder, so host memory never holds two full copies of the model
+  (pass a loader that keeps no other reference).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flanx.interop import hf_format, hf_tokenizer, hf_verify, model_card  # pylint: disable=g-import-not-at-top
+  from flanx.model import network  # pylint: disable=g-import-not-at-top
+  if dtype not in DTYPES:
+    raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
+  dtype = DTYPES[dtype]
+  output_dir = staging.check_target(output_dir, overwrite)
+  try:
+    import transformers  # pylint: disable=g-import-not-at-top,unused-import  (tokenizer.json conversion)
+    if verify:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise ImportError(f'export needs transformers, and torch to verify (pip install flanx[hf]): {e}') from e
+  lengths = dict(feature_lengths or {})
+  with staging.staged_folder(output_dir, overwrite, 'export') as folder:
+    params = _on_cpu(load_params())
+    param_count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    reference = None
+    if verify:
+      log('Computing flanx reference outputs on the probe batch (CPU, float32).')
+      batch = hf_verify.probe_batch(vocabulary, config)
+      reference = hf_verify.flanx_reference(params, config, *batch)
+    tokenizer_info: dict[str, Any] = {}
+    log(f'Writing {dtype} safetensors (shards of at most {max_shard_bytes:,} bytes).')
+    hf_format.write_hf_files(folder, params, config, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                             generation={'max_new_tokens': lengths.get('targets', 256), 'do_sample': False,
+                                         'num_beams': 1})
+    tokenizer_info.update(hf_tokenizer.write_tokenizer(folder, vocabulary, lengths.get('inputs', 512)))
+    del params  # the only full copy; transformers loads the folder next
+    if handler:
+      (folder / 'handler.py').write_bytes(HANDLER_TEMPLATE.read_bytes())
+    summary = None
+    if verify:
+      original = None
+      if dtype == 'bfloat16':  # flanx with the rounded weights, as stored, for the strict comparison
+        original = reference
+        stored, _ = hf_format.read_hf_model(folder)
+        reference = hf_verify.flanx_reference(network.to_model_layout(config, stored), config,
+                                              reference.encoder_tokens, reference.decoder_tokens)
+        del stored
+      log('Verifying: reloading with transformers and comparing tokenization, logits and greedy generation.')
+      summary = hf_verify.verify_folder(str(folder), vocabulary, config, reference, original)
+      log(f"Verified: max |logit diff| {summary['max_logit_diff']:.2e} (tolerance {summary['tolerance']:.1e}).")
+    info = {'name': output_dir.name, 'config': config, 'dtype': dtype, 'tokenizer': tokenizer_info,
+            'verification': summary, 'param_count': param_count,
+            'feature_lengths': lengths or None, **dict(card_info or {})}
+    (folder / 'README.md').write_text(model_card.render(info))
+  return output_dir
+
+
+
+@gin.configurable
+def export_checkpoint(*,
+                      checkpoint_dir: str = gin.REQUIRED,
+                      output_dir: str = gin.REQUIRED,
+                      dtype: str = 'float32',
+                      max_shard_size: int | str = '5GB',
+                      verify: bool = True,
+                      vocab: str | None = None,
+                      newline_mode: str | None = None,
+                      handler: bool = True,
+                      overwrite: bool = False,
+                      model_config: T5Config | None = None,
+                      mixture_or_task_name: str | None = None,
+                      mixture_or_task_module: str | None = None,
+                      task_feature_lengths: Mapping[str, int] | None = None) -> pathlib.Path:
+  """Exports a flanx checkpoint (run folder → newest step, or checkpoint_<step>) as a verified HF folder.
+
+  Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
+  """
+  from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
+  checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
+  config = run_config(model_config)
+  name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
+  module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
+  lengths = task_feature_lengths or gin_config.run_value('task_feature_lengths')
+  vocabulary = resolve_vocabulary(vocab, newline_mode, name, module)
+  config_gin = os.path.join(run_dir, 'config.gin')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
+  gfile = tf.io.gfile
+  card_info = {
+      'mixture': name,
+      'step': step,
+      'train_metrics': model_card.last_train_metrics(run_dir),
+      'eval_results': model_card.eval_results([run_dir, checkpoint_path]),
+      'config_gin': gfile.GFile(config_gin).read() if gfile.exists(config_gin) else None,
+  }
+  if gin_config.configurable_bindings('train'):  # the run's own config: describe how it trained (never guessed otherwise)
+    card_info.update(base_model=gin_config.gin_value('train.initial_checkpoint_path') or '', train_steps=gin_config.gin_value(
+        'train.train_steps'), batch_size=gin_config.gin_value('train.batch_size'), learning_rate=_learning_rate_text(step),
+                     optimizer=gin_config.describe_binding('train.optimizer', 'adafactor'))
+  print(f'Exporting {checkpoint_path} (step {step}) to {output_dir}.', flush=True)
+  return export_model(lambda: restore_on_cpu(checkpoint_path, config), config, output_dir, vocabulary,
+                      dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
+                      overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
