@@ -9,6 +9,7 @@ import difflib
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -143,8 +144,79 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
   except (ValueError, IOError, SyntaxError) as e:
     raise GinConfigError(str(e)) from None
   _check_macro_overrides(bindings)
+  check_macro_values(files, bindings, paths)
   if finalize:
     gin.finalize()
+
+
+def _macro_literal(name: str) -> Any:
+  """A macro's value, following `A = %B` chains; None-like _NOT_LITERAL when unset or not a literal."""
+  seen = set()
+  while name not in seen:
+    seen.add(name)
+    params = gin.config._CONFIG.get((name, 'gin.macro'))  # pylint: disable=protected-access
+    if not params or 'value' not in params:
+      return _NOT_LITERAL
+    value = params['value']
+    if not isinstance(value, gin.config.ConfigurableReference):
+      return value
+    if not value.scoped_selector.endswith('gin.macro') or value.scoped_selector.startswith('gin.'):
+      return _NOT_LITERAL  # @configurable() or %gin.REQUIRED: nothing to check here
+    name = value.scoped_selector.rsplit('/', 1)[0]
+  return _NOT_LITERAL
+
+
+_NOT_LITERAL = object()
+_INCLUDE = re.compile(r'''^\s*include\s+['"](.+)['"]''')
+
+
+def _where_macro_is_set(name: str, gin_files: Sequence[str], bindings: Sequence[str],
+                        paths: Sequence[pathlib.Path]) -> str:
+  """'--gin.NAME' or 'file, line N' of the assignment that wins (the last one in gin's reading order)."""
+  if any(b.split('=', 1)[0].strip() == name for b in bindings):
+    return f'--gin.{name}'
+  assignment = re.compile(rf'^\s*{re.escape(name)}\s*=')
+  found, visited = [], set()
+
+  def scan(path: str) -> None:
+    if path in visited or path.startswith('gs://') or not os.path.isfile(path):
+      return
+    visited.add(path)
+    with open(path, encoding='utf-8', errors='replace') as f:
+      for number, line in enumerate(f, 1):
+        include = _INCLUDE.match(line)
+        if include:
+          try:
+            scan(resolve_gin_file(include.group(1), paths))
+          except GinConfigError:
+            pass
+        elif assignment.match(line):
+          found.append(f'{path}, line {number}')
+
+  for path in gin_files:
+    scan(path)
+  return found[-1] if found else 'gin config'
+
+
+def check_macro_values(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[pathlib.Path]) -> None:
+  """t5x's standard macros must have the right type and range; a bad one fails here, before any work."""
+  from flanx.training import run_checks  # pylint: disable=g-import-not-at-top  (no heavy imports)
+  for name, (ok, expected) in run_checks.MACRO_RULES.items():
+    value = _macro_literal(name)
+    if value is not _NOT_LITERAL and not ok(value):
+      where = _where_macro_is_set(name, gin_files, bindings, paths)
+      raise GinConfigError(f'{name} = {value!r} ({where}): expected {expected}')
+
+
+def binding_source(configurable: str, param: str) -> str:
+  """'MACRO (configurable.param)' when gin bound the parameter to a macro, else 'configurable.param'."""
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if scope or not (selector == configurable or selector.endswith('.' + configurable)):
+      continue
+    value = params.get(param)
+    if isinstance(value, gin.config.ConfigurableReference) and value.scoped_selector.endswith('gin.macro'):
+      return f'{value.scoped_selector.rsplit("/", 1)[0]} ({configurable}.{param})'
+  return f'{configurable}.{param}'
 
 
 def write_config(model_dir: str, filename: str = 'config.gin') -> str:

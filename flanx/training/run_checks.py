@@ -100,14 +100,14 @@ def check_args(values: Mapping[str, Any], rules: Mapping[str, tuple[Any, str]], 
   from flanx import gin_config  # pylint: disable=g-import-not-at-top
   for name, (ok, expected) in rules.items():
     if name in values and not ok(values[name]):
-      key = gin_config.describe_binding(configurable, name)
+      key = gin_config.binding_source(configurable, name)
       raise RunConfigError(f'{key} = {values[name]!r}: expected {expected}')
 
 
 def check_batch_fits(batch_size: int, num_microbatches: int, data_parallel: int, process_count: int) -> None:
   """The global batch must split evenly over hosts, microbatches and the mesh's 'data' axis."""
   from flanx import gin_config  # pylint: disable=g-import-not-at-top
-  key = gin_config.describe_binding('train', 'batch_size')
+  key = gin_config.binding_source('train', 'batch_size')
   for count, what in ((process_count, f'the {process_count} processes (hosts)'),
                       (num_microbatches, f'num_microbatches={num_microbatches}'),
                       (num_microbatches * data_parallel,
@@ -125,7 +125,7 @@ def check_task_name(name: str) -> None:
   if name in known:
     return
   from flanx import gin_config  # pylint: disable=g-import-not-at-top
-  key = gin_config.describe_binding('train', 'mixture_or_task_name')
+  key = gin_config.binding_source('train', 'mixture_or_task_name')
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
   hint = f'; did you mean {" or ".join(close)}?' if close else (
       '; is MIXTURE_OR_TASK_MODULE set to the module that registers it?')
