@@ -1,7 +1,19 @@
 """Hugging Face Inference Endpoints handler for a flanx export (copied into the folder as `handler.py`).
 
-Request:  {"inputs": "text" or ["text", ...], "parameters": {keyword arguments of model.generate}}
-Response: [{"generated_text": "..."}, ...], one per input.
+Request:  {"inputs": "text" or ["text", ...], "parameters": {generation parameters, see PARAMETERS}}
+Response: [{"generated_text": "..."}, ...], one per input: the text2text-generation pipeline's shape (with
+num_return_sequences > 1: a list of them per input, or one flat list for a single string input).
+
+A request may only ask for the generation parameters in PARAMETERS, each type- and range-checked; anything
+else (custom_generate, trust_remote_code, streamer, generation_config, ...) is refused with a ValueError, which
+the Inference Toolkit answers with HTTP 400 and {"error": message}. Nothing here trusts remote code: the model
+and tokenizer load with trust_remote_code=False and a request can never set it.
+
+Limits bound the work one request can ask for (DEFAULT_LIMITS): inputs per request, characters and tokens per
+input, new tokens, beams and returned sequences. Override them with `EndpointHandler(path, max_new_tokens=…)`
+or environment variables FLANX_HANDLER_<NAME> (e.g. FLANX_HANDLER_MAX_NEW_TOKENS=512). An input with more
+tokens than max_input_tokens (default: the tokenizer's model_max_length, the export's input length) is refused
+unless the request sets "truncation": true, which cuts it to that length, EOS kept, as flanx does in training.
 
 Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`):
 'lossless' removes the space the tokenizer's Metaspace decoder puts after each newline/tab token; 'dolly'
@@ -10,16 +22,50 @@ Needs only torch and transformers (no flanx on the endpoint).
 """
 
 import json
+import math
 import os
 import re
-from typing import Any
+from typing import Any, Mapping
 
 EXPORT_INFO_FILE = 'flanx_export.json'
+ENV_PREFIX = 'FLANX_HANDLER_'
 
 # The flant5-dolly-xxl convention (tasks/vocab.py in flanx; kept identical, a test checks).
 _WHITESPACE = '[ \\t\\n\\r\\f\\v]+'
 _LINE_BREAK_OUT = '[ ]*(?:<|\u2047)?[ ]*_LB_>?[ ]*'
 _TAB_OUT = '[ ]*(?:<|\u2047)?[ ]*_T_>?[ ]*'
+
+# What one request may ask for. max_input_tokens None: the tokenizer's model_max_length.
+DEFAULT_LIMITS = {
+    'max_inputs': 16,
+    'max_input_chars': 20_000,
+    'max_input_tokens': None,
+    'max_new_tokens': 1024,
+    'max_beams': 8,
+    'max_return_sequences': 8,
+}
+_FALLBACK_INPUT_TOKENS = 512  # a tokenizer without a model_max_length
+
+# Accepted generation parameters: (kind, lowest, highest, lowest excluded). A str bound names a limit.
+PARAMETERS = {
+    'max_new_tokens': ('int', 1, 'max_new_tokens', False),
+    'min_new_tokens': ('int', 0, 'max_new_tokens', False),
+    'num_beams': ('int', 1, 'max_beams', False),
+    'num_return_sequences': ('int', 1, 'max_return_sequences', False),
+    'do_sample': ('bool', None, None, False),
+    'early_stopping': ('bool', None, None, False),
+    'temperature': ('float', 0.0, 100.0, True),
+    'top_k': ('int', 0, 100_000, False),
+    'top_p': ('float', 0.0, 1.0, True),
+    'typical_p': ('float', 0.0, 1.0, True),
+    'repetition_penalty': ('float', 0.0, 100.0, True),
+    'length_penalty': ('float', -100.0, 100.0, False),
+    'no_repeat_ngram_size': ('int', 0, 'max_new_tokens', False),
+    'truncation': ('bool', None, None, False),  # the handler's own: cut over-long inputs instead of refusing
+}
+# Named in the refusal: generate() would run or load code, or objects, that the caller chooses.
+_UNSAFE = ('custom_generate', 'trust_remote_code', 'assistant_model', 'streamer', 'generation_config',
+           'logits_processor', 'stopping_criteria', 'prefix_allowed_tokens_fn', 'past_key_values')
 
 
 def prepare_text(text: str, mode: str) -> str:
@@ -39,35 +85,137 @@ def clean_decoded(text: str, mode: str) -> str:
   return text
 
 
+def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -> dict[str, int]:
+  """DEFAULT_LIMITS, then FLANX_HANDLER_<NAME> environment variables, then `overrides` (positive integers)."""
+  unknown = sorted(set(overrides) - set(DEFAULT_LIMITS))
+  if unknown:
+    raise TypeError(f'unknown handler limit(s) {unknown}; known: {sorted(DEFAULT_LIMITS)}')
+  limits = {}
+  for name, default in DEFAULT_LIMITS.items():
+    env = ENV_PREFIX + name.upper()
+    value, source = default, None
+    if os.environ.get(env):
+      value, source = os.environ[env], f'environment variable {env}'
+    if overrides.get(name) is not None:
+      value, source = overrides[name], f'EndpointHandler({name}=…)'
+    if value is None:  # max_input_tokens: the export's input length
+      value = model_max_length if model_max_length and model_max_length < 10**6 else _FALLBACK_INPUT_TOKENS
+    try:
+      number = int(value)
+    except (TypeError, ValueError):
+      number = 0
+    if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
+      raise ValueError(f'{source}: {name} must be a positive integer, got {value!r}')
+    limits[name] = number
+  return limits
+
+
+def _refuse(name: str, value: Any, kind: str, low: Any, high: Any, low_excluded: bool) -> ValueError:
+  if kind == 'bool':
+    return ValueError(f'parameter "{name}" must be true or false, got {value!r}')
+  article = 'an integer' if kind == 'int' else 'a number'
+  return ValueError(f'parameter "{name}" must be {article} {">" if low_excluded else ">="} {low} and <= {high}, '
+                    f'got {value!r}')
+
+
+def check_parameter(name: str, value: Any, limits: Mapping[str, int]) -> Any:
+  """The value of one accepted generation parameter, type- and range-checked; ValueError otherwise."""
+  if name not in PARAMETERS:
+    why = ' (it would let the request run code or pass objects of its choosing)' if name in _UNSAFE else ''
+    raise ValueError(f'parameter "{name}" is not accepted{why}; accepted parameters: {", ".join(PARAMETERS)}')
+  kind, low, high, low_excluded = PARAMETERS[name]
+  high = limits[high] if isinstance(high, str) else high
+  error = _refuse(name, value, kind, low, high, low_excluded)
+  if kind == 'bool':
+    if not isinstance(value, bool):
+      raise error
+    return value
+  if isinstance(value, bool):
+    raise error
+  if kind == 'int':
+    if not isinstance(value, int):
+      raise error
+  elif isinstance(value, str):  # query-string parameters arrive as text
+    try:
+      value = float(value)
+    except ValueError:
+      raise error from None
+  elif isinstance(value, (int, float)):
+    value = float(value)
+  else:
+    raise error
+  if not math.isfinite(value) or value > high or value < low or (low_excluded and value == low):
+    raise error
+  return value
+
+
+def check_request(data: Any, limits: Mapping[str, int]) -> tuple[list[str], bool, dict[str, Any]]:
+  """(input texts, whether a single string was sent, checked parameters) of a request; ValueError if malformed."""
+  if not isinstance(data, dict) or 'inputs' not in data:
+    raise ValueError('expected {"inputs": str or non-empty list of str, "parameters": {...}}')
+  extra = sorted(set(data) - {'inputs', 'parameters', 'options'})  # options: old Inference API clients send it
+  if extra:
+    raise ValueError(f'unexpected request key(s) {extra}; expected "inputs" and optional "parameters"')
+  inputs = data['inputs']
+  texts = [inputs] if isinstance(inputs, str) else inputs
+  if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+    raise ValueError('"inputs" must be a string or a non-empty list of strings')
+  if len(texts) > limits['max_inputs']:
+    raise ValueError(f'{len(texts)} inputs in one request; this endpoint accepts at most {limits["max_inputs"]}')
+  for i, text in enumerate(texts):
+    if len(text) > limits['max_input_chars']:
+      raise ValueError(f'input {i} has {len(text):,} characters; this endpoint accepts at most '
+                       f'{limits["max_input_chars"]:,}')
+  parameters = data.get('parameters')
+  if parameters is None:
+    parameters = {}
+  if not isinstance(parameters, dict):
+    raise ValueError(f'"parameters" must be an object, got {type(parameters).__name__}')
+  checked = {name: check_parameter(name, value, limits) for name, value in parameters.items()}
+  return texts, isinstance(inputs, str), checked
+
+
 class EndpointHandler:
   """Loads the exported model and tokenizer once; each call generates for a string or a list of strings."""
 
-  def __init__(self, path: str = ''):
+  def __init__(self, path: str = '', **limits: int):
     import transformers  # pylint: disable=g-import-not-at-top
-    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=False).eval()
+    self.limits = resolve_limits(limits, getattr(self.tokenizer, 'model_max_length', None))
     info_path = os.path.join(path, EXPORT_INFO_FILE)
     info = json.load(open(info_path, encoding='utf-8')) if os.path.exists(info_path) else {}
     self.newline_mode = info.get('newline_mode', 'none')
 
-  def __call__(self, data: dict[str, Any]) -> list[dict[str, str]]:
+  def _tokenize(self, texts: list[str], truncation: bool) -> Any:
+    limit = self.limits['max_input_tokens']
+    texts = [prepare_text(t, self.newline_mode) for t in texts]
+    if not truncation:
+      for i, ids in enumerate(self.tokenizer(texts).input_ids):
+        if len(ids) > limit:
+          raise ValueError(f'input {i} has {len(ids)} tokens; this endpoint accepts at most {limit} (the model\'s '
+                           'input length): shorten it, or send "truncation": true to cut it to that length')
+    return self.tokenizer(texts, return_tensors='pt', padding=True, truncation=True, max_length=limit)
+
+  def __call__(self, data: dict[str, Any]) -> list[Any]:
     import torch  # pylint: disable=g-import-not-at-top
-    inputs = data.get('inputs') if isinstance(data, dict) else None
-    texts = [inputs] if isinstance(inputs, str) else inputs
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-      raise ValueError('expected {"inputs": str or non-empty list of str, "parameters": {...}}')
-    parameters = dict(data.get('parameters') or {})
+    texts, single, parameters = check_request(data, self.limits)
+    batch = self._tokenize(texts, parameters.pop('truncation', False))
+    default_new_tokens = self.model.generation_config.max_new_tokens or self.limits['max_new_tokens']
+    parameters.setdefault('max_new_tokens', min(default_new_tokens, self.limits['max_new_tokens']))
     config = self.model.config
-    if config.num_decoder_layers != config.num_layers and 'past_key_values' not in parameters:
+    if config.num_decoder_layers != config.num_layers:
       # transformers 5.x sizes the default cache by the encoder depth; a deeper decoder needs its own cache.
       from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # pylint: disable=g-import-not-at-top
       parameters['past_key_values'] = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    batch = self.tokenizer([prepare_text(t, self.newline_mode) for t in texts], return_tensors='pt', padding=True,
-                           truncation=True)
     with torch.no_grad():
       output = self.model.generate(**batch, **parameters)
     # Rows past the tokenizer (T5's 32,100..32,127; ByT5 above 258) have no text; ByT5's decoder would fail on them.
     size = len(self.tokenizer)
     decoded = self.tokenizer.batch_decode([[i for i in row if i < size] for row in output.tolist()],
                                           skip_special_tokens=True)
-    return [{'generated_text': clean_decoded(t, self.newline_mode)} for t in decoded]
+    results = [{'generated_text': clean_decoded(t, self.newline_mode)} for t in decoded]
+    per_input = parameters.get('num_return_sequences', 1)
+    if per_input == 1 or single:
+      return results
+    return [results[i:i + per_input] for i in range(0, len(results), per_input)]

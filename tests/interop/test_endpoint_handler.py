@@ -1,0 +1,231 @@
+"""The exported Inference Endpoints handler: only bounded generation parameters, no caller-chosen code, capped input.
+
+References nobody here wrote: transformers' T5ForConditionalGeneration.generate and AutoTokenizer on the same
+folder; transformers' own custom_generate loader (the control shows the crafted request really runs code).
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+import seqio
+
+from conftest import REPO_ROOT
+from tasks import vocab as vocab_lib
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+TEMPLATE = REPO_ROOT / 'flanx' / 'interop' / 'endpoint_handler.py'
+SPM = os.path.join(os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece', 'sentencepiece.model')
+INPUT_LENGTH = 64
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  """A tiny exported folder: random T5 weights (transformers), flanx's lossless tokenizer files, handler.py."""
+  from flanx.interop import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('export') / 'tiny'
+  torch.manual_seed(0)
+  config = transformers.T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+                                 num_decoder_layers=2, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  transformers.T5ForConditionalGeneration(config).save_pretrained(out)
+  hf_tokenizer.write_tokenizer(out, vocab_lib.get_vocabulary(SPM, 'lossless'), INPUT_LENGTH)
+  (out / 'generation_config.json').write_text(json.dumps(
+      {'decoder_start_token_id': 0, 'pad_token_id': 0, 'eos_token_id': 1, 'max_new_tokens': 8, 'do_sample': False,
+       'num_beams': 1}))
+  (out / 'handler.py').write_bytes(TEMPLATE.read_bytes())
+  return out
+
+
+def _load(folder):
+  spec = importlib.util.spec_from_file_location('exported_handler', folder / 'handler.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope='module')
+def module(folder):
+  return _load(folder)
+
+
+@pytest.fixture(scope='module')
+def handler(module, folder):
+  return module.EndpointHandler(str(folder))
+
+
+@pytest.fixture(scope='module')
+def reference(folder):
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+
+  def generate(prompts, truncate=False, **kwargs):
+    cut = {'truncation': True, 'max_length': INPUT_LENGTH} if truncate else {}
+    batch = tokenizer(prompts, return_tensors='pt', padding=True, **cut)
+    with torch.no_grad():
+      ids = model.generate(**batch, **kwargs).tolist()
+    return [tokenizer.decode(row, skip_special_tokens=True).replace('\n ', '\n').replace('\t ', '\t') for row in ids]
+
+  return tokenizer, generate
+
+
+def _crafted_generate(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """A folder whose custom_generate/generate.py leaves a marker file when transformers executes it."""
+  marker = tmp_path / 'executed.txt'
+  code = tmp_path / 'evil' / 'custom_generate'
+  code.mkdir(parents=True)
+  (code / 'generate.py').write_text(
+      f'import pathlib\npathlib.Path({str(marker)!r}).write_text("module ran")\n\n'
+      'def generate(model, *args, **kwargs):\n'
+      f'  pathlib.Path({str(marker)!r}).write_text("generate ran")\n'
+      '  return model.generate(*args, **kwargs)\n')
+  return code.parent, marker
+
+
+def test_valid_requests_generate(handler, reference):
+  _, generate = reference
+  prompts = ['first\nprompt', 'second prompt']
+  out = handler({'inputs': prompts, 'parameters': {'max_new_tokens': 6}})
+  assert out == [{'generated_text': t} for t in generate(prompts, max_new_tokens=6)]
+  assert handler({'inputs': 'second prompt', 'parameters': {'max_new_tokens': 6}}) == out[1:]
+  # No parameters: the folder's generation_config (max_new_tokens 8, greedy).
+  assert handler({'inputs': 'second prompt'}) == [{'generated_text': generate(['second prompt'])[0]}]
+  # Every accepted parameter at once; beams with two sequences per input come back as the pipeline shapes them.
+  parameters = {'max_new_tokens': 5, 'min_new_tokens': 2, 'num_beams': 3, 'num_return_sequences': 2,
+                'early_stopping': True, 'length_penalty': 0.5, 'repetition_penalty': 1.3, 'no_repeat_ngram_size': 2,
+                'do_sample': False}
+  beams = generate(prompts, **parameters)
+  out = handler({'inputs': prompts, 'parameters': parameters})
+  assert out == [[{'generated_text': t} for t in beams[:2]], [{'generated_text': t} for t in beams[2:]]]
+  single = handler({'inputs': 'first\nprompt', 'parameters': parameters})
+  assert single == [{'generated_text': t} for t in generate(['first\nprompt'], **parameters)]
+  torch.manual_seed(3)
+  sampled = handler({'inputs': prompts, 'parameters': {'do_sample': True, 'temperature': '0.7', 'top_k': 20,
+                                                       'top_p': 0.9, 'typical_p': 0.95, 'max_new_tokens': 4}})
+  torch.manual_seed(3)
+  assert sampled == [{'generated_text': t} for t in generate(prompts, do_sample=True, temperature=0.7, top_k=20,
+                                                             top_p=0.9, typical_p=0.95, max_new_tokens=4)]
+
+
+def test_code_execution_request_is_refused(handler, tmp_path):
+  folder, marker = _crafted_generate(tmp_path)
+  request = {'inputs': 'hi', 'parameters': {'custom_generate': str(folder), 'trust_remote_code': True,
+                                            'max_new_tokens': 2}}
+  with pytest.raises(ValueError, match='"custom_generate" is not accepted .*run code'):
+    handler(request)
+  with pytest.raises(ValueError, match='"trust_remote_code" is not accepted'):
+    handler({'inputs': 'hi', 'parameters': {'trust_remote_code': True}})
+  assert not marker.exists()
+  # Control: the same parameters passed to generate() do run the crafted file (what the old handler did).
+  with torch.no_grad():
+    handler.model.generate(**handler.tokenizer(['hi'], return_tensors='pt'), **request['parameters'])
+  assert marker.read_text() == 'generate ran'
+
+
+def test_custom_generate_in_the_model_folder_is_never_loaded(module, folder, tmp_path):
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  for path in folder.iterdir():
+    (copy / path.name).write_bytes(path.read_bytes())
+  crafted, marker = _crafted_generate(tmp_path)
+  (copy / 'custom_generate').mkdir()
+  (copy / 'custom_generate' / 'generate.py').write_bytes((crafted / 'custom_generate' / 'generate.py').read_bytes())
+  out = module.EndpointHandler(str(copy))({'inputs': 'hi', 'parameters': {'max_new_tokens': 2}})
+  assert len(out) == 1 and not marker.exists()
+
+
+@pytest.mark.parametrize('parameters, message', [
+    ({'max_new_tokens': 10**6}, '"max_new_tokens" must be an integer >= 1 and <= 1024'),
+    ({'max_new_tokens': 0}, '"max_new_tokens" must be an integer >= 1'),
+    ({'max_new_tokens': 5.0}, '"max_new_tokens" must be an integer'),
+    ({'max_new_tokens': True}, '"max_new_tokens" must be an integer'),
+    ({'max_new_tokens': '5'}, '"max_new_tokens" must be an integer'),
+    ({'min_new_tokens': 5000}, '"min_new_tokens" must be an integer >= 0 and <= 1024'),
+    ({'num_beams': 64}, '"num_beams" must be an integer >= 1 and <= 8'),
+    ({'num_return_sequences': 9}, '"num_return_sequences" must be an integer >= 1 and <= 8'),
+    ({'do_sample': 'yes'}, '"do_sample" must be true or false'),
+    ({'do_sample': 1}, '"do_sample" must be true or false'),
+    ({'early_stopping': 'never'}, '"early_stopping" must be true or false'),
+    ({'temperature': 0}, '"temperature" must be a number > 0.0 and <= 100.0'),
+    ({'temperature': -1.0}, '"temperature" must be a number > 0.0'),
+    ({'temperature': 'nan'}, '"temperature" must be a number'),
+    ({'temperature': float('inf')}, '"temperature" must be a number'),
+    ({'temperature': [1]}, '"temperature" must be a number'),
+    ({'top_k': -1}, '"top_k" must be an integer >= 0'),
+    ({'top_p': 1.5}, '"top_p" must be a number > 0.0 and <= 1.0'),
+    ({'typical_p': 0.0}, '"typical_p" must be a number > 0.0'),
+    ({'repetition_penalty': 0}, '"repetition_penalty" must be a number > 0.0'),
+    ({'length_penalty': 1e9}, '"length_penalty" must be a number >= -100.0 and <= 100.0'),
+    ({'no_repeat_ngram_size': -2}, '"no_repeat_ngram_size" must be an integer >= 0'),
+    ({'truncation': 'true'}, '"truncation" must be true or false'),
+    ({'max_length': 10**6}, '"max_length" is not accepted; accepted parameters: max_new_tokens'),
+    ({'streamer': 'x'}, '"streamer" is not accepted .*run code'),
+    ({'generation_config': {'max_new_tokens': 10**6}}, '"generation_config" is not accepted'),
+    ({'assistant_model': 'gpt2'}, '"assistant_model" is not accepted'),
+    ({'past_key_values': None}, '"past_key_values" is not accepted'),
+    ({'num_beam_groups': 2, 'diversity_penalty': 1.0}, '"num_beam_groups" is not accepted'),
+    ({'use_cache': False}, '"use_cache" is not accepted'),
+])
+def test_each_bad_parameter_is_refused(handler, parameters, message):
+  with pytest.raises(ValueError, match=message):
+    handler({'inputs': ['hello'], 'parameters': parameters})
+
+
+@pytest.mark.parametrize('request_body, message', [
+    ({'inputs': 3}, '"inputs" must be a string or a non-empty list of strings'),
+    ({'inputs': []}, '"inputs" must be a string or a non-empty list'),
+    ({'inputs': ['a', None]}, '"inputs" must be a string or a non-empty list'),
+    ({'parameters': {}}, 'expected {"inputs"'),
+    ('just text', 'expected {"inputs"'),
+    ({'inputs': 'a', 'parameters': 'max_new_tokens=5'}, '"parameters" must be an object'),
+    ({'inputs': 'a', 'trust_remote_code': True}, r"unexpected request key\(s\) \['trust_remote_code'\]"),
+    ({'inputs': ['a'] * 17}, '17 inputs in one request; this endpoint accepts at most 16'),
+    ({'inputs': ['a', 'b' * 20_001]}, 'input 1 has 20,001 characters; this endpoint accepts at most 20,000'),
+])
+def test_malformed_requests_are_refused(handler, request_body, message):
+  with pytest.raises(ValueError, match=message):
+    handler(request_body)
+
+
+def test_input_token_cap_and_truncation(handler, reference):
+  tokenizer, generate = reference
+  long = 'the quick brown fox jumps over the lazy dog ' * 10
+  assert len(tokenizer(long).input_ids) > INPUT_LENGTH
+  with pytest.raises(ValueError, match=f'input 1 has {len(tokenizer(long).input_ids)} tokens; this endpoint accepts '
+                                       f'at most {INPUT_LENGTH}.*"truncation": true'):
+    handler({'inputs': ['short', long], 'parameters': {'max_new_tokens': 3}})
+  out = handler({'inputs': ['short', long], 'parameters': {'max_new_tokens': 3, 'truncation': True}})
+  assert out == [{'generated_text': t} for t in generate(['short', long], truncate=True, max_new_tokens=3)]
+  cut = tokenizer([long], truncation=True, max_length=INPUT_LENGTH).input_ids[0]
+  assert len(cut) == INPUT_LENGTH and cut[-1] == 1  # cut to the input length, EOS kept (as flanx trains)
+  assert cut[:-1] == tokenizer(long).input_ids[:INPUT_LENGTH - 1]
+
+
+def test_limits_from_environment_and_constructor(module, folder, monkeypatch):
+  monkeypatch.setenv('FLANX_HANDLER_MAX_NEW_TOKENS', '4')
+  monkeypatch.setenv('FLANX_HANDLER_MAX_INPUTS', '2')
+  handler = module.EndpointHandler(str(folder))
+  assert handler.limits == {'max_inputs': 2, 'max_input_chars': 20_000, 'max_input_tokens': INPUT_LENGTH,
+                            'max_new_tokens': 4, 'max_beams': 8, 'max_return_sequences': 8}
+  with pytest.raises(ValueError, match='"max_new_tokens" must be an integer >= 1 and <= 4'):
+    handler({'inputs': 'a', 'parameters': {'max_new_tokens': 5}})
+  with pytest.raises(ValueError, match='3 inputs in one request; this endpoint accepts at most 2'):
+    handler({'inputs': ['a', 'b', 'c']})
+  # Without max_new_tokens the folder's 8 is capped by the limit.
+  assert handler({'inputs': 'a'}) == handler({'inputs': 'a', 'parameters': {'max_new_tokens': 4}})
+  handler = module.EndpointHandler(str(folder), max_new_tokens=16, max_input_tokens=8, max_beams=2)
+  assert (handler.limits['max_new_tokens'], handler.limits['max_input_tokens']) == (16, 8)
+  with pytest.raises(ValueError, match='"num_beams" must be an integer >= 1 and <= 2'):
+    handler({'inputs': 'a', 'parameters': {'num_beams': 3}})
+  with pytest.raises(ValueError, match='at most 8'):
+    handler({'inputs': 'a b c d e f g h i j k l m n o p'})
+  monkeypatch.setenv('FLANX_HANDLER_MAX_BEAMS', 'lots')
+  with pytest.raises(ValueError, match='environment variable FLANX_HANDLER_MAX_BEAMS: max_beams must be a positive '
+                                       "integer, got 'lots'"):
+    module.EndpointHandler(str(folder))
+  with pytest.raises(TypeError, match='unknown handler limit'):
+    module.EndpointHandler(str(folder), max_tokens=5)
