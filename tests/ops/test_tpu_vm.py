@@ -54,6 +54,14 @@ import json, os, sys
 with open(os.path.join(os.environ['HOME'], '{name}.log'), 'a') as f:
   f.write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}) + '\\n')
 '''
+# The local interpreter of the compile-only check: records argv and cwd, prints a report, exits FAKE_COMPILE_RC.
+FAKE_COMPILE_CHECK = '''#!{python} -IS
+import json, os, sys
+with open(os.environ['FAKE_COMPILE_LOG'], 'a') as f:
+  f.write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}) + '\\n')
+print('fake compile report')
+sys.exit(int(os.environ.get('FAKE_COMPILE_RC', '0')))
+'''
 FAKE_PYTHON311 = RECORDER + '''
 import pathlib
 assert sys.argv[1:3] == ['-m', 'venv'], sys.argv
@@ -123,11 +131,15 @@ class Fake:
     _write_exe(self.remote_bin / 'apt-get', RECORDER.format(python=sys.executable, name='apt'))
     _write_exe(self.remote_bin / 'sudo', '#!/bin/sh\nexec env "$@"\n')
     _write_exe(self.remote_bin / 'hostname', f'#!/bin/sh\necho {HOSTNAME}\n')
+    self.compile_log = tmp / 'compile.jsonl'
+    _write_exe(tmp / 'bin' / 'local-python', FAKE_COMPILE_CHECK.format(python=sys.executable))
     self.config = tmp / 'my.ini'
-    self.config.write_text('[common]\nproject = my-proj\nmodel_dir = gs://bucket/run\n')
+    self.config.write_text('[common]\nproject = my-proj\nmodel_dir = gs://bucket/run\n'
+                           f'local_python = {tmp / "bin" / "local-python"}\n')
     self.env = {k: v for k, v in os.environ.items() if k != 'FLANX_VM_CONFIG'}
     self.env.update(PATH=f'{tmp / "bin"}{os.pathsep}{os.environ["PATH"]}', FAKE_GCLOUD_LOG=str(self.log),
-                    FAKE_REMOTE_HOME=str(self.home), TMPDIR=str(tmp))  # setup's local archive goes in TMPDIR.
+                    FAKE_REMOTE_HOME=str(self.home), TMPDIR=str(tmp),  # setup's local archive goes in TMPDIR.
+                    FAKE_COMPILE_LOG=str(self.compile_log))
     self.procs = []
 
   def tool(self, *args: str, config: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -172,6 +184,12 @@ class Fake:
     env = {'HOME': str(self.home), 'PATH': f'{self.remote_bin}:/usr/bin:/bin', **env}
     return subprocess.run(['bash', '-c', command], cwd=self.home, env=env, capture_output=True, text=True,
                           timeout=30)
+
+  def compile_checks(self) -> list[dict]:
+    """argv and cwd of each local compile-only check."""
+    if not self.compile_log.exists():
+      return []
+    return [json.loads(line) for line in self.compile_log.read_text().splitlines()]
 
   def recorded(self, name: str) -> list[dict]:
     path = self.home / f'{name}.log'
@@ -220,29 +238,35 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 TPU = ['--zone=us-central2-b', '--project=my-proj']
 
 
-@pytest.mark.parametrize('flags, accelerator, version', [
-    ([], 'v4-32', 'tpu-ubuntu2204-base'),  # The defaults file.
-    (['--accelerator', 'v3-8'], 'v3-8', 'tpu-ubuntu2204-base'),
-    (['--accelerator', 'v4-128'], 'v4-128', 'tpu-ubuntu2204-base'),
-    (['--accelerator', 'v5litepod-16'], 'v5litepod-16', 'v2-alpha-tpuv5-lite'),
-    (['--accelerator', 'v5p-8'], 'v5p-8', 'v2-alpha-tpuv5'),
-    (['--accelerator', 'v6e-8'], 'v6e-8', 'v2-alpha-tpuv6e'),
-    (['--accelerator', 'v4-8', '--version', 'tpu-vm-base'], 'v4-8', 'tpu-vm-base'),
+# Default zones: the first zone Cloud TPU's "TPU regions and zones" lists per generation (v3 pods only in
+# europe-west4-a, v4 only in us-central2-b).
+@pytest.mark.parametrize('flags, accelerator, version, zone', [
+    ([], 'v4-32', 'tpu-ubuntu2204-base', 'us-central2-b'),  # The defaults file.
+    (['--accelerator', 'v3-8'], 'v3-8', 'tpu-ubuntu2204-base', 'europe-west4-a'),
+    (['--accelerator', 'v3-128'], 'v3-128', 'tpu-ubuntu2204-base', 'europe-west4-a'),
+    (['--accelerator', 'v3-8', '--zone', 'us-central1-b'], 'v3-8', 'tpu-ubuntu2204-base', 'us-central1-b'),
+    (['--accelerator', 'v4-128'], 'v4-128', 'tpu-ubuntu2204-base', 'us-central2-b'),
+    (['--accelerator', 'v5litepod-16'], 'v5litepod-16', 'v2-alpha-tpuv5-lite', 'us-west4-a'),
+    (['--accelerator', 'v5p-8'], 'v5p-8', 'v2-alpha-tpuv5', 'us-east5-a'),
+    (['--accelerator', 'v6e-8'], 'v6e-8', 'v2-alpha-tpuv6e', 'us-east5-b'),
+    (['--accelerator', 'v4-8', '--version', 'tpu-vm-base'], 'v4-8', 'tpu-vm-base', 'us-central2-b'),
+    (['--accelerator', 'v3-32', '--zone', 'us-central2-b', '--skip_zone_check'], 'v3-32', 'tpu-ubuntu2204-base',
+     'us-central2-b'),
 ])
-def test_create_tpu_picks_the_runtime_for_the_accelerator(fake, flags, accelerator, version):
+def test_create_tpu_picks_the_runtime_and_zone_for_the_accelerator(fake, flags, accelerator, version, zone):
   status, out, err = fake.in_process('create', '--dry-run', *flags)
   assert status == 0, err
-  assert out == shlex.join(['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'flanx-tpu', *TPU,
-                            f'--accelerator-type={accelerator}', f'--version={version}']) + '\n'
+  assert out == shlex.join(['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'flanx-tpu', f'--zone={zone}',
+                            '--project=my-proj', f'--accelerator-type={accelerator}', f'--version={version}']) + '\n'
 
 
 def test_create_tpu_spot_or_preemptible_and_config_from_env(fake, tmp_path):
   env_config = tmp_path / 'env.ini'
-  env_config.write_text('[tpu]\nzone = europe-west4-a\nname = my tpu\nspot = true\n')
+  env_config.write_text('[tpu]\nzone = europe-west4-a\nname = my-tpu\nspot = true\n')
   _ok(fake.tool('create', '--accelerator', 'v3-32', config=False, FLANX_VM_CONFIG=str(env_config)))
   _ok(fake.tool('create', '--name', 'other', '--preemptible'))
   assert fake.calls() == [
-      ['compute', 'tpus', 'tpu-vm', 'create', 'my tpu', '--zone=europe-west4-a',
+      ['compute', 'tpus', 'tpu-vm', 'create', 'my-tpu', '--zone=europe-west4-a',
        '--accelerator-type=v3-32', '--version=tpu-ubuntu2204-base', '--spot'],
       ['compute', 'tpus', 'tpu-vm', 'create', 'other', *TPU, '--accelerator-type=v4-32',
        '--version=tpu-ubuntu2204-base', '--preemptible'],
@@ -444,7 +468,17 @@ def test_failed_step_stops_with_its_status_and_cleans_up(fake):
 
 @pytest.mark.parametrize('args, message', [
     (['create', '--spot', '--preemptible'], 'choose one of spot and preemptible'),
-    (['create', '--accelerator', 'tpu7x-8'], "no default TPU software version for accelerator type 'tpu7x-8'"),
+    (['create', '--accelerator', 'tpu7x-8', '--zone', 'us-central1-c'],
+     "no default TPU software version for accelerator type 'tpu7x-8'"),
+    (['create', '--accelerator', 'tpu7x-8'], "no default zone for accelerator type 'tpu7x-8'"),
+    (['create', '--accelerator', 'v3-128', '--zone', 'us-central2-b'],
+     'v3-128 is not offered in zone us-central2-b; zones that offer it: europe-west4-a'),
+    (['create', '--accelerator', 'v4-32', '--zone', 'europe-west4-a'],
+     'v4-32 is not offered in zone europe-west4-a; zones that offer it: us-central2-b'),
+    (['create', '--name', 'My-TPU'], "VM name 'My-TPU' is not valid"),
+    (['delete', '--name', 'tpu-'], "VM name 'tpu-' is not valid"),
+    (['ssh', '--name', '9tpu'], "VM name '9tpu' is not valid"),
+    (['create', '--name', 'a' * 64], 'is not valid: use 1-63 characters'),
     (['train', '--model_dir', '/local/run'], "MODEL_DIR '/local/run' must be a gs:// path"),
     (['train', '--gin.MODEL_DIR="/tmp/x"'], "MODEL_DIR '/tmp/x' must be a gs:// path"),
     (['train', '--model_dir', 'gs://a', '--gin.MODEL_DIR="gs://b"'], 'give the model dir once'),
@@ -472,3 +506,44 @@ def test_bad_input_is_a_clear_error_and_runs_nothing(fake, args, message):
 def test_bad_config_names_the_file_and_key(fake, config, message):
   fake.config.write_text(config)
   assert message.format(config=fake.config) in fake.error('setup') and fake.calls() == []
+
+
+@pytest.mark.parametrize('name', ['../../x', 'a/b', '..'])
+def test_setup_refuses_names_that_would_write_outside_the_temp_folder(fake, name):
+  before = set(fake.tmp.parent.iterdir())
+  assert "is not valid" in fake.error('setup', '--name', name)
+  assert fake.calls() == [] and set(fake.tmp.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval', 'infer'])
+def test_run_compiles_for_the_accelerator_here_before_starting(fake, mode):
+  _ok(fake.tool(mode, GIN_FILE, '--accelerator', 'v3-128', '--gin.TRAIN_STEPS=3'))
+  (check,) = fake.compile_checks()
+  assert check == {'argv': ['-m', f'flanx.{mode}', f'--gin_file={GIN_FILE}', '--gin.MODEL_DIR="gs://bucket/run"',
+                            '--gin.TRAIN_STEPS=3', '--topology=v3-128', '--compile_only'],
+                   'cwd': str(fake.repo)}
+  (ssh,) = fake.calls()
+  assert ssh[4:6] == ['flanx-tpu', '--zone=europe-west4-a']
+
+
+@pytest.mark.parametrize('status, verdict', [(3, 'does not fit on v4-32'), (1, 'could not be checked')])
+def test_run_refuses_to_start_when_the_check_fails(fake, status, verdict):
+  proc = fake.tool('train', GIN_FILE, FAKE_COMPILE_RC=str(status))
+  assert proc.returncode == status and fake.calls() == []
+  assert 'fake compile report' in proc.stdout
+  assert f'refusing to start: the run {verdict}' in proc.stderr and '--skip_compile_check' in proc.stderr
+
+
+def test_run_skips_the_check_when_asked_and_on_gpu_vms(fake):
+  _ok(fake.tool('train', GIN_FILE, '--skip_compile_check', FAKE_COMPILE_RC='3'))
+  _ok(fake.tool('train', '--gpu', GIN_FILE, FAKE_COMPILE_RC='3'))
+  assert fake.compile_checks() == [] and len(fake.calls()) == 2
+
+
+def test_dry_run_prints_the_compile_check_and_runs_nothing(fake):
+  status, out, err = fake.in_process('train', '--dry-run', GIN_FILE)
+  assert status == 0, err
+  check, ssh = out.splitlines()
+  assert shlex.split(check)[1:] == ['-m', 'flanx.train', f'--gin_file={GIN_FILE}',
+                                    '--gin.MODEL_DIR="gs://bucket/run"', '--topology=v4-32', '--compile_only']
+  assert ssh.startswith('gcloud compute tpus tpu-vm ssh') and fake.compile_checks() == []
