@@ -1,52 +1,62 @@
-"""Adafactor (Shazeer & Stern 2018) with t5x's choices, as an optax GradientTransformation.
+"""Adafactor (Shazeer & Stern 2018) with t5x's choices and options, as a flanx Optimizer (optax-style update).
 
 Per parameter, with g the fp32 gradient and t the number of updates already applied (minus step_offset):
+  g     *= min(1, global_norm_clip_threshold / ||all grads||)   (only with global_norm_clip_threshold)
   rho   = 1 - (t + 1)^-decay_rate                 (rho = 0 on the first step: v starts at g^2)
   g2    = g^2 + epsilon1
   factored:   v_row = rho v_row + (1-rho) mean_col(g2);  v_col = rho v_col + (1-rho) mean_row(g2)
               y = g / sqrt(v_row v_col / mean_row(v_row))
   unfactored: v = rho v + (1-rho) g2;  y = g / sqrt(v)
   y    /= max(1, rms(y) / clipping_threshold)
-  step  = lr(t) * max(rms(param), epsilon2) * y    (param scale only with multiply_by_parameter_scale)
+  scale = min(max(rms(param), epsilon2), max_parameter_scale)   (only with multiply_by_parameter_scale)
+  step  = lr(t) * scale * y
   step  = m = beta1 m + (1-beta1) step             (only with beta1)
-  update = -step - weight_decay_rate * param       (weight decay is not scaled by lr, as in t5x)
+  wd    = weight_decay_rate, times lr(t)^weight_decay_rate_lr_exponent when that is set (rate 1 if unset)
+  update = -step - wd * param                     (decoupled; as t5x's new_param = (1 - wd) param - step)
+  skip_nan_updates: a NaN in a new state entry or updated param keeps the old value (t5x's option).
 rms/mean run over every axis except 'batch' axes ('layers' of scanned params): each layer is its own block.
 
-Which axes are factored (t5x's rules, documented choice for scanned params):
-  * Axes whose logical name maps to 'batch' are set aside; the rest is the param "proper".
-  * Proper rank <= 2 (every T5 param): t5x's heuristic: factor the two largest axes (row = the smaller, col =
-    the larger, ties keep axis order) when the smaller has >= min_dim_size_to_factor entries. t5x also ignores
-    logical rules for such params. A scanned param therefore gets exactly the per-layer state of its unscanned
-    layers, stacked (t5x instead applies its logical rules to scanned params, which only renames row/col and
-    skips the size test); optimizer state moves between layouts with flanx.model.network's stack/unstack functions.
-  * Proper rank > 2: the logical rules (FACTOR_RULES: 'embed' row; 'vocab', 'mlp', 'heads', 'kv', 'joined_kv'
-    column); without axis names, the heuristic on the two largest axes.
+Which axes are factored: t5x's rules, exactly (t5x/adafactor.py, `logical_factor_rules` set as in its gins):
+  * With logical axis names (param_axes) and factor_rules, each axis gets a role: 'row', 'column', 'batch' or
+    None. A param with row, column and None axes is an error; with only rows or only columns, unfactored.
+  * Rank <= 2 without a batch axis (every unscanned T5 param): t5x ignores the names and uses its heuristic:
+    factor the two largest axes (row = the smaller, col = the larger, ties keep axis order) when the smaller
+    has >= min_dim_size_to_factor entries.
+  * Otherwise (scanned params, rank > 2): the roles decide, whatever the sizes: a scanned [layers, 64, 96]
+    ('layers', 'embed', 'mlp') kernel is factored (row embed, column mlp) where its unscanned [64, 96] layers
+    are not, and a square scanned out kernel ('layers', 'joined_kv', 'embed') has v_row along 'embed', where
+    the heuristic puts it along 'joined_kv'. `convert_state` moves state between the two layouts.
+  * Without names or with factor_rules=None: the heuristic for every param (rank > 2 is an error, as in t5x).
+  * factored=False: nothing is factored and, as in t5x, rms/mean run over all axes, 'layers' included.
 
 State (AdafactorState) is a NamedTuple of arrays, like t5x's param_states: v_row / v_col / v / m trees mirror
 the params, unused slots hold a float32 zeros((1,)) placeholder, so a t5x checkpoint's optimizer state maps
-leaf for leaf. `count` drives rho: restoring a pretrained state (count ~1.1M) keeps second moments nearly
-frozen, a fresh init (count 0) starts from rho = 0; `step_offset` resets the schedule without losing state.
-Shard the state with `optimizer.state_logical_axes(params, param_axes)` (the Optimizer contract): logical names per state leaf
-(v_row = param axes minus the col axes, v_col = minus the row axes, v and m = param axes, placeholders and
-count replicated) to be mapped to a mesh by the same rules as the params.
+leaf for leaf (`to_t5x_state` / `from_t5x_state`), for every option. `count` drives rho: restoring a
+pretrained state (count ~1.1M) keeps second moments nearly frozen, a fresh init (count 0) starts from
+rho = 0; `step_offset` resets the schedule without losing state.
+Shard the state with `optimizer.state_logical_axes(params, param_axes)` (the Optimizer contract): logical names
+per state leaf (v_row = param axes minus the col axes, v_col = minus the row axes, v and m = param axes,
+placeholders and count replicated) to be mapped to a mesh by the same rules as the params.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
 from flanx.training.optimizer import Optimizer
 
 PyTree = Any
+SLOTS = ('v_row', 'v_col', 'v', 'm')
 
-# Logical axis name -> role in factoring (t5x's standard rules). None: never factored.
+# Logical axis name -> role in factoring (t5x's standard_logical_factor_rules). None: never factored.
 FACTOR_RULES: Mapping[str, Optional[str]] = {
     'vocab': 'column',
     'embed': 'row',
@@ -55,15 +65,21 @@ FACTOR_RULES: Mapping[str, Optional[str]] = {
     'kv': 'column',
     'joined_kv': 'column',
     'relpos_buckets': None,
-    'layers': 'batch',
-    'stack': 'batch',
+    'layers': 'batch',  # scanned layers
+    'stack': 'batch',  # stacked params
+    'q_wi_fused': 'column',
+    'o_wo_fused': 'column',
+    'multiquery_heads': 'column',
+    'kv_fused': 'column',
+    'layer_norm_scale': None,
+    'mlp_activations': 'column',
 }
 _ROLES = ('row', 'column', 'batch', None)
 
 
 class AdafactorState(NamedTuple):
   """Optimizer state: update count plus per-param second moments (and momentum) mirroring the params."""
-  count: jax.Array  # int32 scalar: number of updates applied so far.
+  count: jax.Array  # int32 scalar: number of updates applied so far (t5x's optimizer `step`).
   v_row: PyTree
   v_col: PyTree
   v: PyTree
@@ -71,8 +87,8 @@ class AdafactorState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-  """How one param is treated: which axes are rows / columns / batch, and which are averaged."""
+class Plan:
+  """How one param is treated: which axes are rows / columns, and which are averaged (rms, clipping)."""
   row: tuple[int, ...]
   col: tuple[int, ...]
   averaged: tuple[int, ...]
@@ -91,49 +107,188 @@ def _axis_names(axes: Any, ndim: int, path: str) -> Optional[tuple[Any, ...]]:
   return names
 
 
-def _plan(shape: tuple[int, ...], axes: Any, path: str, factored: bool, min_dim_size_to_factor: int,
-          rules: Mapping[str, Optional[str]]) -> _Plan:
+def _heuristic(shape: tuple[int, ...], path: str, min_dim_size_to_factor: int) -> Plan:
+  """t5x's size heuristic for params of rank <= 2 (rms over all axes)."""
+  everything = tuple(range(len(shape)))
+  if len(shape) > 2:
+    raise ValueError(f'adafactor: param {path} {shape} has rank > 2 and needs logical axis names (param_axes) '
+                     'to be factored, as in t5x')
+  if len(shape) < 2:
+    return Plan((), (), everything)
+  by_size = sorted(everything, key=lambda i: shape[i])  # stable: ties keep axis order, like t5x's argsort
+  if shape[by_size[-2]] < min_dim_size_to_factor:
+    return Plan((), (), everything)
+  return Plan((by_size[-2],), (by_size[-1],), everything)
+
+
+def plan(shape: tuple[int, ...], axes: Any, path: str = '', *, factored: bool = True,
+         min_dim_size_to_factor: int = 128, factor_rules: Optional[Mapping[str, Optional[str]]] = FACTOR_RULES
+         ) -> Plan:
+  """The factoring t5x's Adafactor picks for a param of `shape` with logical axis names `axes` (or None)."""
   ndim = len(shape)
   names = _axis_names(axes, ndim, path)
-  roles = [None] * ndim
-  if names is not None:
-    for i, name in enumerate(names):
-      if name is None:
-        continue
-      if not isinstance(name, str) or name not in rules:
-        raise ValueError(f'adafactor: param {path} axis {i} has logical name {name!r} with no factor rule; '
-                         f'known: {sorted(rules)}')
-      roles[i] = rules[name]
-      if roles[i] not in _ROLES:
-        raise ValueError(f'adafactor: factor rule for {name!r} is {roles[i]!r}, expected one of {_ROLES}')
-  proper = tuple(i for i in range(ndim) if roles[i] != 'batch')
-  unfactored = _Plan((), (), proper)
-  if not factored or len(proper) < 2:
-    return unfactored
-  if names is None or len(proper) <= 2:
-    by_size = sorted(proper, key=lambda i: shape[i])  # stable: ties keep axis order, like t5x
-    if shape[by_size[-2]] < min_dim_size_to_factor:
-      return unfactored
-    return _Plan((by_size[-2],), (by_size[-1],), proper)
-  row = tuple(i for i in proper if roles[i] == 'row')
-  col = tuple(i for i in proper if roles[i] == 'column')
-  if row and col and any(roles[i] is None for i in proper):
+  if not factored:
+    return Plan((), (), tuple(range(ndim)))
+  if names is None or factor_rules is None:
+    return _heuristic(shape, path, min_dim_size_to_factor)
+  roles = []
+  for i, name in enumerate(names):
+    if name is not None and (not isinstance(name, str) or name not in factor_rules):
+      raise ValueError(f'adafactor: param {path} axis {i} has logical name {name!r} with no factor rule; '
+                       f'known: {sorted(factor_rules)}')
+    role = factor_rules[name] if name is not None else None
+    if role not in _ROLES:
+      raise ValueError(f'adafactor: factor rule for {name!r} is {role!r}, expected one of {_ROLES}')
+    roles.append(role)
+  if 'row' in roles and 'column' in roles and None in roles:
     raise ValueError(f'adafactor: param {path} with axes {names} mixes factored and unfactored axes')
-  if not row or not col:
-    return unfactored
-  return _Plan(row, col, proper)
+  if 'row' not in roles or 'column' not in roles:
+    roles = [None if r in ('row', 'column') else r for r in roles]
+  batch = tuple(i for i in range(ndim) if roles[i] == 'batch')
+  if ndim <= 2 and not batch:
+    return _heuristic(shape, path, min_dim_size_to_factor)  # t5x ignores rules for plain matrices
+  averaged = tuple(i for i in range(ndim) if i not in batch)
+  return Plan(tuple(i for i in range(ndim) if roles[i] == 'row'),
+              tuple(i for i in range(ndim) if roles[i] == 'column'), averaged)
 
 
 def _without(seq: tuple, drop: tuple[int, ...]) -> tuple:
   return tuple(x for i, x in enumerate(seq) if i not in drop)
 
 
-def _placeholder() -> jax.Array:
-  return jnp.zeros((1,), jnp.float32)
+def slot_shapes(shape: tuple[int, ...], p: Plan, momentum: bool) -> dict[str, tuple[int, ...]]:
+  """Shapes of one param's {v_row, v_col, v, m} (placeholders are (1,)), as t5x's init_param_state makes them."""
+  if p.factored:
+    out = {'v_row': _without(shape, p.col), 'v_col': _without(shape, p.row), 'v': (1,)}
+  else:
+    out = {'v_row': (1,), 'v_col': (1,), 'v': tuple(shape)}
+  out['m'] = tuple(shape) if momentum else (1,)
+  return out
 
 
 def _rms(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.sqrt(jnp.mean(x * x, axis=axes, keepdims=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdafactorOptimizer(Optimizer):
+  """A flanx Optimizer that also knows its factoring plans (to move state between param layouts)."""
+  plans: Callable[[PyTree, PyTree], list] = None
+  momentum: bool = False
+
+  def convert_state(self, state: AdafactorState, source_params: PyTree, source_axes: PyTree,
+                    target_params: PyTree, target_axes: PyTree,
+                    restack: Callable[[PyTree], PyTree] = lambda tree: tree) -> AdafactorState:
+    """State kept for params laid out as `source_*` (shapes) → the state this optimizer keeps for `target_*`.
+
+    `restack` maps a params-shaped tree from the source layout to the target one (e.g. flanx.model.network's
+    stack_layers). Where the factoring differs (a scanned square out kernel swaps rows and columns; a small
+    stacked kernel is factored where its layers are not), the second moment is rebuilt and reduced again:
+    exact from an unfactored or transposed state (means of a linear running average), the usual rank-1
+    estimate otherwise. Missing momentum (state without `m`, optimizer with beta1) starts at zero. Every
+    slot whose shape does not match the source layout's plan is listed in one ValueError.
+    """
+    source_plans, source_def = self.plans(source_params, source_axes)
+    source_shapes = [tuple(x.shape) for x in jax.tree.leaves(source_params)]
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(source_params)[0]]
+    problems = []
+    for slot in SLOTS:
+      got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(getattr(state, slot))[0]}
+      problems += [f'{slot}: missing {p}' for p in paths if p not in got]
+      problems += [f'{slot}: unexpected {p}' for p in sorted(set(got) - set(paths))]
+      for path, shape, p in zip(paths, source_shapes, source_plans):
+        want, have = slot_shapes(shape, p, True)[slot], tuple(np.shape(got.get(path, np.zeros(0))))
+        if path in got and have != want and not (slot == 'm' and have == (1,)):
+          problems.append(f'{slot}{path}: shape {have}, expected {want}')
+    if problems:
+      raise ValueError('adafactor: optimizer state does not match the params:\n  ' + '\n  '.join(problems))
+    # Which source params make each target param: restack a tree of source leaf indices (a stacked target
+    # leaf gets the indices of its layers, in order).
+    indices = restack(jax.tree.unflatten(source_def, [np.asarray(i) for i in range(len(source_plans))]))
+    target_plans, target_def = self.plans(target_params, target_axes)
+    source_slots = {s: source_def.flatten_up_to(getattr(state, s)) for s in SLOTS}
+    out = {s: [] for s in SLOTS}
+    for index, p, x in zip(target_def.flatten_up_to(indices), target_plans, jax.tree.leaves(target_params)):
+      index = np.asarray(index)
+      entries = [_Entry({s: np.asarray(source_slots[s][i]) for s in SLOTS},
+                        source_plans[i], source_shapes[i]) for i in index.reshape(-1)]
+      entry = entries[0] if index.ndim == 0 else _stacked_entry(entries)
+      for slot, value in _convert(entry, p, tuple(x.shape), self.momentum).items():
+        out[slot].append(value)
+    trees = [jax.tree.unflatten(target_def, out[s]) for s in SLOTS]
+    return AdafactorState(np.asarray(state.count, np.int32), *trees)
+
+
+class _Entry:
+  """One param's slots, plan and shape."""
+
+  def __init__(self, slots: dict, p: Plan, shape: tuple[int, ...]):
+    self.slots, self.plan, self.shape = slots, p, shape
+
+
+def _stacked_entry(entries: list[_Entry]) -> _Entry:
+  """Entries of the layers of one param → one entry with a leading layer axis."""
+  first = entries[0]
+  shift = lambda axes: tuple(a + 1 for a in axes)
+  p = Plan(shift(first.plan.row), shift(first.plan.col), shift(first.plan.averaged))
+  slots = {s: np.stack([e.slots[s] for e in entries]) for s in SLOTS}
+  return _Entry(slots, p, (len(entries),) + first.shape)
+
+
+def _full_v(entry: _Entry) -> np.ndarray:
+  """The second moment an entry stands for (exact when unfactored, Adafactor's estimate when factored)."""
+  p, s = entry.plan, entry.slots
+  if not p.factored:
+    return s['v'].astype(np.float64)
+  v_row, v_col = s['v_row'].astype(np.float64), s['v_col'].astype(np.float64)
+  row_in_v_row = tuple(i - sum(c < i for c in p.col) for i in p.row)
+  row_mean = np.mean(v_row, axis=row_in_v_row, keepdims=True)
+  return np.expand_dims(v_row / row_mean, p.col) * np.expand_dims(v_col, p.row)
+
+
+def _convert(source: _Entry, p: Plan, shape: tuple[int, ...], momentum: bool) -> dict[str, np.ndarray]:
+  if source.shape != shape:
+    raise ValueError(f'adafactor: cannot convert state of a {source.shape} param to {shape}')
+  out = {s: np.zeros(t, np.float32) for s, t in slot_shapes(shape, p, momentum).items()}
+  if momentum and np.shape(source.slots['m']) == shape:
+    out['m'] = source.slots['m'].astype(np.float32)
+  same = (source.plan.row, source.plan.col) == (p.row, p.col)
+  if same and p.factored:
+    out['v_row'], out['v_col'] = source.slots['v_row'], source.slots['v_col']
+  elif same:
+    out['v'] = source.slots['v']
+  elif p.factored:
+    v = _full_v(source)
+    out['v_row'], out['v_col'] = np.mean(v, axis=p.col), np.mean(v, axis=p.row)
+  else:
+    out['v'] = _full_v(source)
+  return {k: np.asarray(x, np.float32) for k, x in out.items()}
+
+
+def to_t5x_state(state: AdafactorState) -> dict[str, Any]:
+  """{'step': count, 'param_states': {param path…: {'v_row', 'v_col', 'v', 'm'}}}: t5x's optimizer state."""
+  def join(*slots):
+    return dict(zip(SLOTS, slots))
+  is_leaf = lambda x: not isinstance(x, Mapping)
+  param_states = jax.tree.map(join, state.v_row, state.v_col, state.v, state.m, is_leaf=is_leaf)
+  return {'step': state.count, 'param_states': param_states}
+
+
+def from_t5x_state(t5x_state: Mapping[str, Any]) -> AdafactorState:
+  """t5x's optimizer state ({'step', 'param_states'}) → AdafactorState (arrays as given, no shape checks)."""
+  param_states = t5x_state.get('param_states')
+  if not isinstance(param_states, Mapping):
+    raise ValueError('t5x optimizer state has no param_states')
+
+  def pick(tree, slot):
+    if isinstance(tree, Mapping) and set(tree) == set(SLOTS):
+      return tree[slot]
+    if isinstance(tree, Mapping):
+      return {k: pick(v, slot) for k, v in tree.items()}
+    raise ValueError(f't5x param_states leaf is not {{v_row, v_col, v, m}}: {type(tree).__name__}')
+
+  return AdafactorState(np.asarray(t5x_state.get('step', 0), np.int32),
+                        *(pick(param_states, slot) for slot in SLOTS))
 
 
 @gin.configurable
@@ -150,8 +305,12 @@ def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
               epsilon1: float = 1e-30,
               epsilon2: float = 1e-3,
               param_axes: Optional[PyTree] = None,
-              factor_rules: Mapping[str, Optional[str]] = FACTOR_RULES) -> Optimizer:
-  """Adafactor with t5x defaults; `update(grads, state, params)` returns additive updates (optax style).
+              factor_rules: Optional[Mapping[str, Optional[str]]] = FACTOR_RULES,
+              weight_decay_rate_lr_exponent: Optional[float] = None,
+              global_norm_clip_threshold: Optional[float] = None,
+              max_parameter_scale: Optional[float] = None,
+              skip_nan_updates: bool = False) -> AdafactorOptimizer:
+  """Adafactor with t5x defaults and options; `update(grads, state, params)` returns additive updates.
 
   Args:
     learning_rate: a float or an optax schedule called with the update count (0 on the first update).
@@ -167,93 +326,107 @@ def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-3,
     epsilon2: floor of the parameter scale.
     param_axes: logical axis names per param (tuples or PartitionSpecs, same tree as the params), e.g.
       flanx.model.network.logical_axes(config). Needed for scanned params ('layers' axis) and rank > 2 params.
-    factor_rules: logical axis name -> 'row' | 'column' | 'batch' | None.
+    factor_rules: logical axis name -> 'row' | 'column' | 'batch' | None (t5x's standard rules); None: the
+      size heuristic for every param (t5x without `logical_factor_rules`).
+    weight_decay_rate_lr_exponent: decay rate = (weight_decay_rate or 1) * lr ** exponent, per step.
+    global_norm_clip_threshold: scale all gradients by min(1, threshold / global norm) first.
+    max_parameter_scale: upper bound of the parameter scale.
+    skip_nan_updates: keep a param's old value (and old state entries) wherever the new one is NaN.
   """
   schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
-  def plans(params):
+  def plans(params, axes_tree=None):
+    axes_tree = param_axes if axes_tree is None else axes_tree
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    axes = treedef.flatten_up_to(param_axes) if param_axes is not None else [None] * len(leaves)
-    return [_plan(tuple(p.shape), ax, jax.tree_util.keystr(path), factored, min_dim_size_to_factor,
-                  factor_rules) for (path, p), ax in zip(leaves, axes)], treedef
+    axes = treedef.flatten_up_to(axes_tree) if axes_tree is not None else [None] * len(leaves)
+    return [plan(tuple(p.shape), ax, jax.tree_util.keystr(path), factored=factored,
+                 min_dim_size_to_factor=min_dim_size_to_factor, factor_rules=factor_rules)
+            for (path, p), ax in zip(leaves, axes)], treedef
 
   def init(params):
     plan_list, treedef = plans(params)
-    v_row, v_col, v, m = [], [], [], []
-    for plan, p in zip(plan_list, jax.tree.leaves(params)):
-      shape = tuple(p.shape)
-      if plan.factored:
-        v_row.append(jnp.zeros(_without(shape, plan.col), jnp.float32))
-        v_col.append(jnp.zeros(_without(shape, plan.row), jnp.float32))
-        v.append(_placeholder())
-      else:
-        v_row.append(_placeholder())
-        v_col.append(_placeholder())
-        v.append(jnp.zeros(shape, jnp.float32))
-      m.append(jnp.zeros(shape, jnp.float32) if beta1 is not None else _placeholder())
-    trees = [jax.tree.unflatten(treedef, x) for x in (v_row, v_col, v, m)]
+    slots = {s: [] for s in SLOTS}
+    for p, x in zip(plan_list, jax.tree.leaves(params)):
+      for slot, shape in slot_shapes(tuple(x.shape), p, beta1 is not None).items():
+        slots[slot].append(jnp.zeros(shape, jnp.float32))
+    trees = [jax.tree.unflatten(treedef, slots[s]) for s in SLOTS]
     return AdafactorState(jnp.zeros((), jnp.int32), *trees)
 
   def update(grads, state, params=None):
-    if params is None and (multiply_by_parameter_scale or weight_decay_rate):
-      raise ValueError('adafactor: update() needs params (parameter scale / weight decay)')
+    if params is None and (multiply_by_parameter_scale or weight_decay_rate or weight_decay_rate_lr_exponent
+                           or skip_nan_updates):
+      raise ValueError('adafactor: update() needs params (parameter scale / weight decay / NaN skipping)')
     plan_list, treedef = plans(grads)
     t = jnp.maximum(state.count - step_offset, 0).astype(jnp.float32) + 1.0
     rho = 1.0 - t ** (-decay_rate)
     lr = jnp.asarray(schedule(state.count), jnp.float32)
+    decay = weight_decay_rate
+    if weight_decay_rate_lr_exponent:
+      decay = (weight_decay_rate or 1.0) * lr ** weight_decay_rate_lr_exponent
+    grad_leaves = [g.astype(jnp.float32) for g in treedef.flatten_up_to(grads)]
+    if global_norm_clip_threshold:
+      norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grad_leaves))
+      scale = global_norm_clip_threshold * jnp.minimum(1.0 / global_norm_clip_threshold, 1.0 / norm)
+      grad_leaves = [g * scale for g in grad_leaves]
     param_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(plan_list)
     outs = []
-    for plan, g, p, v_row, v_col, v, m in zip(
-        plan_list, treedef.flatten_up_to(grads), param_leaves, treedef.flatten_up_to(state.v_row),
-        treedef.flatten_up_to(state.v_col), treedef.flatten_up_to(state.v), treedef.flatten_up_to(state.m)):
-      g = g.astype(jnp.float32)
+    for pl, g, p, old in zip(plan_list, grad_leaves, param_leaves,
+                             zip(*(treedef.flatten_up_to(getattr(state, s)) for s in SLOTS))):
+      v_row, v_col, v, m = old
       g2 = g * g + epsilon1
-      if plan.factored:
-        v_row = rho * v_row + (1 - rho) * jnp.mean(g2, axis=plan.col)
-        v_col = rho * v_col + (1 - rho) * jnp.mean(g2, axis=plan.row)
-        row_in_v_row = tuple(i - sum(c < i for c in plan.col) for i in plan.row)
+      if pl.factored:
+        v_row = rho * v_row + (1 - rho) * jnp.mean(g2, axis=pl.col)
+        v_col = rho * v_col + (1 - rho) * jnp.mean(g2, axis=pl.row)
+        row_in_v_row = tuple(i - sum(c < i for c in pl.col) for i in pl.row)
         row_norm = v_row / jnp.mean(v_row, axis=row_in_v_row, keepdims=True)
-        y = (g * jnp.expand_dims(jax.lax.rsqrt(row_norm), plan.col)
-             * jnp.expand_dims(jax.lax.rsqrt(v_col), plan.row))
+        y = (g * jnp.expand_dims(jax.lax.rsqrt(row_norm), pl.col)
+             * jnp.expand_dims(jax.lax.rsqrt(v_col), pl.row))
       else:
         v = rho * v + (1 - rho) * g2
         y = g * jax.lax.rsqrt(v)
       if clipping_threshold is not None:
-        y = y / jnp.maximum(1.0, _rms(y, plan.averaged) / clipping_threshold)
+        y = y / jnp.maximum(1.0, _rms(y, pl.averaged) / clipping_threshold)
       step = lr * y
       if multiply_by_parameter_scale:
-        step = step * jnp.maximum(_rms(p.astype(jnp.float32), plan.averaged), epsilon2)
+        scale = jnp.maximum(_rms(p.astype(jnp.float32), pl.averaged), epsilon2)
+        if max_parameter_scale is not None:
+          scale = jnp.minimum(scale, max_parameter_scale)
+        step = step * scale
       if beta1 is not None:
         m = beta1 * m + (1 - beta1) * step
         step = m
       new_update = -step
-      if weight_decay_rate:
-        new_update = new_update - weight_decay_rate * p.astype(jnp.float32)
-      outs.append((new_update, v_row, v_col, v, m))
+      if decay is not None:
+        new_update = new_update - decay * p.astype(jnp.float32)
+      new = (v_row, v_col, v, m)
+      if skip_nan_updates:
+        new = tuple(jnp.where(jnp.isnan(n), o, n) for n, o in zip(new, old))
+        # t5x tests the updated param: a NaN there keeps the old param (a zero update).
+        new_update = jnp.where(jnp.isnan(p.astype(jnp.float32) + new_update), 0.0, new_update)
+      outs.append((new_update,) + new)
     trees = [jax.tree.unflatten(treedef, list(x)) for x in zip(*outs)] if outs else [grads] * 5
     new_state = AdafactorState(optax.safe_increment(state.count), *trees[1:])
     return trees[0], new_state
 
   def state_axes(params, axes_tree):
     axes_tree = param_axes if axes_tree is None else axes_tree
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    plan_list, treedef = plans(params, axes_tree)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     axes = treedef.flatten_up_to(axes_tree) if axes_tree is not None else [None] * len(leaves)
-    v_row, v_col, v, m = [], [], [], []
-    for (path, p), ax in zip(leaves, axes):
-      shape = tuple(p.shape)
-      plan = _plan(shape, ax, jax.tree_util.keystr(path), factored, min_dim_size_to_factor, factor_rules)
-      names = _axis_names(ax, len(shape), jax.tree_util.keystr(path)) or (None,) * len(shape)
+    slots = {s: [] for s in SLOTS}
+    for (path, x), ax, pl in zip(leaves, axes, plan_list):
+      names = _axis_names(ax, x.ndim, jax.tree_util.keystr(path)) or (None,) * x.ndim
       full = PartitionSpec(*names)
-      if plan.factored:
-        v_row.append(PartitionSpec(*_without(names, plan.col)))
-        v_col.append(PartitionSpec(*_without(names, plan.row)))
-        v.append(PartitionSpec())
+      if pl.factored:
+        slots['v_row'].append(PartitionSpec(*_without(names, pl.col)))
+        slots['v_col'].append(PartitionSpec(*_without(names, pl.row)))
+        slots['v'].append(PartitionSpec())
       else:
-        v_row.append(PartitionSpec())
-        v_col.append(PartitionSpec())
-        v.append(full)
-      m.append(full if beta1 is not None else PartitionSpec())
-    trees = [jax.tree.unflatten(treedef, x) for x in (v_row, v_col, v, m)]
+        slots['v_row'].append(PartitionSpec())
+        slots['v_col'].append(PartitionSpec())
+        slots['v'].append(full)
+      slots['m'].append(full if beta1 is not None else PartitionSpec())
+    trees = [jax.tree.unflatten(treedef, slots[s]) for s in SLOTS]
     return AdafactorState(PartitionSpec(), *trees)
 
-  return Optimizer(optax.GradientTransformation(init, update), state_axes)
+  return AdafactorOptimizer(optax.GradientTransformation(init, update), state_axes, plans, beta1 is not None)

@@ -199,19 +199,24 @@ def test_schedules_match_t5x_formulas():
   np.testing.assert_allclose(float(shifted(1400)), 1 / 20, rtol=1e-6)
 
 
-def test_scanned_state_is_the_stacked_unscanned_state():
-  """[layers, embed, joined_kv] with embed > joined_kv: rows are joined_kv per layer, exactly as unscanned."""
+def test_scanned_state_follows_logical_names_and_converts_from_unscanned():
+  """[layers, embed, joined_kv] with embed > joined_kv: t5x factors by names (rows = embed) where the unscanned
+  layers use the size heuristic (rows = joined_kv); the updates agree and convert_state maps one to the other."""
   rng = np.random.default_rng(5)
   x = rng.standard_normal((2, 10, 6)).astype(np.float32)
   g = rng.standard_normal((2, 10, 6)).astype(np.float32)
   scanned = adafactor(0.1, min_dim_size_to_factor=4, param_axes={'k': P('layers', 'embed', 'joined_kv')})
   u, state = scanned.update({'k': g}, scanned.init({'k': x}), {'k': x})
-  flat = adafactor(0.1, min_dim_size_to_factor=4, param_axes={f'l{i}': P('embed', 'joined_kv') for i in range(2)})
+  flat_axes = {f'l{i}': P('embed', 'joined_kv') for i in range(2)}
+  flat = adafactor(0.1, min_dim_size_to_factor=4, param_axes=flat_axes)
   params = {f'l{i}': x[i] for i in range(2)}
   u_flat, state_flat = flat.update({f'l{i}': g[i] for i in range(2)}, flat.init(params), params)
-  assert state.v_row['k'].shape == (2, 6)
+  assert state.v_row['k'].shape == (2, 10) and state_flat.v_row['l0'].shape == (6,)
+  # The rank-1 estimate v_row v_col / mean(v_row) does not depend on which axis is called the row.
+  np.testing.assert_allclose(u['k'], np.stack([u_flat[f'l{i}'] for i in range(2)]), rtol=1e-5)
+  stack = lambda tree: {'k': np.stack([tree['l0'], tree['l1']])}
+  converted = scanned.convert_state(jax.tree.map(np.asarray, state_flat), params, flat_axes, {'k': x},
+                                    {'k': P('layers', 'embed', 'joined_kv')}, restack=stack)
   for field in ('v_row', 'v_col'):
-    per_layer = [getattr(state_flat, field)[f'l{i}'] for i in range(2)]
-    np.testing.assert_allclose(getattr(state, field)['k'], np.stack(per_layer), rtol=1e-6)
-  np.testing.assert_allclose(u['k'], np.stack([u_flat[f'l{i}'] for i in range(2)]), rtol=1e-6)
-  assert scanned.state_logical_axes({'k': x}).v_row['k'] == P('layers', 'joined_kv')
+    np.testing.assert_allclose(getattr(converted, field)['k'], getattr(state, field)['k'], rtol=1e-5)
+  assert scanned.state_logical_axes({'k': x}).v_row['k'] == P('layers', 'embed')
