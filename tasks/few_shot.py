@@ -2,7 +2,9 @@
 
 A few-shot source yields the prompt in pieces: `prefix` (instruction; may be empty), `exemplars`
 (solved examples in the order they may be used, each ending with its separator) and `query` (the
-example itself with its answer cue, e.g. `...\\nA:`). `fit_exemplars`, a seqio preprocessor placed
+example itself with its answer cue, e.g. `...\\nA:`); optionally their token counts
+`exemplar_lengths` and `fixed_length` (prefix + query), which saves tokenizing them again.
+`fit_exemplars`, a seqio preprocessor placed
 before tokenization, joins `prefix + exemplars[:k] + query` with the largest `k` whose tokens (plus
 EOS) fit `sequence_length['inputs']` (seqio passes the run's TASK_FEATURE_LENGTHS to preprocessors
 that ask for it) and `max_tokens`. Exemplars are dropped from the end, as the MMLU reference
@@ -15,7 +17,7 @@ from typing import Mapping, Optional
 
 import seqio
 
-FEW_SHOT_FEATURES = ('prefix', 'exemplars', 'query')
+FEW_SHOT_FEATURES = ('prefix', 'exemplars', 'query', 'exemplar_lengths', 'fixed_length')
 ON_OVERFLOW = ('raise', 'keep')
 
 
@@ -52,8 +54,11 @@ def fit_exemplars(dataset, sequence_length=None, output_features=None, max_token
     if budget is None:
       out['inputs'] = prompt(tf.size(exemplars))
       return out
-    fixed = size(ex['prefix']) + size(ex['query'])
-    lengths = tf.map_fn(size, exemplars, fn_output_signature=tf.int32)
+    if 'exemplar_lengths' in ex:  # counted by the source already
+      fixed, lengths = ex['fixed_length'], tf.reshape(ex['exemplar_lengths'], [-1])
+    else:
+      fixed = size(ex['prefix']) + size(ex['query'])
+      lengths = tf.map_fn(size, exemplars, fn_output_signature=tf.int32)
     # Token counts add up exactly when pieces end at a newline in lossless mode; otherwise the
     # estimate is checked on the joined text and exemplars are dropped until it fits.
     k = tf.reduce_sum(tf.cast(fixed + tf.cumsum(lengths) <= budget, tf.int32))

@@ -192,7 +192,8 @@ class SpecSource(seqio.DataSource):
       return tf.data.Dataset.from_generator(
           lambda: (examples.pieces(int(i)) for i in order),
           output_signature={'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text,
-                            'targets': text})
+                            'targets': text, 'exemplar_lengths': tf.TensorSpec([None], tf.int32),
+                            'fixed_length': tf.TensorSpec([], tf.int32)})
     if isinstance(examples, list):
       return tf.data.Dataset.from_tensor_slices({
           'inputs': tf.constant([examples[i][0] for i in order], tf.string, shape=[len(order)]),
@@ -240,16 +241,17 @@ class _FewShot:
   def pieces(self, i: int) -> Dict[str, Any]:
     """Example i for `few_shot.fit_exemplars`: the drawn exemplars (each ending with the separator),
     the query and the targets; the run's input length may drop exemplars later, never the query."""
-    _, targets, (texts, inputs) = self._draw(i, trim=False)
+    _, targets, (texts, inputs, lengths, query_length) = self._draw(i, trim=False)
     sep = templates_lib.EXEMPLAR_SEPARATOR
-    return {'prefix': '', 'exemplars': [x + sep for x in texts], 'query': inputs, 'targets': targets}
+    return {'prefix': '', 'exemplars': [x + sep for x in texts], 'query': inputs, 'targets': targets,
+            'exemplar_lengths': lengths, 'fixed_length': query_length}  # token counts known here: saves work
 
-  def _draw(self, i: int, trim: bool = True) -> Tuple[str, str, Tuple[List[str], str]]:
+  def _draw(self, i: int, trim: bool = True) -> Tuple[str, str, Tuple[List[str], str, List[int], int]]:
     t = int(self._choice[i])
     inputs, targets = self._variant.templates[t].render(self._records[i])
     texts, lengths = self._exemplars(t)
     budget = self._spec.few_shot_budget
-    total = len(self._vocab.encode(inputs))
+    total = query_length = len(self._vocab.encode(inputs))
     rng = np.random.default_rng([self._spec.seed, records_lib.stable_int(self._split), i])
     chosen, tried = [], set()
     self_index = i if self._split == 'train' else -1
@@ -268,7 +270,8 @@ class _FewShot:
     while trim and not self._exact and chosen and len(self._vocab.encode(prompt)) > budget:
       chosen.pop()
       prompt = self._join(texts, chosen, inputs)
-    return prompt, targets, ([texts[j] for j in chosen], inputs)
+    return prompt, targets, ([texts[j] for j in chosen], inputs,
+                             [int(lengths[j]) + self._sep_len for j in chosen], query_length)
 
   @staticmethod
   def _join(texts: List[str], chosen: List[int], inputs: str) -> str:
