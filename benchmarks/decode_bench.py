@@ -40,7 +40,7 @@ def run_flanx(spec: dict) -> dict:
       step_fn = model_lib.make_step_fn(config, params)
       if mode == 'greedy':
         return decoding.greedy(step_fn, cache, batch, new_tokens, eos_id=-1)
-      return decoding.sample(step_fn, cache, batch, new_tokens, key, temperature=1.0, eos_id=-1)
+      return decoding.sample(step_fn, cache, batch, new_tokens, key, temperature=1.0, top_k=0, eos_id=-1)
     return jax.jit(predict)
 
   results = []
