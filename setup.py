@@ -39,6 +39,9 @@ setuptools.setup(
         'gpu': ['jax[cuda12]==0.10.2'],
         # Export verification reloads the folder with transformers (torch, CPU is enough).
         'hf': HF,
-        'test': HF + ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'],
+        # libtpu (the TPU compiler, paired with jax 0.10.2) lets tests and developer machines compile for TPU
+        # pods on CPU (flanx.train --topology=v4-64 --compile_only); its wheels are Linux-only.
+        'test': HF + ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0',
+                      "libtpu==0.0.42.1; sys_platform == 'linux'"],
     },
 )
