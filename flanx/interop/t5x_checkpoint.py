@@ -6,6 +6,8 @@ optimizer dict at the top level). Small arrays are stored inline; the others are
 dicts (driver zarr, gzip) whose kvstore path is relative to the checkpoint folder, e.g.
 `target.encoder.layers_0.attention.query.kernel`. Specs written on GCS use the gcs driver with a placeholder
 bucket: the bucket (and the driver: file locally, gcs for gs://) follow where the checkpoint is read from.
+A checkpoint reads only from its own folder: each spec must name a zarr array in a file/gcs/gfile kvstore by a
+relative path without `..` (no absolute path, URL or other driver), and no link may lead out of the folder.
 Newer t5x runs save with Orbax (`checkpoint_<step>/state/`): read with orbax's PyTree checkpointer, same tree.
 
 t5x's param names are flanx's canonical names. Also accepted: scanned layers (`encoder/layers/...` with a layer
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 from typing import Any, Mapping
 
@@ -35,6 +38,8 @@ from flanx.model.config import T5Config
 PyTree = Any
 _CHECKPOINT_FILE = 'checkpoint'
 _DUMMY_BUCKET = 't5x-dummy-bucket'
+_ARRAY_DRIVERS = ('zarr',)  # what t5x writes
+_KVSTORE_DRIVERS = ('file', 'gcs', 'gfile')  # what t5x reads (gfile: older runs)
 
 
 class T5XCheckpointError(ValueError):
@@ -100,31 +105,69 @@ def _is_spec(value: Any) -> bool:
   return isinstance(value, dict) and isinstance(value.get('driver'), str) and ('kvstore' in value or 'path' in value)
 
 
-def absolute_spec(spec: Mapping[str, Any], checkpoint_dir: str) -> dict[str, Any]:
-  """A TensorStore spec with its relative path resolved against `checkpoint_dir` (local or gs://)."""
-  spec = dict(spec)
-  kvstore = spec.get('kvstore')
-  kvstore = dict(kvstore) if isinstance(kvstore, dict) else {}
-  relative = kvstore.pop('path', None) or spec.pop('path', None)  # tensorstore<0.1.14 put `path` at the top
-  spec.pop('path', None)
+def _inside_path(path: Any, where: str) -> str:
+  """`path` as a relative folder name inside the checkpoint (no absolute path, `..`, scheme or empty name)."""
+  text = path if isinstance(path, str) else ''
+  normal = posixpath.normpath(text) if text else ''
+  if (not normal or normal == '.' or posixpath.isabs(text) or '\\' in text or ':' in text or '\0' in text
+      or '..' in text.split('/') or normal.startswith('..')):
+    raise T5XCheckpointError(f'{where}: TensorStore path {path!r} is not a path inside the checkpoint')
+  return normal + ('/' if text.endswith('/') else '')  # tensorstore refuses `./` and `//` in file paths
+
+
+def absolute_spec(spec: Mapping[str, Any], checkpoint_dir: str, where: str = 'array') -> dict[str, Any]:
+  """A TensorStore spec with its relative path resolved against `checkpoint_dir` (local or gs://).
+
+  Confined to the checkpoint: only zarr arrays in a file/gcs/gfile kvstore (what t5x writes and reads) whose path
+  is a relative name without `..`; the returned spec keeps only driver, dtype, metadata and transform, so
+  nothing else in the checkpoint's spec (other kvstores, wrapped specs, context) reaches tensorstore.
+  """
+  if spec.get('driver') not in _ARRAY_DRIVERS:
+    raise T5XCheckpointError(f'{where}: TensorStore driver {spec.get("driver")!r} is not read (t5x writes zarr '
+                             'arrays)')
+  kvstore = spec.get('kvstore', {})
+  if not isinstance(kvstore, dict):
+    raise T5XCheckpointError(f'{where}: kvstore {kvstore!r} is not read (t5x names a file or gcs kvstore and a '
+                             'path inside the checkpoint)')
+  if kvstore and kvstore.get('driver') not in _KVSTORE_DRIVERS:
+    raise T5XCheckpointError(f'{where}: kvstore driver {kvstore.get("driver")!r} is not read (t5x writes file or '
+                             'gcs kvstores)')
+  relative = kvstore.get('path') or spec.get('path')  # tensorstore<0.1.14 put `path` at the top
   if not relative:
-    raise T5XCheckpointError(f'TensorStore spec without a path: {spec}')
-  metadata = dict(spec.get('metadata') or {})
-  for key in ('chunks', 'compressor'):  # read whatever chunking/compression is on disk
-    metadata.pop(key, None)
-  spec['metadata'] = metadata
+    raise T5XCheckpointError(f'{where}: TensorStore spec without a path: {dict(spec)}')
+  relative = _inside_path(relative, where)
+  metadata = spec.get('metadata') or {}
+  if not isinstance(metadata, dict):
+    raise T5XCheckpointError(f'{where}: TensorStore metadata is not a dict: {metadata!r}')
+  out = {key: spec[key] for key in ('driver', 'dtype', 'transform') if key in spec}
+  # Read whatever chunking/compression is on disk.
+  out['metadata'] = {k: v for k, v in metadata.items() if k not in ('chunks', 'compressor')}
   match = re.fullmatch(r'gs://([^/]+)/?(.*)', checkpoint_dir)
   if match:
-    spec['kvstore'] = {'driver': 'gcs', 'bucket': match.group(1),
-                       'path': os.path.join(match.group(2), relative)}
+    out['kvstore'] = {'driver': 'gcs', 'bucket': match.group(1), 'path': posixpath.join(match.group(2), relative)}
   else:
-    spec['kvstore'] = {'driver': 'file', 'path': os.path.join(os.path.abspath(checkpoint_dir), relative)}
-  return spec
+    out['kvstore'] = {'driver': 'file', 'path': os.path.join(os.path.abspath(checkpoint_dir), relative)}
+  return out
+
+
+def _check_local_links(array_dir: str, checkpoint_dir: str, where: str) -> None:
+  """No symbolic link in or at `array_dir` may lead outside the checkpoint folder."""
+  root = os.path.realpath(checkpoint_dir)
+  inside = lambda path: os.path.commonpath([root, os.path.realpath(path)]) == root
+  paths = [array_dir]
+  for folder, names, files in os.walk(array_dir):
+    paths += [os.path.join(folder, name) for name in names + files]
+  for path in paths:
+    if not inside(path):
+      raise T5XCheckpointError(f'{where}: {path} links outside the checkpoint (to {os.path.realpath(path)})')
 
 
 def _read_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -> np.ndarray:
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  full = absolute_spec(spec, checkpoint_dir)
+  where = f'{checkpoint_dir}: {name}'
+  full = absolute_spec(spec, checkpoint_dir, where)
+  if full['kvstore']['driver'] == 'file':
+    _check_local_links(full['kvstore']['path'], checkpoint_dir, where)
   dtype = full.get('dtype') or (full.get('metadata') or {}).get('dtype')
   if dtype in ('uint16', '<u2'):
     raise T5XCheckpointError(f'{name}: uint16 array (t5x checkpoint version < 3 stored bfloat16 that way); '
