@@ -43,7 +43,7 @@ def evaluate(*,
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
   output_dir = output_dir or os.path.join(checkpoint_path.rstrip('/'), 'eval')
-  model = InferenceModel(checkpoint_path, config, batch_size)
+  model = InferenceModel(checkpoint_path, config, batch_size, return_all_decodes=False)  # metrics score the best
   evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=split, use_cached=use_cached_tasks, sequence_length=dict(task_feature_lengths),

@@ -51,6 +51,15 @@ def _encode(vocabulary: Any, texts: Sequence[str], length: int) -> np.ndarray:
   return rows
 
 
+def _encode_prompts(vocabulary: Any, texts: Sequence[str], max_decode_length: int) -> np.ndarray:
+  """Decoder prompts: token ids without EOS (t5x strips it), truncated to max_decode_length - 1, 0-padded."""
+  rows = np.zeros((len(texts), max_decode_length), np.int32)
+  for i, text in enumerate(texts):
+    ids = [t for t in vocabulary.encode(text) if t != vocabulary.eos_id][:max_decode_length - 1]
+    rows[i, :len(ids)] = ids
+  return rows
+
+
 def _task_records(name: str, split: str, lengths: Mapping[str, int], use_cached: bool,
                   num_examples: int | None) -> tuple[list[dict[str, str]], Any]:
   import seqio
@@ -81,8 +90,15 @@ def infer(*,
           input_file: str | None = None,
           vocabulary: Any = None,
           num_examples: int | None = None,
-          use_cached_tasks: bool = False) -> str:
-  """Generates predictions for a task split or a prompts file; returns the output file's path."""
+          use_cached_tasks: bool = False,
+          prompt_with_targets: bool = False) -> str:
+  """Generates predictions for a task split or a prompts file; returns the output file's path.
+
+  Each line has the best decode ('prediction', 'score'); when decode_options give several decodes per input
+  (beam search, or sampling with num_decodes > 1) also all of them, best first ('predictions', 'scores').
+  prompt_with_targets (t5x's predict_batch_with_aux option): each record's target text is a decoder prompt the
+  decode continues; as in t5x, the prediction then starts with it.
+  """
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
   if input_file:
@@ -98,15 +114,21 @@ def infer(*,
     raise ValueError('set infer.input_file or infer.mixture_or_task_name')
   records = records[:num_examples] if num_examples is not None else records
   options = predict.decode_options()
-  model = InferenceModel(checkpoint_path, config, batch_size, **options)
+  model = InferenceModel(checkpoint_path, config, batch_size, **{**options, 'return_all_decodes': True})
+  several = predict.decodes_per_input(options) > 1
   path = os.path.join(output_dir, f"{name}-{options['mode']}.jsonl-00000-of-00001")
   lines = []
   for start in range(0, len(records), batch_size):
     chunk = records[start:start + batch_size]
     tokens = _encode(vocabulary, [r['inputs'] for r in chunk], task_feature_lengths['inputs'])
-    predictions, scores = model.predict(tokens, start // batch_size)
-    for record, ids, score in zip(chunk, predict.trim_at_eos(predictions), scores):
-      line = {'input': record['inputs'], 'prediction': vocabulary.decode(ids), 'score': float(score)}
+    prompt = (_encode_prompts(vocabulary, [r.get('targets', '') for r in chunk], options['max_decode_length'])
+              if prompt_with_targets else None)
+    predictions, scores = model.predict(tokens, start // batch_size, prompt)
+    for record, decodes, row_scores in zip(chunk, predict.trim_at_eos(predictions), scores):
+      texts = [vocabulary.decode(ids) for ids in decodes]
+      line = {'input': record['inputs'], 'prediction': texts[0], 'score': float(row_scores[0])}
+      if several:
+        line.update(predictions=texts, scores=[float(s) for s in row_scores])
       if 'targets' in record:
         line['target'] = record['targets']
       lines.append(line)

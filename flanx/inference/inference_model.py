@@ -30,11 +30,18 @@ class InferenceModel:
     return {k: jax.make_array_from_callback(v.shape, self.shardings.batch, lambda i, v=v: v[i])
             for k, v in batch.items()}
 
-  def predict(self, encoder_input_tokens: np.ndarray, batch_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded tokens [rows, max_decode_length] (EOS, then 0s) and scores, for up to batch_size rows."""
-    padded, n = data.pad_batch({'encoder_input_tokens': encoder_input_tokens}, self.batch_size)
+  def predict(self, encoder_input_tokens: np.ndarray, batch_index: int = 0,
+              prompt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded tokens [rows, max_decode_length] (EOS, then 0s) and scores, for up to batch_size rows.
+
+    With decode_options.return_all_decodes: [rows, n, max_decode_length] and [rows, n], best first. `prompt`
+    (int [rows, <= max_decode_length], 0-padded) is a target prefix each row's decode continues.
+    """
+    batch = {'encoder_input_tokens': encoder_input_tokens, **({'prompt': prompt} if prompt is not None else {})}
+    padded, n = data.pad_batch(batch, self.batch_size)
     with self.mesh, steps.activation_rules(self.shardings):
-      tokens, scores = self._predict(self.params, self._global(padded)['encoder_input_tokens'], batch_index)
+      arrays = self._global(padded)
+      tokens, scores = self._predict(self.params, arrays['encoder_input_tokens'], batch_index, arrays.get('prompt'))
     return np.asarray(tokens)[:n], np.asarray(scores)[:n]
 
   def score(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

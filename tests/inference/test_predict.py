@@ -150,3 +150,41 @@ def test_bad_decode_options_name_the_setting(options, message):
 def test_trim_at_eos():
   assert predict.trim_at_eos(np.array([[5, 6, 1, 0], [7, 0, 0, 0], [1, 0, 0, 0]])) == [[5, 6], [7], []]
   assert predict.trim_at_eos(np.array([[[5, 1, 0], [6, 7, 1]]])) == [[[5], [6, 7]]]
+
+
+def test_infer_lines_hold_every_decode_with_scores_and_continue_target_prompts(tmp_path):
+  import json
+  import gin
+  import seqio
+  from flanx.inference import infer
+  from flanx.training import checkpoints
+  config = T5Config(vocab_size=260, d_model=16, d_kv=4, num_heads=2, d_ff=16, num_encoder_layers=1,
+                    num_decoder_layers=1)
+  params = jax.device_get(model_lib.init_params(config, jax.random.key(0)))
+  checkpoints.write_params_checkpoint(str(tmp_path / 'run'), 0, params, {'step': 0})
+  prompts = tmp_path / 'prompts.jsonl'
+  prompts.write_text(json.dumps({'inputs': 'hello', 'targets': 'ab'}) + '\n' + json.dumps({'inputs': 'xyz'}) + '\n')
+  vocabulary = seqio.ByteVocabulary()
+  gin.clear_config()
+  try:
+    for key, value in (('mode', 'beam'), ('beam_size', 3), ('max_decode_length', 6)):
+      gin.bind_parameter(f'decode_options.{key}', value)
+    path = infer.infer(checkpoint_path=str(tmp_path / 'run'), output_dir=str(tmp_path / 'out'), batch_size=2,
+                       task_feature_lengths={'inputs': 8, 'targets': 6}, model_config=config,
+                       input_file=str(prompts), vocabulary=vocabulary, prompt_with_targets=True)
+  finally:
+    gin.clear_config()
+  lines = [json.loads(line) for line in open(path)]
+  tokens = np.zeros((2, 8), np.int32)
+  for i, text in enumerate(['hello', 'xyz']):
+    ids = vocabulary.encode(text) + [EOS]
+    tokens[i, :len(ids)] = ids
+  prompt = np.zeros((2, 6), np.int32)
+  prompt[0, :2] = vocabulary.encode('ab')
+  beams, scores = predict.make_predict_fn(config, mode='beam', beam_size=3, max_decode_length=6,
+                                          return_all_decodes=True)(params, jnp.asarray(tokens), 0, jnp.asarray(prompt))
+  for line, row_beams, row_scores in zip(lines, predict.trim_at_eos(beams), np.asarray(scores)):
+    assert line['predictions'] == [vocabulary.decode(ids) for ids in row_beams]
+    np.testing.assert_allclose(line['scores'], row_scores, rtol=1e-5)
+    assert line['prediction'] == line['predictions'][0] and line['score'] == line['scores'][0]
+  assert all(p.startswith('ab') for p in lines[0]['predictions'])  # the target prompt leads every beam
