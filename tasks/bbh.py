@@ -31,6 +31,7 @@ import seqio
 
 from tasks import few_shot
 from tasks import metrics
+from tasks import registrations
 from tasks import spec as spec_lib
 from tasks import vocab as vocab_lib
 
@@ -141,6 +142,7 @@ def prompts(task: str, mode: str, directory: Optional[str] = None) -> List[Tuple
 def _dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None, *, task: str, mode: str,
              directory: Optional[str]):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  registrations.check()  # a gin setting made after registration must not be ignored
   del split, shuffle_files, seed  # one fixed evaluation set, in file order
   pieces = prompt_pieces(task, mode, directory)
   text = tf.TensorSpec([], tf.string)
@@ -176,4 +178,4 @@ def register_bbh(directory: Optional[str] = None, tasks: Tuple[str, ...] = TASKS
   return names
 
 
-register_bbh()
+registrations.track(register_bbh)

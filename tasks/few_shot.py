@@ -4,8 +4,7 @@ A few-shot source yields the prompt in pieces: `prefix` (instruction; may be emp
 (solved examples in the order they may be used, each ending with its separator) and `query` (the
 example itself with its answer cue, e.g. `...\\nA:`); optionally their token counts
 `exemplar_lengths` and `fixed_length` (prefix + query), which saves tokenizing them again.
-`fit_exemplars`, a seqio preprocessor placed
-before tokenization, joins `prefix + exemplars[:k] + query` with the largest `k` whose tokens (plus
+`fit_exemplars`, a seqio preprocessor placed before tokenization, joins `prefix + exemplars[:k] + query` with the largest `k` whose tokens (plus
 EOS) fit `sequence_length['inputs']` (seqio passes the run's TASK_FEATURE_LENGTHS to preprocessors
 that ask for it) and `max_tokens`. Exemplars are dropped from the end, as the MMLU reference
 evaluation does. When even `prefix + query` does not fit: `on_overflow='raise'` stops with an error

@@ -31,6 +31,7 @@ import seqio
 
 from tasks import few_shot
 from tasks import metrics
+from tasks import registrations
 from tasks import spec as spec_lib
 from tasks import vocab as vocab_lib
 
@@ -149,6 +150,7 @@ def prompts(subject: str, split: str, directory: Optional[str] = None) -> List[T
 def _dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None, *, subject: str,
              directory: Optional[str], num_shots: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  registrations.check()  # a gin setting made after registration must not be ignored
   del shuffle_files, seed  # a fixed evaluation set, in file order
   pieces = prompt_pieces(subject, split, directory, num_shots)
   text = tf.TensorSpec([], tf.string)
@@ -183,4 +185,4 @@ def register_mmlu(directory: Optional[str] = None, subjects: Tuple[str, ...] = S
   return names + [f'{prefix}mmlu_direct']
 
 
-register_mmlu()
+registrations.track(register_mmlu)

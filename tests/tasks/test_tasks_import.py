@@ -40,8 +40,8 @@ def test_import_is_cheap_and_touches_only_python_modules(tmp_path):
   assert result['flanx'] == []
   assert result['mixtures'] == sorted([
       'cot_native', 'dolly_categories', 'flan2021_submix', 't0_submix', 'niv2_submix',
-      'cot_submix', 'dialog_submix', 'flan2022_submix', 'dolly_flan'])
-  assert result['tasks'] >= 1 + 8 + 1 + 36 + 14
+      'cot_submix', 'dialog_submix', 'flan2022_submix', 'dolly_flan', 'bbh_direct', 'bbh_cot', 'mmlu_direct'])
+  assert result['tasks'] >= 1 + 8 + 1 + 36 + 14 + 2 * 27 + 57
   network = [e for e in result['events'] if e[0] != 'open']
   assert network == []
   opened = [path for _, path in (e for e in result['events'] if e[0] == 'open')]
