@@ -23,8 +23,8 @@ from flanx.model.config import DECODER_START_ID, EOS_ID, PAD_ID, T5Config
 
 PyTree = Any
 
-# Activation names: flanx `T5Config.activation` <-> HF `feed_forward_proj`. flanx 'gated-gelu' is the tanh
-# approximation, which HF's 'gated-gelu' also uses (it maps it to gelu_new); plain 'gelu' is exact erf in both.
+# Activation names: flanx `T5Config.activation` <-> HF `feed_forward_proj`. flanx's GeLU is the tanh approximation
+# (t5x's), gated or not: HF maps 'gated-gelu' to gelu_new itself; for plain 'gelu' config.json says gelu_new.
 _ACTIVATION_TO_HF = {'gated-gelu': 'gated-gelu', 'gated-silu': 'gated-silu', 'gated-relu': 'gated-relu',
                      'relu': 'relu', 'gelu': 'gelu'}
 _ACTIVATION_FROM_HF = {v: k for k, v in _ACTIVATION_TO_HF.items()}
@@ -167,7 +167,7 @@ def hf_config_dict(config: T5Config, dtype: str = 'float32', **overrides) -> dic
       'num_decoder_layers': config.num_decoder_layers,
       'feed_forward_proj': proj,
       'is_gated_act': config.gated,
-      'dense_act_fn': 'gelu_new' if proj == 'gated-gelu' else act,
+      'dense_act_fn': 'gelu_new' if proj in ('gated-gelu', 'gelu') else act,
       'relative_attention_num_buckets': config.relpos_buckets,
       'relative_attention_max_distance': config.relpos_max_distance,
       'layer_norm_epsilon': config.layer_norm_eps,
@@ -197,6 +197,9 @@ def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
   proj = hf.get('feed_forward_proj', 'relu')
   if proj not in _ACTIVATION_FROM_HF:
     raise ValueError(f'feed_forward_proj {proj!r} is not supported (known: {sorted(_ACTIVATION_FROM_HF)})')
+  if proj == 'gelu' and hf.get('dense_act_fn', 'gelu') != 'gelu_new':
+    raise ValueError(f'feed_forward_proj "gelu" with dense_act_fn {hf.get("dense_act_fn", "gelu")!r} (exact erf '
+                     'GeLU) is not supported: flanx\'s gelu is the tanh approximation (gelu_new), as t5x')
   num_layers = hf.get('num_layers', 6)
   num_decoder_layers = hf.get('num_decoder_layers')
   # transformers 5.x writes scale_decoder_outputs; older configs only have tie_word_embeddings (default true).

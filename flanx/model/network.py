@@ -44,17 +44,41 @@ class LayerNorm(nn.Module):
     return (x32 * scale).astype(self.config.dtype)
 
 
+# jax's truncated normal is cut at ±2 standard deviations; dividing by its std keeps the intended variance (t5x's
+# variance_scaling(1.0, 'fan_in', 'truncated_normal')).
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
 class Dense(nn.Module):
-  """Bias-free projection; the kernel is [in, out] as in t5x."""
+  """Bias-free projection; the kernel is [in, out] as in t5x (truncated: t5x's truncated-normal init)."""
   features: int
   axes: tuple[str, str]
   init_std: float
   dtype: str
+  truncated: bool = False
+  lora: Any = None  # the model's LoraConfig: an adapter is added when it targets this projection
+  deterministic: bool = True  # LoRA dropout only
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(self, 'kernel', nn.initializers.normal(self.init_std), (x.shape[-1], self.features), self.axes)
-    return jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+    init = (nn.initializers.truncated_normal(self.init_std / _TRUNCATED_NORMAL_STD) if self.truncated
+            else nn.initializers.normal(self.init_std))
+    kernel = _param(self, 'kernel', init, (x.shape[-1], self.features), self.axes)
+    y = jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.lora is not None and self.lora.targets(self.scope.path):
+      return y + self._lora(x)
+    return y
+
+  def _lora(self, x: Array) -> Array:
+    """dropout(x)·A·B·(alpha/r) as PEFT: A kaiming-uniform (bound 1/sqrt(in)), B zero; sharded like the kernel."""
+    lora, fan_in = self.lora, x.shape[-1]
+    bound = fan_in ** -0.5
+    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    a = _param(self, 'lora_a', uniform, (fan_in, lora.rank), (self.axes[0], None))
+    b = _param(self, 'lora_b', nn.initializers.zeros, (lora.rank, self.features), (None, self.axes[1]))
+    x = nn.Dropout(lora.dropout)(x, deterministic=self.deterministic)
+    h = jnp.einsum('...d,dr->...r', x.astype(self.dtype), a.astype(self.dtype))
+    return jnp.einsum('...r,rf->...f', h, b.astype(self.dtype)) * jnp.asarray(lora.scale, self.dtype)
 
 
 class Embed(nn.Module):
@@ -70,8 +94,8 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.config.dtype)
 
   def attend(self, x: Array) -> Array:
-    """Logits against the embedding matrix (tied head)."""
-    return jnp.einsum('...d,vd->...v', x, self.embedding.astype(x.dtype))
+    """Float32 logits against the embedding matrix (tied head), as t5x's attend_dtype=float32."""
+    return jnp.einsum('...d,vd->...v', x.astype(jnp.float32), self.embedding)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
@@ -101,7 +125,7 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
     c = self.config
-    table = _param(self, 'rel_embedding', nn.initializers.normal(c.d_model ** -0.5),
+    table = _param(self, 'rel_embedding', nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),  # as t5x
                    (c.num_heads, c.relpos_buckets), ('heads', 'relpos_buckets'))
     relative = key_positions[:, None, :] - query_positions[:, :, None]
     buckets = relative_position_bucket(relative, self.bidirectional, c.relpos_buckets, c.relpos_max_distance)
@@ -123,7 +147,8 @@ class Attention(nn.Module):
   def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
                decode_index: Array | None = None) -> Array:
     c = self.config
-    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype)
+    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, lora=c.lora,
+                              deterministic=self.deterministic)
     split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
     q = split(dense(init_std=(c.d_model * c.d_kv) ** -0.5, name='query')(x))
     q = _constrain(q, ('batch', 'length', 'heads', 'kv'))
@@ -158,19 +183,22 @@ class Attention(nn.Module):
       scores = scores + bias
     scores = jnp.where(mask, scores, _NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
-    weights = nn.Dropout(c.dropout_rate)(weights, deterministic=self.deterministic).astype(c.dtype)
+    # t5x/flaxformer: one dropout mask per (batch, head, key), shared by all queries.
+    weights = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(weights, deterministic=self.deterministic)
+    weights = weights.astype(c.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     out = out.reshape(out.shape[:-2] + (c.inner_dim,))
-    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, name='out')(out)
+    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, lora=c.lora,
+                 deterministic=self.deterministic, name='out')(out)
 
 
-# Gated GeLU uses the tanh approximation (as Flan-T5 was trained); plain 'gelu' is the exact erf form.
+# GeLU is the tanh approximation, gated or not (t5x's `gelu` is flax's, approximate=True; Flan-T5 trained so).
 _ACTIVATIONS = {
     'gated-gelu': functools.partial(jax.nn.gelu, approximate=True),
     'gated-silu': jax.nn.silu,
     'relu': jax.nn.relu,
     'gated-relu': jax.nn.relu,
-    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+    'gelu': functools.partial(jax.nn.gelu, approximate=True),
 }
 
 
@@ -183,7 +211,8 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     act = _ACTIVATIONS[c.activation]
-    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype)
+    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True, lora=c.lora,
+                           deterministic=self.deterministic)
     if c.gated:
       h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
     else:
@@ -191,7 +220,8 @@ class MlpBlock(nn.Module):
     h = _constrain(h, ('batch', 'length', 'mlp'))
     # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
     h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
-    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, name='wo')(h)
+    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, lora=c.lora,
+                 deterministic=self.deterministic, name='wo')(h)
 
 
 def _dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
@@ -281,7 +311,7 @@ class Encoder(nn.Module):
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, EncoderLayer, c.num_encoder_layers, x, mask, bias, deterministic=deterministic)
     x = LayerNorm(c, name='encoder_norm')(x)
-    return _dropout(c, x, deterministic)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)  # element-wise here, as t5x's network
 
 
 class Decoder(nn.Module):
@@ -332,7 +362,9 @@ class Decoder(nn.Module):
     if c.tie_embeddings:
       logits = self.embedder.attend(x) * (c.d_model ** -0.5)
     else:
-      logits = Dense(c.vocab_size, ('embed', 'vocab'), c.d_model ** -0.5, c.dtype, name='logits_dense')(x)
+      # float32 logits for stability, as t5x (also in a bfloat16 model).
+      logits = Dense(c.vocab_size, ('embed', 'vocab'), c.d_model ** -0.5, 'float32', truncated=True,
+                     name='logits_dense')(x)
     return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 
 
