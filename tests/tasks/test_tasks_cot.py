@@ -91,6 +91,25 @@ def test_few_shot_trims_for_non_additive_vocabulary():
   assert all(len(plain.encode(few[i][0])) <= 300 for i in range(30))
 
 
+@pytest.mark.parametrize('dataset', ['aqua', 'gsm8k'])
+def test_few_shot_fits_the_run_inputs_length_and_keeps_the_question(vocabulary, dataset):
+  # Default budget (1920 tokens, Flan's few-shot cap) at a 512-token run: the prompt used to be filled
+  # far past 512 and seqio kept its start, cutting the question. Now the run's length decides.
+  cot.register_cot(str(COT_DIR), (dataset,), vocabulary=vocabulary, prefix='t_len_')
+  for answer in ('answer', 'reasoning'):
+    zero = seqio.get_mixture_or_task(f't_len_cot_{dataset}_zs_{answer}').source.render('train')
+    ds = seqio.get_dataset(f't_len_cot_{dataset}_fs_{answer}', {'inputs': 512, 'targets': 256},
+                           dataset_split='train', shuffle=False,
+                           feature_converter=seqio.PassThroughFeatureConverter())
+    shots = []
+    for i, ex in enumerate(ds.take(30).as_numpy_iterator()):
+      ids, query = list(ex['inputs']), vocabulary.encode(zero[i][0])
+      assert len(query) < 511 and len(ids) <= 512 and ids[-1] == 1
+      assert ids[-1 - len(query):-1] == query, i  # the question and its answer cue are whole
+      shots.append(vocabulary.decode(ids[:-1]).count(templates.EXEMPLAR_SEPARATOR))
+    assert np.mean(shots) >= 3  # exemplars still fill the room left
+
+
 def test_mixture_rates_are_capped_counts(names):
   mixture = seqio.get_mixture_or_task('t_cot_native')
   sizes = {d: len(file_rows(d)) for d in DATASETS}
