@@ -6,7 +6,9 @@ Files: `<dir>/<dataset>_train.tsv` with literal `\\n` escapes; the directory com
 Per dataset four tasks, `cot_<dataset>_<variant>`:
   zs_answer / zs_reasoning: zero-shot, target is the answer / the rationale then the answer;
   fs_answer / fs_reasoning: the same with exemplars of the same dataset in front (seeded draw,
-    never the example itself, added while the inputs stay within `few_shot_budget` tokens).
+    never the example itself, added while the inputs stay within `few_shot_budget` tokens, 1920 as
+    Flan's cap, and within the run's inputs length less EOS: exemplars are dropped, never the
+    question; `tasks.few_shot.fit_exemplars`).
 Mixture `cot_native`: all of them, examples-proportional with a per-task cap (100k, as Flan's CoT).
 """
 
