@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Proves every shipped recipe fits its TPU pod: compiles each recipe's train step for each pod it names.
+
+Every gin/recipes/*.gin names its pod(s) on a line `# tpu: v3-128` (several allowed). For each pair this runs
+`python -m flanx.train --gin_file=recipes/NAME.gin --topology=TPU --compile_only` (on this machine's CPU, with
+libtpu; nothing runs on a TPU) and writes the table (per-device memory, HBM, fits, compile seconds) into
+gin/recipes/README.md between its markers, with the date, commit and versions.
+
+  .venv/bin/python scripts/recipe_table.py            # every recipe; rewrites the table; exit 1 if one does not fit
+  .venv/bin/python scripts/recipe_table.py NAME ...   # only these recipes (file names); prints, writes nothing
+
+XXL and UL2 compiles take minutes each on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RECIPES = REPO_ROOT / 'gin' / 'recipes'
+README = RECIPES / 'README.md'
+START, END = '<!-- recipe-table:start (scripts/recipe_table.py writes this part) -->', '<!-- recipe-table:end -->'
+GIB = 2 ** 30
+# Compile-only needs the run's required macros; nothing is read from or written to these.
+PLACEHOLDERS = ["--gin.MODEL_DIR='/nonexistent/compile-only'"]
+
+
+def recipe_targets(path: pathlib.Path) -> list[str]:
+  """The pods a recipe names on its `# tpu: ACCELERATOR` lines."""
+  return re.findall(r'^#\s*tpu:\s*([\w-]+)\s*$', path.read_text(encoding='utf-8'), flags=re.MULTILINE)
+
+
+def compile_recipe(path: pathlib.Path, accelerator: str, workdir: pathlib.Path) -> dict:
+  """Runs the compile-only check of one recipe on one pod; returns its JSON report (or an error row)."""
+  report = workdir / f'{path.stem}.{accelerator}.json'
+  argv = [sys.executable, '-m', 'flanx.train', f'--gin_file=recipes/{path.name}', *PLACEHOLDERS,
+          f'--topology={accelerator}', '--compile_only', f'--compile_report={report}']
+  start = time.perf_counter()
+  proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  sys.stdout.write(proc.stdout)
+  if proc.returncode not in (0, 3) or not report.exists():
+    error = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+    print(f'{path.name} on {accelerator}: error (exit {proc.returncode}): {error}', file=sys.stderr)
+    return {'recipe': path.name, 'accelerator': accelerator, 'error': error, 'wall_seconds': seconds}
+  result = json.loads(report.read_text())
+  result.update(recipe=path.name, wall_seconds=seconds)
+  return result
+
+
+def table(rows: list[dict]) -> str:
+  """The markdown table of the compile reports."""
+  lines = ['| recipe | TPU | topology | devices (hosts) | mesh | remat / fsdp / scan | per-device GiB | usable HBM GiB '
+           '(nominal) | fits | headroom GiB | compile s |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    if 'error' in r:
+      lines.append(f'| {r["recipe"]} | {r["accelerator"]} | | | | | | | error: {r["error"]} | | |')
+      continue
+    levers = r['levers']
+    mesh = ' × '.join(f'{k} {v}' for k, v in r['mesh'].items())
+    lines.append(
+        f'| {r["recipe"]} | {r["accelerator"]} | {r["topology"]} | {r["num_devices"]} ({r["num_hosts"]}) | {mesh} | '
+        f'{levers["remat"]} / {"yes" if levers["fsdp"] else "no"} / {"yes" if levers["scan_layers"] else "no"} | '
+        f'{r["per_device_bytes"]["total"] / GIB:.2f} | {r["usable_hbm_bytes_per_device"] / GIB:.2f} '
+        f'({r["hbm_bytes_per_device"] / GIB:g}) | {"yes" if r["fits"] else "**no**"} | '
+        f'{r["headroom_bytes"] / GIB:.2f} | {r["compile_seconds"]:.0f} |')
+  return '\n'.join(lines)
+
+
+def provenance() -> str:
+  """Date, commit and versions the table was made with."""
+  git = lambda *a: subprocess.run(['git', '-C', str(REPO_ROOT), *a], capture_output=True, text=True).stdout.strip()
+  commit = git('rev-parse', '--short', 'HEAD') or 'unknown'
+  if git('status', '--porcelain', '--', 'gin', 'flanx'):
+    commit += ' with uncommitted changes to gin/ or flanx/'
+  from importlib import metadata
+  version = lambda name: metadata.version(name) if _installed(name) else 'not installed'
+  date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  return (f'Generated {date} by `python scripts/recipe_table.py` at commit {commit} (jax {version("jax")}, '
+          f'libtpu {version("libtpu")}), compiling on this machine\'s CPU for each pod.')
+
+
+def _installed(name: str) -> bool:
+  from importlib import metadata
+  try:
+    metadata.version(name)
+    return True
+  except metadata.PackageNotFoundError:
+    return False
+
+
+def write_readme(text: str) -> None:
+  """Replaces the part of gin/recipes/README.md between the markers."""
+  readme = README.read_text(encoding='utf-8')
+  if START not in readme or END not in readme:
+    raise SystemExit(f'{README} lacks the markers {START} ... {END}')
+  head, rest = readme.split(START, 1)
+  _, tail = rest.split(END, 1)
+  README.write_text(f'{head}{START}\n{text}\n{END}{tail}', encoding='utf-8')
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Compiles the recipes; returns 0 when every one fits."""
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('recipes', nargs='*', help='recipe file names (default: all, and the README is rewritten)')
+  args = parser.parse_args(argv)
+  paths = [RECIPES / name for name in args.recipes] or sorted(RECIPES.glob('*.gin'))
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for path in paths:
+      if not path.is_file():
+        raise SystemExit(f'no such recipe: {path}')
+      targets = recipe_targets(path)
+      if not targets:
+        rows.append({'recipe': path.name, 'accelerator': '?', 'error': 'no `# tpu: ACCELERATOR` line'})
+      for accelerator in targets:
+        rows.append(compile_recipe(path, accelerator, pathlib.Path(tmp)))
+  text = f'{provenance()}\n\n{table(rows)}'
+  print(text)
+  if not args.recipes:
+    write_readme(text)
+  return 0 if all(r.get('fits') for r in rows) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
