@@ -7,17 +7,26 @@ data position); SIGTERM checkpoints and exits 0; a non-finite loss exits 1 with 
 import sys
 from typing import Sequence
 
-from flanx import gin_config as gin_utils
-from flanx.training import runtime, loop as trainer
+from flanx.training import stop_signal
+
+if __name__ == '__main__':
+  stop_signal.install()  # before the heavy imports: a SIGTERM while starting up means "stop cleanly"
+
+from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.training import checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (t5x flags)."""
   try:
     result = gin_utils.run(trainer.train, __doc__.splitlines()[0], argv)
-  except trainer.NonFiniteLossError as e:
+  except (trainer.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     return 1
+  except (gin_utils.GinConfigError, run_checks.RunConfigError, run_lease.LeaseHeldError,
+          checkpoints.CheckpointRestoreError) as e:  # bad settings or a busy/damaged run folder: one message
+    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    return 2
   if runtime.is_first_host():
     print(f"Training {result['status']} at step {result['step']}.", flush=True)
   return 0

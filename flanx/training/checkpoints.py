@@ -3,19 +3,40 @@
 Orbax writes each step into a temporary folder and renames it when complete, so a crash (or kill -9) mid-save
 never leaves a visible half-written checkpoint; the next start resumes from the newest complete one. The input
 pipeline's position is written *before* the step's checkpoint is committed, so every visible checkpoint has it.
+
+Each checkpoint's meta records a checksum per array (flanx.training.checksums), verified whenever it is restored
+(resume, export): a damaged newest checkpoint is moved to MODEL_DIR/damaged/ and the run resumes from the
+previous intact one, loudly; with none intact it stops. A background save that fails (disk full) is reported
+by `check_for_errors()` at the next step, not at the next save.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
+from flanx.training import checksums
+
 PyTree = Any
 _PREFIX = 'checkpoint'
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A checkpoint (or its data position) cannot be read; the message names the file and what to do."""
+
+
+class ChecksumMismatchError(CheckpointRestoreError):
+  """Restored arrays differ from the checksums recorded when the checkpoint was written (damaged files)."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """A (background) checkpoint save failed; the previous checkpoints are untouched."""
 
 
 def _data_state_prefix(model_dir: str, step: int) -> str:
@@ -27,8 +48,11 @@ class RunCheckpoints:
 
   def __init__(self, model_dir: str, keep: int | None = 3, async_save: bool = True):
     self.model_dir = model_dir
+    # cleanup_tmp_directories: a save killed mid-write leaves checkpoint_<step>.orbax-checkpoint-tmp; the
+    # run folder's lease guarantees no other writer owns it, so the next start removes it.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=_PREFIX, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._pending: int | None = None  # step of the save that may still be running in the background
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -36,9 +60,13 @@ class RunCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict, data_iterator=None) -> None:
-    """Starts an (async) save of `step`; the data position is written first, synchronously."""
+    """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
+    self.check_for_errors()
+    meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params),
+                                  'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
       data_iterator.save(_data_state_prefix(self.model_dir, step))
+    self._pending = step
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)), force=True)
@@ -53,25 +81,149 @@ class RunCheckpoints:
       if name.startswith(_PREFIX + '_') and int(name.split('_')[-1]) < keep_from:
         tf.io.gfile.rmtree(os.path.join(root, name))
 
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError at once if a background save failed (cheap: call it every step)."""
+    if self._pending is None or self._manager.is_saving_in_progress():
+      return
+    self._wait()
+
+  def _wait(self) -> None:
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      kept = [s for s in self._manager.all_steps() if s != step]
+      previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
+      raise CheckpointWriteError(f'saving {self.model_dir}/{_PREFIX}_{step} failed: {type(e).__name__}: {e}. '
+                                 f'Training stopped; the newest intact checkpoint is {previous}. Free space (or '
+                                 'fix the storage error) and rerun the same command to resume from it.') from e
+
+  def read_meta(self, step: int) -> dict:
+    """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""
+    return read_meta(os.path.join(self.model_dir, f'{_PREFIX}_{step}'))
+
   def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree) -> tuple[PyTree, PyTree, dict]:
-    """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata."""
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore()))
+    """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata, verified
+    against the checksums recorded at save (ChecksumMismatchError when they differ)."""
+    where = f'{self.model_dir}/{_PREFIX}_{step}'
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointRestoreError(
+          f'cannot restore {where} (params/, opt_state/ or meta/): {type(e).__name__}: {e}. If the model or '
+          f'optimizer settings changed, use the ones it was written with (see {where}/meta) or a new MODEL_DIR; '
+          f'if the checkpoint is damaged, move it aside (e.g. into {self.model_dir}/damaged/) to resume from the '
+          'previous one.') from e
+    recorded = out['meta'].get('checksums', {})
+    for item in ('params', 'opt_state'):
+      if item in recorded:
+        _verify(recorded[item], out[item], f'{where}/{item}')
     return out['params'], out['opt_state'], out['meta']
+
+  def restore_newest_intact(self, abstract_params: PyTree, abstract_opt_state: PyTree,
+                            log: Callable[[str], None] = print) -> tuple[int, PyTree, PyTree, dict] | None:
+    """(step, params, opt_state, meta) of the newest checkpoint that passes its checksums, or None when the run
+    has no checkpoint. Damaged newer ones are moved to MODEL_DIR/damaged/ (loudly); with none intact, raises."""
+    damaged: list[tuple[int, ChecksumMismatchError]] = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        params, opt_state, meta = self.restore(step, abstract_params, abstract_opt_state)
+      except ChecksumMismatchError as e:
+        log(f'WARNING: {e}')
+        damaged.append((step, e))
+        continue
+      for bad, _ in damaged:
+        moved = self._set_aside(bad)
+        log(f'WARNING: {_PREFIX}_{bad} is damaged and was moved to {moved}; resuming from the previous intact '
+            f'checkpoint, {self.model_dir}/{_PREFIX}_{step}: steps {step + 1}..{bad} will be trained again.')
+      return step, params, opt_state, meta
+    if damaged:
+      names = ', '.join(f'{_PREFIX}_{s}' for s, _ in damaged)
+      raise ChecksumMismatchError(f'every checkpoint in {self.model_dir} is damaged ({names}); nothing was '
+                                  'changed. Restore them from a backup, or start over in a new MODEL_DIR '
+                                  '(INITIAL_CHECKPOINT_PATH can point at a checkpoint you trust).')
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint_<step> (and its data position) into MODEL_DIR/damaged/; deletes it where folders cannot
+    be renamed (object stores)."""
+    import tensorflow as tf  # gfile: local or gs://
+    source = os.path.join(self.model_dir, f'{_PREFIX}_{step}')
+    target = os.path.join(self.model_dir, 'damaged', f'{_PREFIX}_{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      try:
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.rename(source, target)
+      except (tf.errors.OpError, OSError):
+        self._manager.delete(step)
+        target = 'nowhere (deleted: this storage cannot rename folders)'
+      data_state = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
+      if tf.io.gfile.isdir(data_state):
+        tf.io.gfile.rmtree(data_state)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'flanx_set_aside_{step}')
+    self._manager.reload()
+    return target
+
+  def restore_data_position(self, iterator, step: int, batches_read: int, use_saved: bool = True) -> None:
+    """Moves `iterator` past the `batches_read` batches of checkpoint `step`: from its saved data position, or
+    (use_saved=False, or none saved) by re-reading and skipping them. A bad position file names itself."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    prefix = self.data_state_prefix(step) if use_saved else None
+    try:
+      iterator.restore(prefix, batches_read)
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      raise CheckpointRestoreError(
+          f'cannot read the data position of {self.model_dir}/{_PREFIX}_{step} ({prefix}.index / .data-*): '
+          f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}. To resume without it, rerun with '
+          f'--gin.train.restore_data=False: the input pipeline then re-reads and skips the {batches_read} batches '
+          'already used (the same data order for an unchanged pipeline; a slower start).') from e
 
   def data_state_prefix(self, step: int) -> str:
     """Where the data position of `step` was saved (may not exist for non-serializable pipelines)."""
     return _data_state_prefix(self.model_dir, step)
 
   def wait(self) -> None:
-    """Blocks until pending async saves are committed."""
-    self._manager.wait_until_finished()
+    """Blocks until pending async saves are committed (CheckpointWriteError if one failed)."""
+    self._wait()
 
   def close(self) -> None:
-    """Waits for pending saves and releases resources."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases resources (CheckpointWriteError if a save failed)."""
+    try:
+      self._wait()
+    finally:
+      self._manager.close()
+
+
+def _verify(recorded: dict, tree: PyTree, where: str) -> None:
+  """Raises ChecksumMismatchError naming the arrays of `tree` whose checksums differ from `recorded`."""
+  bad = checksums.mismatches(recorded, checksums.tree_checksums(tree))
+  if bad:
+    shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    raise ChecksumMismatchError(f'{where}: {len(bad)} array(s) differ from the checksums recorded when the '
+                                f'checkpoint was written ({shown}): its files are damaged.')
+
+
+def read_meta(checkpoint_dir: str) -> dict:
+  """checkpoint_<step>/meta as a dict ({} when absent)."""
+  import tensorflow as tf  # gfile: local or gs://
+  path = os.path.join(checkpoint_dir, 'meta', 'metadata')
+  if not tf.io.gfile.exists(path):
+    return {}
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise CheckpointRestoreError(f'{path} is not valid JSON ({e}): the checkpoint is damaged; move '
+                                 f'{checkpoint_dir} aside to use the previous one.') from None
+
+
+def saved_config(path: str) -> str | None:
+  """The gin config a checkpoint was written with (run folder: newest checkpoint), or None if not recorded."""
+  return read_meta(locate(path)[0]).get('config_gin')
 
 
 def locate(path: str) -> tuple[str, str, int]:
@@ -112,19 +264,25 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
   `target`: the params' ShapeDtypeStructs with shardings (steps.with_shardings), or None to restore every array
   whole onto `device` (default: the first local device; the CPU for export), whatever mesh wrote it.
   """
-  item = _local_or_remote(os.path.join(locate(path)[0], 'params'))
+  checkpoint_dir = locate(path)[0]
+  item = _local_or_remote(os.path.join(checkpoint_dir, 'params'))
   with ocp.StandardCheckpointer() as checkpointer:
     if target is None:
       one_device = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
       metadata = checkpointer.metadata(item)
       tree = getattr(metadata, 'item_metadata', metadata)
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), tree)
-    return checkpointer.restore(item, target)
+    params = checkpointer.restore(item, target)
+  recorded = read_meta(checkpoint_dir).get('checksums', {}).get('params')
+  if recorded:
+    _verify(recorded, params, f'{checkpoint_dir}/params')
+  return params
 
 
 def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: dict) -> None:
   """A params-only checkpoint RUN/checkpoint_<step>/{params, meta} (e.g. an import), written synchronously."""
   options = ocp.CheckpointManagerOptions(step_prefix=_PREFIX, create=True, enable_async_checkpointing=False)
+  meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params)}}
   with ocp.CheckpointManager(_local_or_remote(run_dir), options=options, item_names=('params', 'meta')) as manager:
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()

@@ -60,8 +60,11 @@ def _tree_checksums(tree: PyTree) -> PyTree:
 def tree_checksums(tree: PyTree) -> dict[str, str]:
   """{path: 'dtype[shape]:16 hex digits'} for every array leaf of `tree` (jax or numpy arrays)."""
   leaves = jax.tree_util.tree_leaves_with_path(tree)
-  arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in leaves]
-  sums = _tree_checksums(arrays)
+  arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for _, x in leaves]
+  if all(isinstance(x, jax.Array) for x in arrays):
+    sums = _tree_checksums(arrays)  # one program for the whole tree, on the devices holding it
+  else:  # host arrays (e.g. an import): one at a time, so at most one extra copy exists on the device
+    sums = [_tree_checksums([jnp.asarray(x)])[0] for x in arrays]
   out = {}
   for (path, _), x, pair in zip(leaves, arrays, sums):
     first, second = (int(v) for v in np.asarray(jax.device_get(_replicated(pair))))

@@ -21,7 +21,8 @@ from flanx import gin_config
 from flanx.interop import load_params
 from flanx.model import flops, network
 from flanx.model.config import T5Config
-from flanx.training import adafactor, checkpoints, data, partitioning, runtime, schedules, steps
+from flanx.training import adafactor, checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import start_step, steps, stop_signal
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -59,6 +60,9 @@ def train(*,
           learning_rate_schedule: Any = None,
           optimizer: Callable[..., Optimizer] | None = None,
           initial_checkpoint_path: str | None = None,
+          relative_steps: int | None = None,
+          continue_step: bool | None = None,
+          restore_optimizer_state: bool = False,
           checkpoint_period: int = 1000,
           keep_checkpoints: int | None = 3,
           async_checkpointing: bool = True,
@@ -77,31 +81,68 @@ def train(*,
           log_every: int = 10,
           progress_bar: bool = True,
           inject_nan_at_step: int | None = None,
+          restore_data: bool = True,
+          already_done_ok: bool = False,
+          take_over_stale_lease: bool = False,
           run_name: str = 'train') -> dict:
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
 
   `optimizer` is a factory `(learning_rate=schedule, param_axes=axes) -> Optimizer` (default: t5x's Adafactor).
+  Steps follow t5x (flanx.training.start_step): from a t5x initial checkpoint the step continues from the
+  checkpoint's and TRAIN_STEPS is absolute (`continue_step`, `relative_steps`); `restore_optimizer_state` also
+  continues its Adafactor state (default: fresh).
+  Before any work the settings are checked, MODEL_DIR's lease taken (`take_over_stale_lease`: replace the lease of
+  a run that stopped heart-beating) and the newest checkpoint's recorded settings compared with these; config.gin
+  and the logs are written only once all of that passed. `restore_data=False` resumes without the saved data
+  position (re-reading and skipping the batches used); `already_done_ok` accepts TRAIN_STEPS <= the restored step.
   """
+  arguments = dict(locals())
+  stop_signal.install()  # from here a SIGTERM means "stop cleanly" (the command line installs it even earlier)
   config = model_config or T5Config()
+  run_checks.check_args(arguments, run_checks.TRAIN_ARG_RULES)
   data.import_task_modules(mixture_or_task_module)
+  run_checks.check_task_name(mixture_or_task_name)
   settings = DataSettings(mixture_or_task_name, task_feature_lengths, batch_size, pack, shuffle, data_seed,
                           use_cached_tasks)
-  if runtime.is_first_host():
-    gin_config.write_config(model_dir)
   schedule = learning_rate_schedule or schedules.constant()
-  # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
-  tx = (optimizer or adafactor.adafactor)(learning_rate=schedule, param_axes=network.logical_axes(config))
+  start = start_step.plan_start(initial_checkpoint_path, train_steps, relative_steps, continue_step,
+                                restore_optimizer_state, gin_config.binding_source('train', 'train_steps'))
+  train_steps = start.train_steps  # absolute
+
+  def make_optimizer(schedule_offset: int) -> Optimizer:
+    # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
+    return (optimizer or adafactor.adafactor)(learning_rate=start_step.shifted_schedule(schedule, schedule_offset),
+                                              param_axes=network.logical_axes(config))
+
+  tx = make_optimizer(0)  # for shapes and shardings; rebuilt below once the schedule offset is known
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
+  run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
   shardings = steps.make_shardings(config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
-  ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
-  writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar)
+  folder = _RunFolder(model_dir, take_over_stale_lease)
+  ckpts = writer = None
   try:
+    ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
+    signature = run_checks.run_signature(config, batch_size, task_feature_lengths, mixture_or_task_name, pack)
+    _check_existing_run(ckpts, signature, train_steps, restore_data, already_done_ok)
     state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, initial_checkpoint_path, seed,
-                                                    writer)
+                                                    _log, start)
+    # A fresh optimizer's count lags the absolute step by the start step; the schedule sees the absolute step.
+    schedule_offset = ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None else (
+        start.schedule_offset)
+    tx = make_optimizer(schedule_offset) if schedule_offset else tx
     iterator = data.CheckpointableIterator(settings.dataset('train'))
     if batches_read:
-      iterator.restore(ckpts.data_state_prefix(resumed), batches_read)
-    saver = _Saver(ckpts, iterator, {'seed': seed, 'data_seed': data_seed}, resumed)
+      ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=restore_data)
+    if runtime.PreemptionFlag().is_set():
+      _log(f'SIGTERM during setup: stopping cleanly before training, at step {int(state.step)} (nothing to save).')
+      return {'step': int(state.step), 'status': 'preempted'}
+    if runtime.is_first_host():
+      gin_config.write_config(model_dir)  # only now: a start that failed its checks leaves the old one intact
+    writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar,
+                           resume_step=resumed or 0)
+    meta = {'seed': seed, 'data_seed': data_seed, 'run': signature, 'config_gin': gin.config_str(),
+            'schedule_offset': schedule_offset}
+    saver = _Saver(ckpts, iterator, meta, resumed, folder)
     loss_config = steps.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
     with mesh, steps.activation_rules(shardings):
       train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches, dropout_seed=seed,
@@ -112,36 +153,116 @@ def train(*,
                  'checkpoint_period': checkpoint_period}
       return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, model_dir)
   finally:
-    ckpts.close()
-    writer.close()
+    try:
+      if ckpts is not None:
+        ckpts.close()
+    finally:
+      if writer is not None:
+        writer.close()
+      folder.release(started=writer is not None)
+
+
+def _log(message: str) -> None:
+  if runtime.is_first_host():
+    print(message, flush=True)
+
+
+class _RunFolder:
+  """MODEL_DIR for one start: its lease (held by the first host), and the folder's removal when a start that
+  created it stops before training (nothing may remain from a start that failed its checks)."""
+
+  def __init__(self, model_dir: str, take_over_stale: bool):
+    import tensorflow as tf  # gfile: local or gs://
+    self.model_dir, self.existed, self.lease = model_dir, tf.io.gfile.exists(model_dir), None
+    refusal = ''
+    if runtime.is_first_host():
+      try:
+        self.lease = run_lease.RunLease(model_dir, takeover_hint='--gin.train.take_over_stale_lease=True')
+        self.lease.acquire(take_over_stale)
+      except run_lease.LeaseHeldError as e:
+        refusal, self.lease = str(e), None
+      if self.lease is not None and self.lease.took_over is not None:
+        _log(f'Took over the lease of {model_dir} from {self.lease.took_over.describe()}.')
+    if jax.process_count() > 1:  # every host stops if the first could not take the lease
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+      refusal = refusal or (f'{model_dir} is in use (see the first host\'s message)' if int(refused) else '')
+    if refusal:
+      raise run_lease.LeaseHeldError(refusal)
+
+  def lost(self) -> bool:
+    """Whether another process took the lease over while this run held it."""
+    return self.lease is not None and self.lease.lost()
+
+  def release(self, started: bool) -> None:
+    """Gives the lease back; removes MODEL_DIR if this start created it and left it empty."""
+    import tensorflow as tf  # gfile: local or gs://
+    if self.lease is not None:
+      self.lease.release()
+      self.lease = None
+    if not started and not self.existed and runtime.is_first_host() and tf.io.gfile.isdir(self.model_dir):
+      if not tf.io.gfile.listdir(self.model_dir):
+        tf.io.gfile.rmtree(self.model_dir)
+
+
+def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[str, Any], train_steps: int,
+                        restore_data: bool, already_done_ok: bool) -> None:
+  """Before any restore: the newest checkpoint's settings must match this run's, and steps must remain."""
+  latest = ckpts.latest_step()
+  if latest is None:
+    return
+  where = f'{ckpts.model_dir}/checkpoint_{latest}'
+  meta = ckpts.read_meta(latest)
+  run_checks.check_resumable(meta.get('run'), signature, where, restore_data)
+  step = int(meta.get('step', latest))
+  if train_steps <= step and not already_done_ok:
+    key = gin_config.binding_source('train', 'train_steps')
+    raise run_checks.RunConfigError(
+        f'{key} = {train_steps}, but {ckpts.model_dir} is already at step {step} ({where}): nothing to train. '
+        'Raise TRAIN_STEPS to continue, or pass --gin.train.already_done_ok=True to accept the finished run.')
 
 
 def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Optimizer,
                      shardings: steps.Shardings, initial_checkpoint_path: str | None, seed: int,
-                     writer: MetricsWriter) -> tuple[steps.TrainState, int, int | None]:
-  """(state, batches already read, step resumed from or None): the newest checkpoint, else a fresh start."""
-  latest = ckpts.latest_step()
-  if latest is not None:
+                     log: Callable[[str], None], start: start_step.StartPlan | None = None
+                     ) -> tuple[steps.TrainState, int, int | None]:
+  """(state, batches already read, step resumed from or None): the newest intact checkpoint, else a fresh start
+  (at `start.step`, with the initial checkpoint's optimizer state when `start.restore_optimizer_state`)."""
+  if ckpts.latest_step() is not None:
     target = steps.abstract_state(config, tx, shardings)
-    params, opt_state, meta = ckpts.restore(latest, target.params, target.opt_state)
-    writer.log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
+    latest, params, opt_state, meta = ckpts.restore_newest_intact(target.params, target.opt_state, log)
+    log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
     state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
                              opt_state=opt_state)
     return state, int(meta['batches_read']), latest
+  start = start or start_step.StartPlan(0, 0, False)
   if initial_checkpoint_path:
     params = load_params.load_sharded_params(initial_checkpoint_path, config, shardings.params)
-    writer.log(f'Initialised from {initial_checkpoint_path}.')
+    continuing = f', continuing at step {start.step}' if start.step else ''
+    log(f'Initialised from {initial_checkpoint_path}{continuing}.')
+    if start.restore_optimizer_state:
+      opt_state = start_step.restore_optimizer_state(initial_checkpoint_path, config, tx, shardings.opt_state)
+      log(f'Restored its optimizer state (count {start.step}).')
+      step = jax.device_put(np.int32(start.step), partitioning.replicated(shardings.mesh))
+      return steps.TrainState(step=step, params=params, opt_state=opt_state), 0, None
   else:
     params = steps.init_params(config, seed, shardings)
-  return steps.new_state(params, tx, shardings), 0, None
+  return steps.new_state(params, tx, shardings, step=start.step), 0, None
 
 
 class _Saver:
   """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
 
   def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
-               last_saved: int | None):
-    self.ckpts, self.iterator, self.meta, self.last_saved = ckpts, iterator, meta, last_saved
+               last_saved: int | None, folder: _RunFolder):
+    self.ckpts, self.iterator, self.meta, self.last_saved, self.folder = ckpts, iterator, meta, last_saved, folder
+
+  def check(self) -> None:
+    """Every step: a failed background save, or a lease taken over by another process, stops the run now."""
+    self.ckpts.check_for_errors()
+    if self.folder.lost():
+      raise run_lease.LeaseHeldError(f'another process took over the lease of {self.folder.model_dir}; this run '
+                                     f'stopped without saving (last checkpoint: {self.last_good()}).')
 
   def save(self, state: steps.TrainState, step: int) -> None:
     if self.last_saved != step:
@@ -171,6 +292,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
         saver.ckpts.wait()
         raise NonFiniteLossError(f'non-finite loss ({loss}) at step {step}; stopped without saving. '
                                  f'Last good checkpoint in {model_dir}: {saver.last_good()}')
+      saver.check()
       writer.advance()
       if step % periods['log_every'] == 0 or step == periods['train_steps']:
         metrics = timing.metrics(step_metrics, step)

@@ -14,7 +14,9 @@ class MetricsWriter:
   """Writes scalars to MODEL_DIR/<name>/ (TensorBoard) and MODEL_DIR/<name>_metrics.jsonl; no-op off host 0."""
 
   def __init__(self, model_dir: str, name: str = 'train', total_steps: int | None = None, initial_step: int = 0,
-               progress: bool = True):
+               progress: bool = True, resume_step: int | None = None):
+    """resume_step: the run resumed from this step: rows of later steps (written before a crash) are dropped
+    from the JSONL file, and TensorBoard is told to hide its later events (they would be plotted twice)."""
     self.enabled = runtime.is_first_host()
     self._bar = self._tb = self._jsonl = None
     if not self.enabled:
@@ -22,8 +24,12 @@ class MetricsWriter:
     import tensorflow as tf  # gfile: local or gs://
     from tensorboardX import SummaryWriter
     tf.io.gfile.makedirs(model_dir)
-    self._tb = SummaryWriter(os.path.join(model_dir, name))
-    self._jsonl = tf.io.gfile.GFile(os.path.join(model_dir, f'{name}_metrics.jsonl'), 'a')
+    jsonl = os.path.join(model_dir, f'{name}_metrics.jsonl')
+    if resume_step is not None:
+      _truncate_jsonl(jsonl, resume_step)
+    # purge_step: TensorBoard hides events at or after it from earlier event files (a resumed run's repeats).
+    self._tb = SummaryWriter(os.path.join(model_dir, name), purge_step=None if resume_step is None else resume_step + 1)
+    self._jsonl = tf.io.gfile.GFile(jsonl, 'a')
     if progress and total_steps is not None:
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit='step', dynamic_ncols=True)
@@ -64,3 +70,26 @@ class MetricsWriter:
       self._bar.close()
     self._tb.close()
     self._jsonl.close()
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps the rows of steps <= last_step (and drops a partial last line from a kill mid-write)."""
+  import tensorflow as tf  # gfile: local or gs://
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith('\n') and isinstance(row, dict) and row.get('step', 0) <= last_step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  staged = path + '.truncating'
+  with tf.io.gfile.GFile(staged, 'w') as f:
+    f.write(''.join(kept))
+  tf.io.gfile.rename(staged, path, overwrite=True)

@@ -168,7 +168,11 @@ def check_resumable(saved: Mapping[str, Any] | None, new: Mapping[str, Any], che
                   'without it with --gin.train.restore_data=False (the new pipeline then skips as many batches as '
                   'were read)')
   raise RunConfigError(f'this run differs from the run that wrote {checkpoint}:\n' + '\n'.join(lines) + '\n'
-                       + '; '.join(advice).capitalize() + '.')
+                       + _sentence('; '.join(advice)))
+
+
+def _sentence(text: str) -> str:
+  return text[:1].upper() + text[1:] + '.'
 
 
 def _normal(v: Any) -> Any:

@@ -8,6 +8,8 @@ import threading
 
 import jax
 
+from flanx.training import stop_signal
+
 
 def initialize_distributed(coordinator_address: str | None = None, process_count: int | None = None,
                            process_index: int | None = None, initialization_timeout: int = 300) -> None:
@@ -30,13 +32,13 @@ class PreemptionFlag:
   """Set by SIGTERM (TPU maintenance / spot preemption); the train loop checkpoints and exits 0."""
 
   def __init__(self):
-    self._event = threading.Event()
     self._previous = None
 
   def install(self) -> 'PreemptionFlag':
-    """Installs the SIGTERM handler (main thread only)."""
+    """Installs the SIGTERM handler (main thread only); a SIGTERM caught earlier (stop_signal) still counts."""
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+      self._previous = signal.getsignal(signal.SIGTERM)
+      stop_signal.install()
     return self
 
   def uninstall(self) -> None:
@@ -47,7 +49,7 @@ class PreemptionFlag:
 
   def is_set(self) -> bool:
     """Whether any process received SIGTERM (agreed across hosts so all of them save together)."""
-    local = self._event.is_set()
+    local = stop_signal.requested()
     if jax.process_count() == 1:
       return local
     from jax.experimental import multihost_utils
