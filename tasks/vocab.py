@@ -2,13 +2,16 @@
 
 T5's SentencePiece model has no piece for newline or tab: it folds them into spaces. Three modes:
 
-- 'lossless' (default): `\\n` and `\\t` get dedicated ids in the unused embedding rows right after
-  the SentencePiece ids (32,100 and 32,101 for T5's vocabulary). Text is split at newlines and tabs
-  and each remaining piece is encoded by SentencePiece on its own. "Round-trips" means exactly:
-  `decode(encode(text)) == text` for every text whose newline- and tab-free pieces SentencePiece
-  itself round-trips (SentencePiece drops leading, trailing and repeated spaces of each piece and
-  maps characters it does not know to unk). The same ids are what Hugging Face's T5 tokenizer
-  assigns when the exporter adds `AddedToken("\\n")` then `AddedToken("\\t")`;
+- 'lossless' (default): `\\n`, `\\t` and runs of 2 to 16 spaces get dedicated ids in the unused
+  embedding rows right after the SentencePiece ids (T5: 32,100 `\\n`, 32,101 `\\t`, 32,102..32,116 for
+  runs of 2..16 spaces; Flan-T5 has 28 unused rows). Text is split at these strings, leftmost-longest
+  (a run of 20 spaces is 16 + 4), and each remaining piece is encoded by SentencePiece on its own. So
+  indentation, aligned columns and blank-padded lines round-trip. What is still lost, exactly: a single
+  space at the start or end of a piece (next to a newline, tab, space run or the text's ends, e.g. one
+  trailing space), one space of a run of 17, 33, ... spaces (16 + 1: the lone space is SentencePiece's),
+  and whatever SentencePiece itself does not round-trip (characters it maps to unk, normalization such as
+  NFKC). These are exactly the ids Hugging Face's T5 tokenizer assigns when the exporter adds the same
+  strings as `AddedToken`s in this order (its added-token matching is leftmost-longest too);
   `newline_token_map()` returns the mapping the exporter carries over.
 - 'dolly': the flant5-dolly-xxl convention, applied as text pre/postprocessing around
   SentencePiece: `\\n` -> ` <_LB_> `, `\\t` -> ` <_T_> `, whitespace runs joined to one space; on
@@ -22,7 +25,7 @@ The path 'byte' selects seqio's ByteVocabulary (UTF-8 bytes, newlines included n
 import functools
 import os
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import gin
 import seqio
@@ -33,14 +36,21 @@ NEWLINE_MODE_ENV = 'FLANX_NEWLINE_MODE'
 NEWLINE_MODES = ('lossless', 'dolly', 'none')
 BYTE = 'byte'
 
+# Strings with their own ids in lossless mode, in id order: newline, tab, then runs of 2..16 spaces.
+WHITESPACE_TOKENS = ('\n', '\t') + tuple(' ' * k for k in range(2, 17))
+# Longest first: Python's `re` and RE2 take the first alternative that matches, so this splits
+# leftmost-longest, as Hugging Face's added-token matcher does.
+_WHITESPACE_SPLIT = '|'.join(re.escape(t) for t in sorted(WHITESPACE_TOKENS, key=len, reverse=True))
+
 LINE_BREAK_MARKER = '<_LB_>'
 TAB_MARKER = '<_T_>'
 # Whitespace both Python's `re` and TF's RE2 agree on (RE2's \s lacks \v and unicode spaces).
 _WS = '[ \\t\\n\\r\\f\\v]+'
 # Markers as a T5 model emits them: '<' is not in T5's vocabulary, so it may come back as the
-# unk surface form '⁇' or vanish; the closing '>' may vanish too.
-_LB_OUT = '[ ]*(?:<|\u2047)?[ ]*_LB_>?[ ]*'
-_T_OUT = '[ ]*(?:<|\u2047)?[ ]*_T_>?[ ]*'
+# unk surface form '⁇' or vanish; the closing '>' may vanish too, but never both: a bare `_LB_` / `_T_`
+# is left alone, so identifiers such as MAX_LB_VALUE or PY_SSIZE_T_MAX survive decoding.
+_LB_OUT = '[ ]*(?:(?:<|\u2047)[ ]*_LB_>?|_LB_>)[ ]*'
+_T_OUT = '[ ]*(?:(?:<|\u2047)[ ]*_T_>?|_T_>)[ ]*'
 
 
 def dolly_escape(text: str) -> str:
@@ -113,7 +123,7 @@ class _Wrapper(seqio.Vocabulary):
 
 
 class LosslessNewlineVocabulary(_Wrapper):
-  """SentencePiece plus two ids for newline and tab, right after the SentencePiece ids."""
+  """SentencePiece plus ids for newline, tab and runs of 2..16 spaces, right after SentencePiece's."""
 
   @property
   def newline_id(self) -> int:
@@ -124,27 +134,30 @@ class LosslessNewlineVocabulary(_Wrapper):
     return self._base.vocab_size + 1
 
   @property
+  def whitespace_ids(self) -> Dict[str, int]:
+    """{'\\n': first free id, '\\t': next, '  ': next, ..., 16 spaces: last}."""
+    return {t: self._base.vocab_size + i for i, t in enumerate(WHITESPACE_TOKENS)}
+
+  @property
   def _base_vocab_size(self) -> int:
-    return self._base.vocab_size + 2
+    return self._base.vocab_size + len(WHITESPACE_TOKENS)
 
   def _encode(self, s: str) -> Sequence[int]:
-    ids = []
-    for piece in re.split('([\n\t])', s):
-      if piece == '\n':
-        ids.append(self.newline_id)
-      elif piece == '\t':
-        ids.append(self.tab_id)
+    ids, whitespace = [], self.whitespace_ids
+    for piece in re.split(f'({_WHITESPACE_SPLIT})', s):
+      if piece in whitespace:
+        ids.append(whitespace[piece])
       elif piece:
         ids.extend(self._base.encode(piece))
     return ids
 
   def _decode(self, ids) -> str:
-    separators = {self.newline_id: '\n', self.tab_id: '\t'}
+    first = self.newline_id
     out, segment = [], []
     for i in ids:
       i = int(i)
-      if i in separators:
-        out.append(self._base.decode(segment) + separators[i])
+      if first <= i < first + len(WHITESPACE_TOKENS):
+        out.append(self._base.decode(segment) + WHITESPACE_TOKENS[i - first])
         segment = []
       else:
         segment.append(i)
@@ -156,21 +169,20 @@ class LosslessNewlineVocabulary(_Wrapper):
 
   def _encode_tf_impl(self, s):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
     if s.shape.rank != 0:
       return tf.map_fn(self._encode_tf_impl, s,
                        fn_output_signature=tf.RaggedTensorSpec([None], tf.int32))
-    # Lines, then tab-separated cells: every piece is followed by a tab, or by a newline when
-    # it ends its line; the last piece of the text by nothing. (tf.strings.split is much
-    # cheaper than a regex split.)
-    cells = tf.strings.split(tf.strings.split(s, '\n'), '\t')
-    pieces = cells.flat_values
-    line_ends = tf.cast(cells.row_limits() - 1, tf.int32)[:, None]
-    ends_line = tf.scatter_nd(line_ends, tf.ones_like(line_ends[:, 0], tf.bool),
-                              tf.shape(pieces))
-    separators = tf.where(ends_line, self.newline_id, self.tab_id)
-    ids = self._base.tf_tokenizer.tokenize(pieces)
-    separators = tf.RaggedTensor.from_tensor(tf.cast(separators, ids.dtype)[:, None])
-    return tf.concat([ids, separators], axis=1).flat_values[:-1]
+    # The text split as in _encode (RE2 keeps the matched whitespace strings as pieces), then each
+    # piece is either one whitespace id or SentencePiece's ids for it.
+    pieces = tf_text.regex_split(s[None], _WHITESPACE_SPLIT, _WHITESPACE_SPLIT).flat_values
+    matches = tf.equal(pieces[:, None], tf.constant(WHITESPACE_TOKENS)[None, :])
+    is_space = tf.reduce_any(matches, axis=1)
+    text_ids = self._base.tf_tokenizer.tokenize(tf.where(is_space, '', pieces))
+    space_ids = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), text_ids.dtype) + self.newline_id
+    space_ids = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(space_ids, is_space),
+                                                 tf.cast(is_space, tf.int64))
+    return tf.concat([text_ids, space_ids], axis=1).flat_values
 
   def _decode_tf(self, ids):
     return _plain_tf(self._decode_tf_impl)(ids)
@@ -179,8 +191,8 @@ class LosslessNewlineVocabulary(_Wrapper):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if ids.shape.rank != 1:
       return tf.map_fn(self._decode_tf, ids, fn_output_signature=tf.string)
-    is_newline = tf.equal(ids, self.newline_id)
-    is_sep = tf.logical_or(is_newline, tf.equal(ids, self.tab_id))
+    offset = ids - self.newline_id
+    is_sep = tf.logical_and(offset >= 0, offset < len(WHITESPACE_TOKENS))
     # Segment k holds the ids after the k-th separator.
     segment = tf.cumsum(tf.cast(is_sep, tf.int64))
     keep = tf.logical_not(is_sep)
@@ -188,7 +200,7 @@ class LosslessNewlineVocabulary(_Wrapper):
         tf.boolean_mask(ids, keep), tf.boolean_mask(segment, keep),
         nrows=tf.reduce_sum(tf.cast(is_sep, tf.int64)) + 1)
     texts = self._base.tf_tokenizer.detokenize(segments)
-    seps = tf.where(tf.boolean_mask(is_newline, is_sep), '\n', '\t')
+    seps = tf.gather(tf.constant(WHITESPACE_TOKENS), tf.boolean_mask(offset, is_sep))
     prefixes = tf.concat([[''], seps], axis=0)
     return tf.strings.reduce_join(tf.strings.join([prefixes, texts]))
 
@@ -214,11 +226,12 @@ class DollyNewlineVocabulary(_Wrapper):
 
 
 def newline_token_map(vocabulary: seqio.Vocabulary) -> Mapping[str, int]:
-  """Characters with dedicated ids: {'\\n': 32100, '\\t': 32101} for T5 lossless, else {}."""
+  """Whitespace strings with dedicated ids, in id order: for T5 lossless {'\\n': 32100, '\\t': 32101,
+  '  ': 32102, ..., 16 spaces: 32116}; {} for the other modes."""
   if isinstance(vocabulary, LazyVocabulary):
     vocabulary = vocabulary.resolve()
   if isinstance(vocabulary, LosslessNewlineVocabulary):
-    return {'\n': vocabulary.newline_id, '\t': vocabulary.tab_id}
+    return vocabulary.whitespace_ids
   return {}
 
 

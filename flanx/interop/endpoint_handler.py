@@ -16,7 +16,7 @@ tokens than max_input_tokens (default: the tokenizer's model_max_length, the exp
 unless the request sets "truncation": true, which cuts it to that length, EOS kept, as flanx does in training.
 
 Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`):
-'lossless' removes the space the tokenizer's Metaspace decoder puts after each newline/tab token; 'dolly'
+'lossless' removes the space the tokenizer's Metaspace decoder puts after each newline/tab/space-run token; 'dolly'
 writes newlines/tabs as ` <_LB_> ` / ` <_T_> ` markers on input and maps them back on output.
 Needs only torch and transformers (no flanx on the endpoint).
 """
@@ -32,8 +32,8 @@ ENV_PREFIX = 'FLANX_HANDLER_'
 
 # The flant5-dolly-xxl convention (tasks/vocab.py in flanx; kept identical, a test checks).
 _WHITESPACE = '[ \\t\\n\\r\\f\\v]+'
-_LINE_BREAK_OUT = '[ ]*(?:<|\u2047)?[ ]*_LB_>?[ ]*'
-_TAB_OUT = '[ ]*(?:<|\u2047)?[ ]*_T_>?[ ]*'
+_LINE_BREAK_OUT = '[ ]*(?:(?:<|\u2047)[ ]*_LB_>?|_LB_>)[ ]*'
+_TAB_OUT = '[ ]*(?:(?:<|\u2047)[ ]*_T_>?|_T_>)[ ]*'
 
 # What one request may ask for. max_input_tokens None: the tokenizer's model_max_length.
 DEFAULT_LIMITS = {
@@ -79,10 +79,17 @@ def prepare_text(text: str, mode: str) -> str:
 def clean_decoded(text: str, mode: str) -> str:
   """Response text for decoded model output."""
   if mode == 'lossless':
-    return re.sub('([\n\t]) ', r'\1', text)
+    return re.sub('[ ]+(?=[^ \n\t])', lambda m: _drop_metaspace_space(text, m), text)
   if mode == 'dolly':
     return re.sub(_TAB_OUT, '\t', re.sub(_LINE_BREAK_OUT, '\n', text))
   return text
+
+
+def _drop_metaspace_space(text: str, run: Any) -> str:
+  # Metaspace writes a space before the first piece after each added token (newline, tab, space run):
+  # in a run of spaces before a character that follows a newline/tab or is 2+ long, one space is that one.
+  before = text[run.start() - 1] if run.start() else ''
+  return run.group(0)[1:] if before in ('\n', '\t') or len(run.group(0)) >= 2 else run.group(0)
 
 
 def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -> dict[str, int]:

@@ -6,10 +6,12 @@ SentencePiece converter, offline), a hand-written `tokenizer_config.json` and `s
 the same in transformers 4.x and 5.x. `<extra_id_i>` is id `pieces + extra_ids - 1 - i`, as in seqio.
 
 Newline modes (tasks.vocab):
-- lossless: `\\n` and `\\t` are added as `AddedToken(normalized=False, special=False)`, in that order, so they get
-  the first ids after the sentinels, the ids seqio's LosslessNewlineVocabulary trains with (checked on writing).
-  HF's Metaspace decoder then puts a space after each of them ("a\\n b" for "a\\nb"); `clean_decoded` removes
-  exactly that space, which gives back seqio's decoding (SentencePiece never keeps a space at a piece start).
+- lossless: `\\n`, `\\t` and runs of 2..16 spaces (`tasks.vocab.newline_token_map`) are added as
+  `AddedToken(normalized=False, special=False)`, in that order, so they get the first ids after the sentinels, the
+  ids seqio's LosslessNewlineVocabulary trains with (checked on writing); HF matches them leftmost-longest, as
+  seqio splits. HF's Metaspace decoder then puts a space after each of them ("a\\n b" for "a\\nb");
+  `clean_decoded` removes exactly that space, which gives back seqio's decoding (SentencePiece never keeps a
+  space at a piece start).
 - dolly: HF's tokenizer cannot apply the `<_LB_>` / `<_T_>` escaping itself; `prepare_text` / `clean_decoded`
   do it around the tokenizer (handler.py applies them).
 - none: plain SentencePiece; newlines and tabs become spaces in both.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
@@ -85,7 +86,8 @@ def prepare_text(text: str, mode: str) -> str:
 def clean_decoded(text: str, mode: str) -> str:
   """HF-decoded text → seqio's decoding: drops Metaspace's space after \\n/\\t (lossless), unescapes (dolly)."""
   if mode == 'lossless':
-    return re.sub('([\n\t]) ', r'\1', text)
+    from flanx.interop import endpoint_handler  # pylint: disable=g-import-not-at-top
+    return endpoint_handler.clean_decoded(text, mode)  # the rule the exported handler.py applies
   if mode == 'dolly':
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     return vocab_lib.dolly_unescape(text)

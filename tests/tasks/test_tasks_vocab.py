@@ -51,8 +51,9 @@ def test_lossless_ids_and_size(which):
   base = seqio.SentencePieceVocabulary(path, extra_ids=100)
   pieces = base.tokenizer.GetPieceSize()  # SentencePiece pieces plus the 100 sentinels
   assert vocab.newline_id == pieces and vocab.tab_id == pieces + 1
-  assert vocab.vocab_size == pieces + 2
-  assert vocab_lib.newline_token_map(vocab) == {'\n': pieces, '\t': pieces + 1}
+  assert vocab.vocab_size == pieces + 17  # newline, tab, runs of 2..16 spaces
+  assert vocab_lib.newline_token_map(vocab) == {'\n': pieces, '\t': pieces + 1,
+                                                **{' ' * k: pieces + k for k in range(2, 17)}}
   assert vocab.encode('a\nb\tc') == (base.encode('a') + [pieces] + base.encode('b') +
                                      [pieces + 1] + base.encode('c'))
   assert vocab.eos_id == 1 and vocab.pad_id == 0 and vocab.unk_id == 2
@@ -137,10 +138,10 @@ def test_lazy_vocabulary_resolves_at_first_use(monkeypatch):
   lazy = vocab_lib.LazyVocabulary()
   monkeypatch.setenv(vocab_lib.VOCAB_ENV, str(DEV_VOCAB))  # set after construction
   assert lazy.sentencepiece_model_file == str(DEV_VOCAB)
-  assert lazy.newline_id == 8100 and lazy.vocab_size == 8102
+  assert lazy.newline_id == 8100 and lazy.vocab_size == 8117
   assert lazy == vocab_lib.get_vocabulary(str(DEV_VOCAB))
   assert lazy.encode('a\nb') == vocab_lib.get_vocabulary(str(DEV_VOCAB)).encode('a\nb')
-  assert vocab_lib.newline_token_map(lazy) == {'\n': 8100, '\t': 8101}
+  assert list(vocab_lib.newline_token_map(lazy).items())[:3] == [('\n', 8100), ('\t', 8101), ('  ', 8102)]
   # Pickles without the resolved model (gin deep-copies configurable arguments).
   restored = pickle.loads(pickle.dumps(lazy))
   assert restored == lazy
