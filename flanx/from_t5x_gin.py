@@ -7,6 +7,7 @@ over are listed as comments at the end. Then: `python -m flanx.train --gin_file=
 """
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -30,7 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.output:
     with open(args.output + '.tmp', 'w') as f:
       f.write(text)
-    import os  # pylint: disable=g-import-not-at-top
     os.replace(args.output + '.tmp', args.output)
   else:
     sys.stdout.write(text)

@@ -22,7 +22,7 @@ import math
 import os
 import pathlib
 import re
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from gin import config_parser
 
@@ -363,8 +363,8 @@ def _schedule(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
   kind = SCHEDULES.get(names)
   if kind is None:
     conv.drop(fwhere or t5x.path, 'utils.create_learning_rate_scheduler.factors', factors,
-              f'flanx schedules are constant, constant * linear_warmup and constant * rsqrt_decay; flanx '
-              f'default schedule kept')
+              'flanx schedules are constant, constant * linear_warmup and constant * rsqrt_decay; flanx '
+              'default schedule kept')
     return
   _bind(lines, 'train.learning_rate_schedule', Ref(f'schedules.{kind}', True))
   lines.append(f'schedules.{kind}.learning_rate = %LEARNING_RATE')
@@ -411,7 +411,7 @@ def _optimizer(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
       conv.drop(binding.where, f'adafactor.Adafactor.{arg}', binding.value, 'no flanx counterpart')
 
 
-def _checkpoints(t5x: T5xGin, conv: Conversion, lines: list[str], train_steps: Any) -> Optional[str]:
+def _checkpoints(t5x: T5xGin, conv: Conversion, lines: list[str]) -> Optional[str]:
   """Save period / retention and the initial checkpoint; returns the initial checkpoint path."""
   period, where = t5x.get('SaveCheckpointConfig', 'period', default=None)
   if period:
@@ -464,7 +464,8 @@ def _partitioning(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
     conv.drop(awhere, 'partitioning.standard_logical_axis_rules.activation_partitioning_dims', acts_2d,
               'flanx shards activations over data only')
   rules = t5x.find('PjitPartitioner', 'logical_axis_rules')
-  if rules is not None and not (isinstance(rules.value, Ref) and rules.value.name.endswith('standard_logical_axis_rules')):
+  standard = isinstance(getattr(rules, 'value', None), Ref) and rules.value.name.endswith('standard_logical_axis_rules')
+  if rules is not None and not standard:
     conv.drop(rules.where, 'partitioning.PjitPartitioner.logical_axis_rules', rules.value,
               "flanx's rules are t5x's standard ones")
 
@@ -575,8 +576,7 @@ def convert(t5x: T5xGin) -> Conversion:
   _bind(lines, 'NUM_MICROBATCHES', int(microbatches or 1))
 
   ckpt_lines = conv.section('Checkpoints (t5x utils.CheckpointConfig)')
-  total, _ = t5x.get('train', 'total_steps', default=None)
-  initial = _checkpoints(t5x, conv, ckpt_lines, total)
+  initial = _checkpoints(t5x, conv, ckpt_lines)
   _steps(t5x, conv, lines, train_params, initial)
 
   loss_lines = conv.section('Loss (t5x models.EncoderDecoderModel)')

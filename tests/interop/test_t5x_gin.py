@@ -290,7 +290,7 @@ def t5x_tree(tmp_path):
 def flanx_gin():
   """Parses a converted gin with flanx's own gin handling; returns a reader of bindings and macros."""
   import flanx.training.loop  # noqa: F401  (registers train and the optimizer/schedule configurables)
-  import flanx.inference.predict  # noqa: F401
+  import flanx.inference.predict  # noqa: F401  (registers decode_options)
   gin.clear_config()
 
   def parse(path):
