@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import gin
 import numpy as np
 
+from flanx.inference import eval_report
 from flanx.inference.inference_model import InferenceModel
 from flanx.model.config import T5Config
 from flanx.training import data, runtime, steps
@@ -76,6 +77,11 @@ def evaluate(*,
     writer = MetricsWriter(output_dir, split, progress=False)
     writer.write(step or 0, {f'{task}/{k}': v for task, m in results.items() for k, v in m.items()})
     writer.close()
+    table = eval_report.report(results, config, split)  # BBH / MMLU tasks: per task, averages, the paper's figures
+    if table:
+      print(table, flush=True)
+      with tf.io.gfile.GFile(os.path.join(output_dir, f'{split}_report.txt'), 'w') as f:
+        f.write(table)
   return results
 
 
