@@ -65,6 +65,37 @@ def resolve_vocabulary(vocab: str | None, newline_mode: str | None, mixture_or_t
   return vocabulary
 
 
+def vocabulary_facts(vocabulary: Any) -> dict[str, Any]:
+  """What fixes a vocabulary's ids: newline mode (or 'byte'), size, extra ids, SentencePiece model (sha256)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
+  from flanx.interop import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  facts = {'newline mode': hf_tokenizer.newline_mode(vocabulary), 'size': int(vocabulary.vocab_size)}
+  base = hf_tokenizer.sentencepiece_base(vocabulary)
+  if base is not None:
+    with tf.io.gfile.GFile(base.sentencepiece_model_file, 'rb') as f:
+      facts['SentencePiece model sha256'] = hashlib.sha256(f.read()).hexdigest()[:16]
+    facts['extra ids'] = int(base.extra_ids)
+  return facts
+
+
+def check_vocabulary(vocabulary: Any, config: T5Config, recorded: Any = None, recorded_from: str = '') -> None:
+  """An error, before anything is written, if `vocabulary` cannot be the model's: more ids than the model has
+  rows, or (with `recorded`, the vocabulary the run trained with) different ids than that one."""
+  size = int(vocabulary.vocab_size)
+  if size > config.vocab_size:
+    raise ValueError(f'the vocabulary has {size} ids, the model only {config.vocab_size} rows '
+                     '(T5Config.vocab_size): it is not the vocabulary the checkpoint was trained with')
+  if recorded is None:
+    return
+  mine, theirs = vocabulary_facts(vocabulary), vocabulary_facts(recorded)
+  differences = [f'{key} {mine.get(key)} vs {theirs.get(key)}' for key in dict.fromkeys([*mine, *theirs])
+                 if mine.get(key) != theirs.get(key)]
+  if differences:
+    raise ValueError(f'--vocab is not the vocabulary the run trained with ({recorded_from}): '
+                     f'{"; ".join(differences)}. Omit --vocab to export with the run\'s vocabulary.')
+
+
 def _learning_rate_text(step: int) -> str | None:
   """The configured schedule and its value at the checkpoint's last step."""
   from flanx.training import schedules  # pylint: disable=g-import-not-at-top
@@ -123,6 +154,7 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
     raise ValueError(f'dtype must be float32 or bfloat16, got {dtype!r}')
   dtype = DTYPES[dtype]
   output_dir = staging.check_target(output_dir, overwrite)
+  check_vocabulary(vocabulary, config)
   try:
     import transformers  # pylint: disable=g-import-not-at-top,unused-import  (tokenizer.json conversion)
     if verify:
@@ -167,6 +199,17 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
 
 
 
+def check_output_dir(output_dir: str | os.PathLike, checkpoint_path: str, run_dir: str) -> None:
+  """An error if the output folder overlaps what is exported: the checkpoint folder (equal, inside, or a parent),
+  or the run folder (equal or a parent; inside it only a new or empty folder not named like a checkpoint)."""
+  staging.check_outside(output_dir, checkpoint_path, 'checkpoint folder')
+  staging.check_outside(output_dir, run_dir, 'run folder', new_inside_ok=True)
+  if '://' not in run_dir and re.fullmatch(r'checkpoint_\d+', pathlib.Path(output_dir).name) and (
+      os.path.realpath(os.path.dirname(os.path.abspath(output_dir))) == os.path.realpath(run_dir)):
+    raise ValueError(f'output folder {output_dir} would look like a checkpoint of the run {run_dir}; choose another '
+                     'name')
+
+
 @gin.configurable
 def export_checkpoint(*,
                       checkpoint_dir: str = gin.REQUIRED,
@@ -188,11 +231,19 @@ def export_checkpoint(*,
   """
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
+  check_output_dir(output_dir, checkpoint_path, run_dir)
   config = run_config(model_config)
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
   lengths = task_feature_lengths or gin_config.run_value('task_feature_lengths')
   vocabulary = resolve_vocabulary(vocab, newline_mode, name, module)
+  recorded = None
+  if vocab and name:  # --vocab replaces the run's: it must have the same ids
+    try:
+      recorded = resolve_vocabulary(None, None, name, module)
+    except ValueError as e:
+      print(f'Warning: --vocab not compared with the run\'s vocabulary ({e})', flush=True)
+  check_vocabulary(vocabulary, config, recorded, f'the vocabulary of {name}')
   config_gin = os.path.join(run_dir, 'config.gin')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
   gfile = tf.io.gfile

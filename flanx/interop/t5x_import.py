@@ -49,6 +49,9 @@ def import_t5x(t5x_checkpoint: str, output_dir: str, *, output_format: str = 'hf
   overrides = dict(config_overrides or {})
   if activation is not None and overrides.setdefault('activation', activation) != activation:
     raise ValueError(f'--activation={activation} contradicts T5Config.activation={overrides["activation"]!r}')
+  source = t5x_lib.find_checkpoint(t5x_checkpoint)  # the output must not overlap what is read (cf. export)
+  staging.check_outside(output_dir, source, 't5x checkpoint folder')
+  staging.check_outside(output_dir, os.path.dirname(source), 't5x run folder', new_inside_ok=True)
   state, checkpoint_dir = t5x_lib.read_state(t5x_checkpoint)
   config = t5x_lib.infer_config(state['target'], **overrides)
   try:

@@ -29,7 +29,7 @@ def folder(tmp_path_factory):
   from flanx.interop import hf_tokenizer  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp('export') / 'tiny'
   torch.manual_seed(0)
-  config = transformers.T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+  config = transformers.T5Config(vocab_size=256, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
                                  num_decoder_layers=2, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   transformers.T5ForConditionalGeneration(config).save_pretrained(out)
@@ -59,7 +59,7 @@ def handler(module, folder):
 
 
 @pytest.fixture(scope='module')
-def reference(folder):
+def reference(folder, module):
   tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
   model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
 
@@ -68,7 +68,9 @@ def reference(folder):
     batch = tokenizer(prompts, return_tensors='pt', padding=True, **cut)
     with torch.no_grad():
       ids = model.generate(**batch, **kwargs).tolist()
-    return [tokenizer.decode(row, skip_special_tokens=True).replace('\n ', '\n').replace('\t ', '\t') for row in ids]
+    size = len(tokenizer)  # as the handler: rows past the tokenizer have no text
+    return [module.clean_decoded(tokenizer.decode([i for i in row if i < size], skip_special_tokens=True), 'lossless')
+            for row in ids]
 
   return tokenizer, generate
 
