@@ -18,9 +18,10 @@ one error.
 
 Adafactor state: t5x's `param_states` leaves `{v_row, v_col, v, m}` map one to one onto
 `flanx.training.adafactor.AdafactorState` (placeholders included); `read_adafactor_state(read_state(path,
-optimizer_state=True)[0], config)` returns it with the checkpoint's step as `count`, shape-checked, for callers
-that want to continue the pretrained second moments. Nothing uses it by default: the trainer starts initial
-checkpoints with a fresh optimizer state, and `python -m flanx.import_t5x` writes params only.
+optimizer_state=True, params=False)[0], config)` returns it with the checkpoint's step as `count`, shape-checked
+and in the layout `config` expects (scanned layers: t5x's rule-based factoring, converted). The trainer uses it
+when `train.restore_optimizer_state=True` (flanx.training.start_step); `read_step` reads only the step.
+`python -m flanx.import_t5x` writes params only.
 """
 
 from __future__ import annotations
@@ -206,10 +207,11 @@ def _read_orbax(checkpoint_dir: str) -> dict[str, Any]:
     return checkpointer.restore(state if '://' in state else os.path.abspath(state))
 
 
-def read_state(path: str, optimizer_state: bool = False) -> tuple[dict[str, Any], str]:
+def read_state(path: str, optimizer_state: bool = False, params: bool = True) -> tuple[dict[str, Any], str]:
   """({'target': params, 'state': {'step': …, 'param_states': … (only if optimizer_state)}}, checkpoint folder).
 
-  Arrays are read into memory (host RAM holds one copy of what is returned).
+  Arrays are read into memory (host RAM holds one copy of what is returned); params=False skips the params
+  (`target` is then empty).
   """
   checkpoint_dir = find_checkpoint(path)
   if _gfile(checkpoint_dir).exists(os.path.join(checkpoint_dir, _CHECKPOINT_FILE)):
@@ -223,7 +225,24 @@ def read_state(path: str, optimizer_state: bool = False) -> tuple[dict[str, Any]
   state = dict(optimizer.get('state') or {})
   if not optimizer_state:
     state.pop('param_states', None)
-  return _materialize({'target': optimizer['target'], 'state': state}, checkpoint_dir), checkpoint_dir
+  target = optimizer['target'] if params else {}
+  return _materialize({'target': target, 'state': state}, checkpoint_dir), checkpoint_dir
+
+
+def read_step(path: str) -> int | None:
+  """The training step a t5x checkpoint holds (its optimizer state's `step`; else its checkpoint_<step> name).
+
+  Reads the msgpack file only (large arrays stay on disk); Orbax-saved checkpoints go by the folder name.
+  """
+  checkpoint_dir = find_checkpoint(path)
+  if _gfile(checkpoint_dir).exists(os.path.join(checkpoint_dir, _CHECKPOINT_FILE)):
+    contents = _read_msgpack(checkpoint_dir)
+    optimizer = contents.get('optimizer', contents) if isinstance(contents, dict) else {}
+    step = (optimizer.get('state') or {}).get('step') if isinstance(optimizer, dict) else None
+    if step is not None and not _is_spec(step):
+      return int(np.asarray(step))
+  match = re.fullmatch(r'checkpoint_(\d+)', os.path.basename(checkpoint_dir.rstrip('/')))
+  return int(match.group(1)) if match else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,34 +394,40 @@ def load_t5x_params(path: str, config: T5Config | None = None, activation: str |
   return params, config, (int(np.asarray(step)) if step is not None else None)
 
 
-def read_adafactor_state(state: Mapping[str, Any], config: T5Config) -> Any:
-  """t5x's Adafactor `param_states` (from read_state(…, optimizer_state=True)) → flanx AdafactorState (numpy,
-  canonical layout), checked against the state flanx's Adafactor keeps for `config`."""
+def read_adafactor_state(state: Mapping[str, Any], config: T5Config, optimizer: Any = None) -> Any:
+  """t5x's Adafactor `param_states` (from read_state(…, optimizer_state=True)) → flanx AdafactorState (numpy) in
+  the layout `config` expects, for `optimizer` (default: flanx's Adafactor with t5x's defaults), shape-checked.
+
+  t5x checkpoints hold per-layer (unscanned) state; for scanned layers it is stacked and, where t5x's
+  logical-axis rules factor the stacked kernel differently, converted (AdafactorOptimizer.convert_state).
+  """
+  from flanx.model import network  # pylint: disable=g-import-not-at-top
   from flanx.training import adafactor  # pylint: disable=g-import-not-at-top
-  optimizer_state = state.get('state') or {}
-  param_states = optimizer_state.get('param_states')
-  if not isinstance(param_states, dict):
-    raise T5XCheckpointError('the checkpoint has no optimizer param_states')
-  slots = {}
-  for slot in ('v_row', 'v_col', 'v', 'm'):
-    flat = {path[:-1]: value for path, value in _flatten(param_states).items() if path[-1] == slot}
-    slots[slot] = _unflatten({p: np.asarray(v, np.float32) for p, v in flat.items()})
-  count = np.asarray(optimizer_state.get('step', 0), np.int32)
-  restored = adafactor.AdafactorState(count, slots['v_row'], slots['v_col'], slots['v'], slots['m'])
-  # The state flanx's Adafactor (t5x defaults) keeps for this model: same factoring, same placeholders.
-  import jax  # pylint: disable=g-import-not-at-top
-  expected = jax.eval_shape(adafactor.adafactor().init, _abstract_params(config))
-  problems = []
-  for slot in ('v_row', 'v_col', 'v', 'm'):
-    want = {p: tuple(x.shape) for p, x in _flatten(_plain(getattr(expected, slot))).items()}
-    got = {p: np.shape(x) for p, x in _flatten(slots[slot]).items()}
-    problems += [f'{slot}: missing {"/".join(p)}' for p in sorted(set(want) - set(got))]
-    problems += [f'{slot}: unexpected {"/".join(p)}' for p in sorted(set(got) - set(want))]
-    problems += [f'{slot}: {"/".join(p)} has shape {got[p]}, flanx expects {want[p]}'
-                 for p in sorted(set(want) & set(got)) if tuple(got[p]) != want[p]]
-  if problems:
-    raise T5XCheckpointError('Adafactor state does not match the model:\n  ' + '\n  '.join(problems))
-  return restored
+  optimizer = optimizer or adafactor.adafactor(param_axes=network.logical_axes(config))
+  if not hasattr(optimizer, 'convert_state'):
+    raise T5XCheckpointError('restoring a t5x optimizer state needs flanx\'s Adafactor (train.optimizer = '
+                             f'@adafactor), not {type(optimizer).__name__}')
+  try:
+    canonical = adafactor.from_t5x_state(state.get('state') or {})
+  except ValueError as e:
+    raise T5XCheckpointError(f'the checkpoint has no usable optimizer state: {e}') from None
+  flat = config.replace(scan_layers=False)
+  try:
+    return optimizer.convert_state(_host_float32(canonical), _abstract_params(config), network.logical_axes(flat),
+                                   network.abstract_params(config), network.logical_axes(config),
+                                   restack=lambda tree: network.to_model_layout(config, tree))
+  except ValueError as e:
+    raise T5XCheckpointError(str(e)) from None
+
+
+def _host_float32(tree: Any) -> Any:
+  """Every array of a nested dict/NamedTuple as float32 numpy (ints kept), for shape checks on the host."""
+  if isinstance(tree, Mapping):
+    return {k: _host_float32(v) for k, v in tree.items()}
+  if isinstance(tree, tuple) and hasattr(tree, '_fields'):
+    return type(tree)(*(_host_float32(v) for v in tree))
+  x = np.asarray(tree)
+  return x if x.dtype.kind in 'iu' else x.astype(np.float32)
 
 
 def _plain(tree: Any) -> Any:

@@ -199,9 +199,9 @@ class AdafactorOptimizer(Optimizer):
       for path, shape, p in zip(paths, source_shapes, source_plans):
         want, have = slot_shapes(shape, p, True)[slot], tuple(np.shape(got.get(path, np.zeros(0))))
         if path in got and have != want and not (slot == 'm' and have == (1,)):
-          problems.append(f'{slot}{path}: shape {have}, expected {want}')
+          problems.append(f'{slot}{path}: shape {have}, flanx expects {want}')
     if problems:
-      raise ValueError('adafactor: optimizer state does not match the params:\n  ' + '\n  '.join(problems))
+      raise ValueError('Adafactor state does not match the params:\n  ' + '\n  '.join(problems))
     # Which source params make each target param: restack a tree of source leaf indices (a stacked target
     # leaf gets the indices of its layers, in order).
     indices = restack(jax.tree.unflatten(source_def, [np.asarray(i) for i in range(len(source_plans))]))

@@ -277,5 +277,5 @@ def test_convert_state_lists_every_mismatch():
   broken = state._replace(v={'a': np.zeros((4, 5), np.float32), 'b': state.v['b']}, v_row={'a': state.v_row['a']})
   with pytest.raises(ValueError) as err:
     tx.convert_state(broken, params, None, params, None)
-  assert "v['a']: shape (4, 5), expected (4, 4)" in str(err.value)
+  assert "v['a']: shape (4, 5), flanx expects (4, 4)" in str(err.value)
   assert "v_row: missing ['b']" in str(err.value)
