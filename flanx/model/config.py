@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import gin
 
@@ -38,6 +39,8 @@ class T5Config:
   # nn.scan over layers: one compiled layer body (fast compile at XL/XXL); params gain a leading
   # 'layers' axis under encoder/layers and decoder/layers.
   scan_layers: bool = False
+  # Parameter-efficient tuning (flanx.model.peft): LoRA adapters on chosen projections (a LoraConfig), or None.
+  lora: Any = None
 
   @property
   def gated(self) -> bool:

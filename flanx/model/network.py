@@ -56,13 +56,29 @@ class Dense(nn.Module):
   init_std: float
   dtype: str
   truncated: bool = False
+  lora: Any = None  # the model's LoraConfig: an adapter is added when it targets this projection
+  deterministic: bool = True  # LoRA dropout only
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = (nn.initializers.truncated_normal(self.init_std / _TRUNCATED_NORMAL_STD) if self.truncated
             else nn.initializers.normal(self.init_std))
     kernel = _param(self, 'kernel', init, (x.shape[-1], self.features), self.axes)
-    return jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.lora is not None and self.lora.targets(self.scope.path):
+      return y + self._lora(x)
+    return y
+
+  def _lora(self, x: Array) -> Array:
+    """dropout(x)·A·B·(alpha/r) as PEFT: A kaiming-uniform (bound 1/sqrt(in)), B zero; sharded like the kernel."""
+    lora, fan_in = self.lora, x.shape[-1]
+    bound = fan_in ** -0.5
+    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    a = _param(self, 'lora_a', uniform, (fan_in, lora.rank), (self.axes[0], None))
+    b = _param(self, 'lora_b', nn.initializers.zeros, (lora.rank, self.features), (None, self.axes[1]))
+    x = nn.Dropout(lora.dropout)(x, deterministic=self.deterministic)
+    h = jnp.einsum('...d,dr->...r', x.astype(self.dtype), a.astype(self.dtype))
+    return jnp.einsum('...r,rf->...f', h, b.astype(self.dtype)) * jnp.asarray(lora.scale, self.dtype)
 
 
 class Embed(nn.Module):
@@ -131,7 +147,8 @@ class Attention(nn.Module):
   def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
                decode_index: Array | None = None) -> Array:
     c = self.config
-    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype)
+    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, lora=c.lora,
+                              deterministic=self.deterministic)
     split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
     q = split(dense(init_std=(c.d_model * c.d_kv) ** -0.5, name='query')(x))
     q = _constrain(q, ('batch', 'length', 'heads', 'kv'))
@@ -171,7 +188,8 @@ class Attention(nn.Module):
     weights = weights.astype(c.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     out = out.reshape(out.shape[:-2] + (c.inner_dim,))
-    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, name='out')(out)
+    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, lora=c.lora,
+                 deterministic=self.deterministic, name='out')(out)
 
 
 # GeLU is the tanh approximation, gated or not (t5x's `gelu` is flax's, approximate=True; Flan-T5 trained so).
@@ -193,7 +211,8 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     act = _ACTIVATIONS[c.activation]
-    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True)
+    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True, lora=c.lora,
+                           deterministic=self.deterministic)
     if c.gated:
       h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
     else:
@@ -201,7 +220,8 @@ class MlpBlock(nn.Module):
     h = _constrain(h, ('batch', 'length', 'mlp'))
     # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
     h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
-    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, name='wo')(h)
+    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, lora=c.lora,
+                 deterministic=self.deterministic, name='wo')(h)
 
 
 def _dropout(config: T5Config, x: Array, deterministic: bool) -> Array:

@@ -19,7 +19,7 @@ import numpy as np
 
 from flanx import gin_config
 from flanx.interop import load_params
-from flanx.model import flops, network
+from flanx.model import flops, network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import adafactor, checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import start_step, steps, stop_signal
@@ -84,10 +84,13 @@ def train(*,
           restore_data: bool = True,
           already_done_ok: bool = False,
           take_over_stale_lease: bool = False,
+          peft: str | None = None,
           run_name: str = 'train') -> dict:
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
 
   `optimizer` is a factory `(learning_rate=schedule, param_axes=axes) -> Optimizer` (default: t5x's Adafactor).
+  `peft='lora'` (gin macro PEFT) trains LoRA adapters (`LoraConfig.*`) on a frozen base: only the adapters and
+  their optimizer state are in the checkpoints, which name the base (INITIAL_CHECKPOINT_PATH, or the seed).
   Steps follow t5x (flanx.training.start_step): from a t5x initial checkpoint the step continues from the
   checkpoint's and TRAIN_STEPS is absolute (`continue_step`, `relative_steps`); `restore_optimizer_state` also
   continues its Adafactor state (default: fresh).
@@ -98,7 +101,7 @@ def train(*,
   """
   arguments = dict(locals())
   stop_signal.install()  # from here a SIGTERM means "stop cleanly" (the command line installs it even earlier)
-  config = model_config or T5Config()
+  config = peft_lib.configure(model_config or T5Config(), peft)
   run_checks.check_args(arguments, run_checks.TRAIN_ARG_RULES)
   data.import_task_modules(mixture_or_task_module)
   run_checks.check_task_name(mixture_or_task_name)
@@ -112,7 +115,7 @@ def train(*,
   def make_optimizer(schedule_offset: int) -> Optimizer:
     # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
     return (optimizer or adafactor.adafactor)(learning_rate=start_step.shifted_schedule(schedule, schedule_offset),
-                                              param_axes=network.logical_axes(config))
+                                              param_axes=steps.trained_part(config, network.logical_axes(config))[0])
 
   tx = make_optimizer(0)  # for shapes and shardings; rebuilt below once the schedule offset is known
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
@@ -141,7 +144,7 @@ def train(*,
     writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar,
                            resume_step=resumed or 0)
     meta = {'seed': seed, 'data_seed': data_seed, 'run': signature, 'config_gin': gin.config_str(),
-            'schedule_offset': schedule_offset}
+            'schedule_offset': schedule_offset, 'peft': peft, 'base': initial_checkpoint_path}
     saver = _Saver(ckpts, iterator, meta, resumed, folder)
     loss_config = steps.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
     with mesh, steps.activation_rules(shardings):
@@ -233,10 +236,14 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
     latest, params, opt_state, meta = ckpts.restore_newest_intact(target.params, target.opt_state, log)
     log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
     state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
-                             opt_state=opt_state)
+                             opt_state=opt_state, frozen=_frozen_base(config, initial_checkpoint_path, seed, shardings))
     return state, int(meta['batches_read']), latest
   start = start or start_step.StartPlan(0, 0, False)
-  if initial_checkpoint_path:
+  if initial_checkpoint_path and config.lora is not None:  # pretrained base, fresh adapters
+    params = peft_lib.combine(steps.init_adapters(config, seed, shardings),
+                              _frozen_base(config, initial_checkpoint_path, seed, shardings, cast=False))
+    log(f'LoRA adapters (rank {config.lora.rank}) on the frozen base {initial_checkpoint_path}.')
+  elif initial_checkpoint_path:
     params = load_params.load_sharded_params(initial_checkpoint_path, config, shardings.params)
     continuing = f', continuing at step {start.step}' if start.step else ''
     log(f'Initialised from {initial_checkpoint_path}{continuing}.')
@@ -247,7 +254,22 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
       return steps.TrainState(step=step, params=params, opt_state=opt_state), 0, None
   else:
     params = steps.init_params(config, seed, shardings)
-  return steps.new_state(params, tx, shardings, step=start.step), 0, None
+  base_dtype = config.lora.base_dtype if config.lora is not None else 'float32'
+  return steps.new_state(params, tx, shardings, step=start.step, base_dtype=base_dtype), 0, None
+
+
+def _frozen_base(config: T5Config, initial_checkpoint_path: str | None, seed: int, shardings: steps.Shardings,
+                 cast: bool = True):
+  """A PEFT run's frozen base params (None otherwise): the initial checkpoint's, else the seed's initialisation."""
+  if config.lora is None:
+    return None
+  if initial_checkpoint_path:
+    base = load_params.load_sharded_params(initial_checkpoint_path, config.replace(lora=None), shardings.frozen)
+  else:
+    base = steps.trained_part(config, steps.init_params(config, seed, shardings))[1]
+  if cast and config.lora.base_dtype != 'float32':
+    base = jax.tree.map(lambda x: x.astype(config.lora.base_dtype), base)
+  return base
 
 
 class _Saver:
@@ -298,7 +320,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
         metrics = timing.metrics(step_metrics, step)
         writer.write(step, metrics)
       if eval_fn is not None and step % periods['eval_period'] == 0:
-        writer.write(step, eval_fn(state.params))
+        writer.write(step, eval_fn(state.model_params))
       if step % periods['checkpoint_period'] == 0:
         saver.save(state, step)
       if preempted.is_set():

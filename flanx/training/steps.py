@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from flanx.model import network
+from flanx.model import network, peft
 from flanx.model.config import T5Config
 from flanx.training import losses, partitioning
 from flanx.training.optimizer import Optimizer
@@ -26,10 +26,17 @@ _MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'encoder_segm
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a checkpoint restores: the step count, the params and the optimizer state."""
+  """The step count, the trained params and their optimizer state (what a checkpoint holds), and in a
+  parameter-efficient run the frozen base params (restored from the base, never saved)."""
   step: jax.Array
   params: PyTree
   opt_state: PyTree
+  frozen: PyTree = None
+
+  @property
+  def model_params(self) -> PyTree:
+    """The whole model's params (trained and frozen together)."""
+    return self.params if self.frozen is None else peft.combine(self.params, self.frozen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,23 +58,36 @@ class Shardings:
   params: PyTree
   opt_state: PyTree
   batch: NamedSharding
+  frozen: PyTree = None  # parameter-efficient runs: the frozen base params' shardings
 
   @property
   def state(self) -> TrainState:
-    return TrainState(step=partitioning.replicated(self.mesh), params=self.params, opt_state=self.opt_state)
+    return TrainState(step=partitioning.replicated(self.mesh), params=self.params, opt_state=self.opt_state,
+                      frozen=self.frozen)
+
+  @property
+  def model_params(self) -> PyTree:
+    """Shardings of the whole model's params."""
+    return self.params if self.frozen is None else peft.combine(self.params, self.frozen)
+
+
+def trained_part(config: T5Config, tree: PyTree) -> tuple[PyTree, PyTree]:
+  """(trained, frozen) halves of a param-shaped tree: all and None, or the adapters and the base under PEFT."""
+  return peft.split_trainable(tree) if config.lora is not None else (tree, None)
 
 
 def make_shardings(config: T5Config, optimizer: Optimizer | None, mesh: Mesh, rules: tuple) -> Shardings:
   """Shardings of params (from their logical axes) and of the optimizer state (optimizer=None: params only)."""
-  abstract = network.abstract_params(config)
-  axes = network.logical_axes(config)
   fit = lambda shardings, shapes: jax.tree.map(lambda s, x: partitioning.fit_sharding(s, x.shape), shardings, shapes)
-  params = fit(partitioning.logical_to_sharding(axes, mesh, rules), abstract)
+  params, frozen = trained_part(config, fit(partitioning.logical_to_sharding(network.logical_axes(config), mesh, rules),
+                                            network.abstract_params(config)))
+  abstract, _ = trained_part(config, network.abstract_params(config))
+  axes, _ = trained_part(config, network.logical_axes(config))
   opt_state = None
   if optimizer is not None:
     opt_axes = optimizer.state_logical_axes(abstract, axes)
     opt_state = fit(partitioning.logical_to_sharding(opt_axes, mesh, rules), jax.eval_shape(optimizer.init, abstract))
-  return Shardings(mesh, rules, params, opt_state, partitioning.batch_sharding(mesh))
+  return Shardings(mesh, rules, params, opt_state, partitioning.batch_sharding(mesh), frozen)
 
 
 def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -77,15 +97,21 @@ def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
 
 def abstract_state(config: T5Config, optimizer: Optimizer, shardings: Shardings) -> TrainState:
   """The train state as sharded ShapeDtypeStructs (nothing allocated): the checkpoint restore target."""
-  params = network.abstract_params(config)
+  params, _ = trained_part(config, network.abstract_params(config))
   return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(shardings.mesh)),
                     params=with_shardings(params, shardings.params),
                     opt_state=with_shardings(jax.eval_shape(optimizer.init, params), shardings.opt_state))
 
 
 def init_params(config: T5Config, seed: int, shardings: Shardings) -> PyTree:
-  """Random params created directly in their shards (no host copy of a large model)."""
-  init = jax.jit(lambda key: network.init_params(config, key), out_shardings=shardings.params)
+  """Random params of the whole model created directly in their shards (no host copy of a large model)."""
+  init = jax.jit(lambda key: network.init_params(config, key), out_shardings=shardings.model_params)
+  return init(jax.random.key(seed))
+
+
+def init_adapters(config: T5Config, seed: int, shardings: Shardings) -> PyTree:
+  """Fresh adapter params only (the base's initialisation is dead code XLA drops): for a pretrained base."""
+  init = jax.jit(lambda key: trained_part(config, network.init_params(config, key))[0], out_shardings=shardings.params)
   return init(jax.random.key(seed))
 
 
@@ -94,10 +120,15 @@ def init_opt_state(optimizer: Optimizer, params: PyTree, shardings: Shardings) -
   return jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
 
 
-def new_state(params: PyTree, optimizer: Optimizer, shardings: Shardings, step: int = 0) -> TrainState:
-  """A train state at `step` around `params`, with a fresh optimizer state."""
-  return TrainState(step=jax.device_put(jnp.int32(step), partitioning.replicated(shardings.mesh)), params=params,
-                    opt_state=init_opt_state(optimizer, params, shardings))
+def new_state(params: PyTree, optimizer: Optimizer, shardings: Shardings, step: int = 0,
+              base_dtype: str = 'float32') -> TrainState:
+  """A train state at `step` around the whole model's `params` (split into trained and frozen under PEFT, the
+  frozen half stored in `base_dtype`), with a fresh optimizer state."""
+  trained, frozen = (params, None) if shardings.frozen is None else peft.split_trainable(params)
+  if frozen is not None and base_dtype != 'float32':
+    frozen = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(base_dtype), tree), donate_argnums=0)(frozen)
+  return TrainState(step=jax.device_put(jnp.int32(step), partitioning.replicated(shardings.mesh)), params=trained,
+                    opt_state=init_opt_state(optimizer, trained, shardings), frozen=frozen)
 
 
 def model_inputs(batch: Batch) -> dict:
@@ -134,7 +165,10 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
   model = network.Transformer(config)
   dropout = config.dropout_rate > 0.0
 
-  def summed_loss(params, batch, weights, key):
+  dropout = dropout or (config.lora is not None and config.lora.dropout > 0.0)
+
+  def summed_loss(params, frozen, batch, weights, key):
+    params = params if frozen is None else peft.combine(params, frozen)
     return loss_forward(model, params, batch, loss_config, weights=weights, rng=key if dropout else None)
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -147,18 +181,18 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
     factor = 1.0 if factor is None else factor
     params, key = state.params, jax.random.fold_in(jax.random.key(dropout_seed), state.step)
     if num_microbatches == 1:
-      grads, aux = grad_fn(params, batch, weights, key)
+      grads, aux = grad_fn(params, state.frozen, batch, weights, key)
     else:
       split = lambda x: x.reshape((num_microbatches, -1) + x.shape[1:])
       micro, micro_weights = jax.tree.map(split, dict(batch)), split(weights)
 
       def accumulate(carry, inputs):
         index, mb, w = inputs
-        g, a = grad_fn(params, mb, w, jax.random.fold_in(key, index))
+        g, a = grad_fn(params, state.frozen, mb, w, jax.random.fold_in(key, index))
         return jax.tree.map(jnp.add, carry, (g, a)), None
 
       first = jax.tree.map(lambda x: x[0], (micro, micro_weights))
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, *first, key))
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, state.frozen, *first, key))
       (grads, aux), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro, micro_weights))
     grads = jax.tree.map(lambda g: g / factor, grads)
     loss = aux['loss'] / factor
@@ -176,7 +210,7 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
         'grad_norm': optax.global_norm(grads),
         'param_norm': optax.global_norm(new_params),
     }
-    return TrainState(step=state.step + 1, params=new_params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=new_params, opt_state=opt_state, frozen=state.frozen), metrics
 
   return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
                  out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0)
@@ -191,7 +225,7 @@ def make_eval_step(config: T5Config, shardings: Shardings, per_example: bool = F
     _, aux = loss_forward(model, params, batch, EVAL_LOSS, per_example=per_example)
     return {k: aux[k] for k in ('loss', 'num_correct', 'weight_sum')}
 
-  return jax.jit(step, in_shardings=(shardings.params, shardings.batch), out_shardings=out)
+  return jax.jit(step, in_shardings=(shardings.model_params, shardings.batch), out_shardings=out)
 
 
 def teacher_forced_metrics(totals: Iterable[Mapping[str, Any]]) -> dict[str, float]:

@@ -1,0 +1,133 @@
+"""Parameter-efficient tuning: LoRA on chosen T5 projections, and which params a PEFT run trains.
+
+LoRA (Hu et al. 2021), as Hugging Face `peft` defines it for T5: a targeted projection y = x·W becomes
+y = x·W + dropout(x)·A·B · (alpha / r), with A [in, r] drawn like PEFT's (kaiming-uniform, bound 1/sqrt(in)) and B
+[r, out] zero, so step 0 is the base model exactly. The adapter lives next to its kernel (`…/query/lora_a`,
+`…/query/lora_b`) and is sharded like it: A on the kernel's input axis, B on its output axis.
+
+Targets use transformers' T5 module names — q, k, v, o (attention), wi, wi_0, wi_1, wo (MLP) — restricted to
+the blocks named in `blocks`: 'encoder' (encoder self-attention), 'decoder' (decoder self-attention), 'cross'
+(encoder-decoder attention) and 'mlp' (both stacks' MLPs). PEFT's `target_modules` is written from the same
+choice, so an exported adapter applies to exactly these modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import gin
+
+PyTree = Any
+
+# flanx (t5x) module names → transformers' T5 module names.
+HF_PROJECTION_NAMES = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'o', 'wi': 'wi', 'wi_0': 'wi_0',
+                       'wi_1': 'wi_1', 'wo': 'wo'}
+_BLOCKS = {'attention': 'encoder', 'self_attention': 'decoder', 'encoder_decoder_attention': 'cross', 'mlp': 'mlp'}
+ADAPTER_LEAVES = ('lora_a', 'lora_b')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """LoRA rank, scale (alpha / rank), dropout on the adapter's input, and where adapters go."""
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  target_modules: tuple[str, ...] = ('q', 'v')  # PEFT's default for T5
+  blocks: tuple[str, ...] = ('encoder', 'decoder', 'cross', 'mlp')
+  # Frozen base weights stored in this dtype on the device (bfloat16 halves their memory); adapters stay float32.
+  base_dtype: str = 'float32'
+
+  def __post_init__(self):
+    unknown = set(self.target_modules) - set(HF_PROJECTION_NAMES.values())
+    if unknown or not self.target_modules:
+      raise ValueError(f'LoraConfig.target_modules={self.target_modules!r}: choose from '
+                       f'{sorted(set(HF_PROJECTION_NAMES.values()))}')
+    if set(self.blocks) - set(_BLOCKS.values()) or not self.blocks:
+      raise ValueError(f'LoraConfig.blocks={self.blocks!r}: choose from {sorted(set(_BLOCKS.values()))}')
+    if self.rank < 1:
+      raise ValueError(f'LoraConfig.rank must be positive, got {self.rank}')
+    object.__setattr__(self, 'target_modules', tuple(self.target_modules))
+    object.__setattr__(self, 'blocks', tuple(self.blocks))
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def targets(self, module_path: Sequence[str]) -> bool:
+    """Whether the projection at this module path (e.g. encoder/layers_0/attention/query) gets an adapter."""
+    if len(module_path) < 2:
+      return False
+    name, block = module_path[-1], _BLOCKS.get(module_path[-2])
+    return HF_PROJECTION_NAMES.get(name) in self.target_modules and block in self.blocks
+
+  def hf_target_regex(self) -> str:
+    """PEFT's `target_modules` as a regex over transformers' module names (fullmatch), for exactly these targets."""
+    stacks = {'encoder': r'encoder\.block\.\d+\.layer\.0\.SelfAttention',
+              'decoder': r'decoder\.block\.\d+\.layer\.0\.SelfAttention',
+              'cross': r'decoder\.block\.\d+\.layer\.1\.EncDecAttention',
+              'mlp': r'(?:encoder\.block\.\d+\.layer\.1|decoder\.block\.\d+\.layer\.2)\.DenseReluDense'}
+    attention = [m for m in self.target_modules if m in ('q', 'k', 'v', 'o')]
+    mlp = [m for m in self.target_modules if m not in ('q', 'k', 'v', 'o')]
+    parts = []
+    for block in self.blocks:
+      names = mlp if block == 'mlp' else attention
+      if names:
+        parts.append(f"{stacks[block]}\\.(?:{'|'.join(names)})")
+    return r'.*(?:' + '|'.join(parts) + ')'
+
+
+def configure(config: Any, method: str | None) -> Any:
+  """The model config for a run's PEFT setting: None (full fine-tuning) or 'lora' (adapters per LoraConfig)."""
+  if method in (None, '', 'none'):
+    return config
+  if method == 'lora':
+    return config if config.lora is not None else config.replace(lora=LoraConfig())
+  raise ValueError(f"PEFT={method!r}: expected None or 'lora'")
+
+
+def is_adapter_path(path: Sequence[Any]) -> bool:
+  """Whether a param (key path) is a PEFT-trained param: a LoRA factor or the prompt embedding."""
+  last = getattr(path[-1], 'key', path[-1])
+  return last in ADAPTER_LEAVES or last == 'prompt_embedding'
+
+
+def split_trainable(params: dict) -> tuple[dict, dict]:
+  """(adapter params, frozen base params): two nested dicts with disjoint leaves."""
+  trainable, frozen = {}, {}
+  for key, value in params.items():
+    if isinstance(value, dict):
+      t, f = split_trainable(value)
+      if t:
+        trainable[key] = t
+      if f:
+        frozen[key] = f
+    elif is_adapter_path([key]):
+      trainable[key] = value
+    else:
+      frozen[key] = value
+  return trainable, frozen
+
+
+def combine(trainable: dict, frozen: dict) -> dict:
+  """The full param tree from its two halves (inverse of split_trainable)."""
+  out = dict(frozen)
+  for key, value in trainable.items():
+    out[key] = combine(value, out.get(key, {})) if isinstance(value, dict) else value
+  return out
+
+
+def merge_lora(params: dict, lora: LoraConfig) -> dict:
+  """Folds every adapter into its kernel (kernel + A·B·scale) and drops the adapters: a plain model's params."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for key, value in params.items():
+    if isinstance(value, dict) and 'lora_a' in value:
+      a, b, kernel = (np.asarray(value[k], np.float32) for k in ('lora_a', 'lora_b', 'kernel'))
+      out[key] = {'kernel': kernel + np.matmul(a, b) * lora.scale}
+    elif isinstance(value, dict):
+      out[key] = merge_lora(value, lora)
+    else:
+      out[key] = value
+  return out
