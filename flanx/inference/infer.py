@@ -22,12 +22,17 @@ from flanx.inference.inference_model import InferenceModel
 _PROMPT_KEYS = ('inputs', 'input', 'prompt')
 
 
-def read_prompts(path: str) -> list[dict[str, str]]:
-  """Prompts from a JSONL file; a bad line is an error naming file and line."""
+def read_prompts(path: str) -> list[dict[str, Any]]:
+  """Prompts from a JSONL file (each with its 'line' number); a bad line is an error naming file and line."""
   import tensorflow as tf
   records = []
-  with tf.io.gfile.GFile(path) as f:
-    for line_number, line in enumerate(f, 1):
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    for line_number, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8-sig' if line_number == 1 else 'utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{path}:{line_number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column '
+                         f'{e.start + 1})') from None
       if not line.strip():
         continue
       try:
@@ -38,17 +43,33 @@ def read_prompts(path: str) -> list[dict[str, str]]:
       if key is None or not isinstance(record[key], str):
         raise ValueError(f'{path}:{line_number}: expected a string field "inputs" (or "input"/"prompt")')
       target = record.get('targets', record.get('target'))
-      records.append({'inputs': record[key], **({'targets': target} if target is not None else {})})
+      records.append({'inputs': record[key], 'line': line_number,
+                      **({'targets': target} if target is not None else {})})
+  if not records:
+    raise ValueError(f'{path}: no prompts (the file is empty or has only blank lines)')
   return records
 
 
-def _encode(vocabulary: Any, texts: Sequence[str], length: int) -> np.ndarray:
-  """Token ids with EOS, truncated (EOS kept) and zero-padded to `length`."""
+def _encode(vocabulary: Any, texts: Sequence[str], length: int, truncated: list[int] | None = None) -> np.ndarray:
+  """Token ids with EOS, truncated (EOS kept) and zero-padded to `length`; appends cut rows' indices to
+  `truncated`."""
   rows = np.zeros((len(texts), length), np.int32)
   for i, text in enumerate(texts):
-    ids = list(vocabulary.encode(text))[:length - 1] + [vocabulary.eos_id]
+    ids = list(vocabulary.encode(text))
+    if len(ids) > length - 1 and truncated is not None:
+      truncated.append(i)
+    ids = ids[:length - 1] + [vocabulary.eos_id]
     rows[i, :len(ids)] = ids
   return rows
+
+
+def _truncation_report(source: str, records: Sequence[Mapping[str, Any]], truncated: Sequence[int],
+                       length: int) -> str:
+  """A warning line naming how many inputs (and which lines or examples) were cut to the input length."""
+  where = [f"line {records[i]['line']}" if 'line' in records[i] else f'example {i}' for i in truncated[:10]]
+  more = ', …' if len(truncated) > 10 else ''
+  return (f'Warning: {source}: {len(truncated)} of {len(records)} inputs are longer than the input length '
+          f'({length} tokens with EOS) and were truncated ({", ".join(where)}{more}).')
 
 
 def _encode_prompts(vocabulary: Any, texts: Sequence[str], max_decode_length: int) -> np.ndarray:
@@ -117,10 +138,12 @@ def infer(*,
   model = InferenceModel(checkpoint_path, config, batch_size, **{**options, 'return_all_decodes': True})
   several = predict.decodes_per_input(options) > 1
   path = os.path.join(output_dir, f"{name}-{options['mode']}.jsonl-00000-of-00001")
-  lines = []
+  lines, truncated = [], []
   for start in range(0, len(records), batch_size):
     chunk = records[start:start + batch_size]
-    tokens = _encode(vocabulary, [r['inputs'] for r in chunk], task_feature_lengths['inputs'])
+    cut = []
+    tokens = _encode(vocabulary, [r['inputs'] for r in chunk], task_feature_lengths['inputs'], cut)
+    truncated += [start + i for i in cut]
     prompt = (_encode_prompts(vocabulary, [r.get('targets', '') for r in chunk], options['max_decode_length'])
               if prompt_with_targets else None)
     predictions, scores = model.predict(tokens, start // batch_size, prompt)
@@ -138,4 +161,8 @@ def infer(*,
     with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
       f.write(''.join(json.dumps(line, ensure_ascii=False) + '\n' for line in lines))
     tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+    if truncated:
+      print(_truncation_report(input_file or name, records, truncated, task_feature_lengths['inputs']), flush=True)
+    print(f'{name}: {len(lines)} predictions, {len(truncated)} of {len(records)} inputs truncated to '
+          f"{task_feature_lengths['inputs']} tokens.", flush=True)
   return path
