@@ -566,6 +566,8 @@ def convert(t5x: T5xGin) -> Conversion:
   random_seed, where = t5x.get('train', 'random_seed', default=None)
   if isinstance(random_seed, int):
     _bind(lines, 'SEED', random_seed, 'params init and dropout')
+  else:
+    lines.append('# SEED: t5x draws a random seed each run (random_seed = None); flanx uses SEED (fixed)')
   eval_period, where = t5x.get('train', 'eval_period', default=None)
   if isinstance(eval_period, int):
     _bind(lines, 'EVAL_PERIOD', eval_period)
@@ -583,6 +585,8 @@ def convert(t5x: T5xGin) -> Conversion:
   for arg, target in (('z_loss', 'train.z_loss'), ('label_smoothing', 'train.label_smoothing'),
                       ('loss_normalizing_factor', 'LOSS_NORMALIZING_FACTOR')):
     value, where = t5x.get('EncoderDecoderModel', arg, default=T5X_MODEL_DEFAULTS[arg])
+    if isinstance(value, Ref) and value.name.rsplit('.', 2)[-2:-1] == ['SpecialLossNormalizingFactor']:
+      value = value.name.rsplit('.', 1)[-1]  # @losses.SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS
     if not isinstance(value, (int, float, str, type(None))):
       conv.drop(where, f'models.EncoderDecoderModel.{arg}', value, 'only plain values carry over')
       continue

@@ -435,3 +435,16 @@ def test_decoding_settings_carry_over(tmp_path, flanx_gin):
   value = flanx_gin(_convert(tmp_path / 'config.gin', tmp_path))
   assert value('decode_options.mode') == 'sample'
   assert value('decode_options.temperature') == 0.7 and value('decode_options.top_k') == 40
+
+
+def test_special_loss_normalizing_factor_and_unsupported_schedule(tmp_path, flanx_gin):
+  text = CONFIG_GIN.replace("'constant * rsqrt_decay'", "'constant * linear_warmup * cosine_decay'") + (
+      'models.EncoderDecoderModel.loss_normalizing_factor = '
+      '@losses.SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS\n')
+  (tmp_path / 'config.gin').write_text(text)
+  run = _convert(tmp_path / 'config.gin', tmp_path)
+  value = flanx_gin(run)
+  assert value('train.loss_normalizing_factor') == 'NUM_REAL_TARGET_TOKENS'
+  converted = run.read_text()
+  assert "factors = 'constant * linear_warmup * cosine_decay'" in converted  # reported, flanx default kept
+  assert 'train.learning_rate_schedule' not in converted
