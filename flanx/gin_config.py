@@ -190,8 +190,17 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
     raise GinConfigError(str(e)) from None
   _check_macro_overrides(bindings)
   check_macro_values(files, bindings, paths)
+  _reapply_task_registrations()
   if finalize:
     gin.finalize()
+
+
+def _reapply_task_registrations() -> None:
+  """Re-runs the task registrations `import tasks` made whose gin settings were just parsed (their
+  `on_error`, dataset lists, caps...), so those settings take effect (tasks/registrations.py)."""
+  registrations = sys.modules.get('tasks.registrations')
+  if registrations is not None:
+    registrations.reapply()
 
 
 def _macro_literal(name: str) -> Any:
