@@ -250,13 +250,12 @@ def _convert(source: _Entry, p: Plan, shape: tuple[int, ...], momentum: bool) ->
   if source.shape != shape:
     raise ValueError(f'adafactor: cannot convert state of a {source.shape} param to {shape}')
   out = {s: np.zeros(t, np.float32) for s, t in slot_shapes(shape, p, momentum).items()}
-  if momentum and np.shape(source.slots['m']) == shape:
-    out['m'] = source.slots['m'].astype(np.float32)
   same = (source.plan.row, source.plan.col) == (p.row, p.col)
-  if same and p.factored:
-    out['v_row'], out['v_col'] = source.slots['v_row'], source.slots['v_col']
-  elif same:
-    out['v'] = source.slots['v']
+  for slot in SLOTS:  # same plan: every slot (placeholders too) as it was; otherwise m only
+    if (same or slot == 'm') and np.shape(source.slots[slot]) == out[slot].shape:
+      out[slot] = source.slots[slot]
+  if same:
+    pass
   elif p.factored:
     v = _full_v(source)
     out['v_row'], out['v_col'] = np.mean(v, axis=p.col), np.mean(v, axis=p.row)
