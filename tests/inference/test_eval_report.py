@@ -66,36 +66,39 @@ def test_mmlu_table_categories_and_partial_suite():
 
 @pytest.mark.skipif(not (BBH_DIR.is_dir() and DEV_VOCAB.exists()),
                     reason=f'BBH data or dev vocabulary absent ({SHARED}); they live beside the repo')
-def test_tiny_model_evaluated_on_bbh_prints_the_table(tmp_path, capsys):
+def test_one_command_on_a_tiny_model_prints_the_bbh_table(tmp_path, capsys, monkeypatch):
+  """`python -m flanx.eval --gin_file=runs/eval_flan_suite.gin …` end to end (random tiny model, 3 examples)."""
+  import json
   import gin
   import jax
-  from flanx.inference import evaluate as evaluation
+  from flanx import eval as eval_cli
   from flanx.model import network
   from flanx.training import checkpoints
   from tasks import vocab as vocab_lib
-  vocabulary = vocab_lib.get_vocabulary(str(DEV_VOCAB), 'lossless')
-  bbh.register_bbh(str(BBH_DIR), tasks=('navigate', 'web_of_lies'), modes=('direct',), vocabulary=vocabulary,
-                   prefix='t_report_')
-  config = T5Config(vocab_size=8128, d_model=16, d_kv=4, num_heads=2, d_ff=16, num_encoder_layers=1,
-                    num_decoder_layers=1)
-  assert vocabulary.vocab_size <= config.vocab_size
-  params = jax.device_get(network.init_params(config, jax.random.key(0)))
+  monkeypatch.setenv('FLANX_BBH_DIR', str(BBH_DIR))
+  monkeypatch.setenv('FLANX_VOCAB', str(DEV_VOCAB))
+  tiny = dict(vocab_size=8128, d_model=16, d_kv=4, num_heads=2, d_ff=16, num_encoder_layers=1, num_decoder_layers=1)
+  assert vocab_lib.get_vocabulary(str(DEV_VOCAB)).vocab_size <= tiny['vocab_size']
+  params = jax.device_get(network.init_params(T5Config(**tiny), jax.random.key(0)))
   checkpoints.write_params_checkpoint(str(tmp_path / 'run'), 0, params, {'step': 0})
+  argv = ['--gin_file=runs/eval_flan_suite.gin', f'--gin.CHECKPOINT_PATH="{tmp_path / "run"}"',
+          '--gin.MIXTURE_OR_TASK_NAME="bbh_direct_navigate"', '--gin.evaluate.num_examples=3',
+          '--gin.MAX_DECODE_LENGTH=8', "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 8}",
+          f'--gin.EVAL_OUTPUT_DIR="{tmp_path / "eval"}"'] + [f'--gin.T5Config.{k}={v}' for k, v in tiny.items()]
   gin.clear_config()
   try:
-    results = evaluation.evaluate(checkpoint_path=str(tmp_path / 'run'), mixture_or_task_name='t_report_bbh_direct',
-                                  task_feature_lengths={'inputs': 512, 'targets': 8}, batch_size=4,
-                                  model_config=config, split='test', num_examples=3, output_dir=str(tmp_path / 'eval'))
+    assert eval_cli.main(argv) == 0
   finally:
     gin.clear_config()
-  for task in ('navigate', 'web_of_lies'):
-    assert results[f't_report_bbh_direct_{task}']['num_examples'] == 3
-    assert 0 <= results[f't_report_bbh_direct_{task}']['exact_match'] <= 100
+  out = capsys.readouterr().out
   table = (tmp_path / 'eval' / 'test_report.txt').read_text()
-  assert table in capsys.readouterr().out
+  assert table in out
+  results = json.loads((tmp_path / 'eval' / 'test_metrics.json').read_text())['metrics']
+  score = results['bbh_direct_navigate']['exact_match']
+  assert results['bbh_direct_navigate']['num_examples'] == 3 and score in (0.0, 100 / 3, 200 / 3, 100.0)
   lines = table.splitlines()
   assert lines[0] == 'BBH, answer only, 3-shot (exact_match, %)'
-  assert [line.split()[:2] for line in lines[2:4]] == [['navigate', '3'], ['web_of_lies', '3']]
-  assert _row(table, 'macro average')[:3] == ['macro', 'average', '6']
-  assert 'only 2 of 27 tasks: not comparable with the paper' in table
+  assert lines[2].split() == ['navigate', '3', f'{score:.1f}']
+  assert _row(table, 'macro average') == ['macro', 'average', '3', f'{score:.1f}', '—']
+  assert 'only 1 of 27 tasks: not comparable with the paper' in table
   assert 'model shape is not a public Flan checkpoint' in table

@@ -47,6 +47,7 @@ def test_dolly_recipe():
 
 REQUIRED = {
     'runs/eval.gin': ['CHECKPOINT_PATH = "/tmp/x"', 'MIXTURE_OR_TASK_NAME = "t"'],
+    'runs/eval_flan_suite.gin': ['CHECKPOINT_PATH = "/tmp/x"'],
     'runs/infer.gin': ['CHECKPOINT_PATH = "/tmp/x"', 'INFER_OUTPUT_DIR = "/tmp/x"'],
 }
 
