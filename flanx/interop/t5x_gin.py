@@ -6,7 +6,9 @@ gin's own parser reads the syntax; nothing is imported or bound, so t5x, seqio t
 installed. Includes are looked up next to the including file, in its parent folders (a t5x checkout) and in
 the given search folders; one that cannot be found is reported in the output.
 
-What carries over (the t5x name -> the flanx binding): the model (t5x's `network.T5Config` -> `T5Config`), task,
+A train config becomes a gin over flanx's runs/finetune.gin; an eval or infer config (t5x's evaluate / infer
+scripts) one over runs/eval.gin / runs/infer.gin with the model, task, split, lengths, batch, checkpoint and
+decoder. What carries over for training (the t5x name -> the flanx binding): the model (t5x's `network.T5Config` -> `T5Config`), task,
 feature lengths, batch size, packing, steps, learning-rate schedule, Adafactor settings, dropout, z-loss, label
 smoothing, loss normalizing factor, checkpoint period and retention, initial checkpoint, microbatches,
 partitioning and decoding settings. Where the t5x gin leaves a setting unbound, t5x's default is written (t5x's
@@ -248,7 +250,7 @@ def _bind(lines: list[str], key: str, value: Any, note: str = '') -> None:
   lines.append(f'{key} = {_text(value)}' + (f'  # {note}' if note else ''))
 
 
-def _model(t5x: T5xGin, conv: Conversion) -> None:
+def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   """t5x's network.T5Config -> flanx T5Config (plus DROPOUT_RATE / ACTIVATION_DTYPE macros)."""
   lines = conv.section('Model (t5x network.T5Config)')
   config_ref, _ = t5x.get('Transformer', 'config', default=None)
@@ -279,6 +281,8 @@ def _model(t5x: T5xGin, conv: Conversion) -> None:
   lines.append('T5Config.dropout_rate = %DROPOUT_RATE')
   lines.append('T5Config.dtype = %ACTIVATION_DTYPE')
   dropout, where = value('dropout_rate')
+  if dropout is REQUIRED and kind != 'train':
+    dropout, where = 0.0, 'unused when decoding'
   if dropout is REQUIRED:
     raise T5xGinError(f'{where}: the dropout rate is %gin.REQUIRED and never set')
   _bind(lines, 'DROPOUT_RATE', float(dropout), '' if where else 't5x default')
@@ -470,8 +474,12 @@ def _partitioning(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
               "flanx's rules are t5x's standard ones")
 
 
-def _decoding(t5x: T5xGin, conv: Conversion) -> None:
-  """Decoder choice and options -> decode_options (used by flanx.eval / flanx.infer with this gin)."""
+def _decoding(t5x: T5xGin, conv: Conversion, kind: str) -> None:
+  """Decoder choice and options -> decode_options (used by flanx.eval / flanx.infer with this gin).
+
+  t5x's default decoder is beam search with predict_batch_with_aux.num_decodes (default 1) beams; that is
+  written out for eval and infer configs. For infer, values go into runs/infer.gin's macros.
+  """
   from flanx.inference import predict  # pylint: disable=g-import-not-at-top
   accepted = _flanx_params(predict.decode_options)
   lines = conv.section('Decoding (t5x decode_fn / predict_batch_with_aux)')
@@ -492,7 +500,7 @@ def _decoding(t5x: T5xGin, conv: Conversion) -> None:
       options['num_decodes'] = num_decodes
   elif decode_fn is not None or num_decodes or t5x.find('beam_search', 'alpha'):
     options['mode'] = 'beam'
-    options['beam_size'] = num_decodes or 4  # t5x's DecoderParams default is 1, but beam_search's is 4
+    options['beam_size'] = num_decodes or 1  # t5x passes num_decodes (default 1) as the beam size
     alpha, _ = t5x.get('beam_search', 'alpha', default=None)
     if alpha is not None:
       options['alpha'] = alpha
@@ -502,37 +510,112 @@ def _decoding(t5x: T5xGin, conv: Conversion) -> None:
   return_all, rwhere = t5x.get('predict_batch_with_aux', 'return_all_decodes', default=None)
   if return_all is not None:
     options['return_all_decodes'] = return_all
+  if not options and kind != 'train':
+    options = {'mode': 'beam', 'beam_size': 1}
+    lines.append("# t5x's default decoder: beam search, num_decodes = 1 beam, alpha 0.6")
   if not options:
     return
   conv.imports.append('flanx.inference.predict')
   for name, value in options.items():
-    if name in accepted:
+    if kind == 'infer' and name in INFER_DECODE_MACROS:
+      _bind(lines, INFER_DECODE_MACROS[name], value)
+    elif name in accepted:
       _bind(lines, f'decode_options.{name}', value)
     else:
       conv.drop(where or rwhere or t5x.path, f'decode option {name}', value, 'flanx decode_options has no such option')
 
 
+# decode_options bound through runs/infer.gin's macros (so --gin.DECODE_MODE etc. keep working).
+INFER_DECODE_MACROS = {'mode': 'DECODE_MODE', 'beam_size': 'BEAM_SIZE', 'temperature': 'TEMPERATURE', 'top_k': 'TOP_K',
+                       'top_p': 'TOP_P'}
+
+
+def _script_kind(t5x: T5xGin) -> str:
+  """'train', 'evaluate' or 'infer': which t5x script the gin configures."""
+  selectors = {b.selector.rsplit('.', 1)[-1] for b in t5x.bindings.values() if b.arg}
+  for kind in ('train', 'evaluate', 'infer'):
+    if kind in selectors:
+      return kind
+  if t5x.macro('TRAIN_STEPS') is not None:
+    return 'train'
+  raise T5xGinError(f'{t5x.path}: not a t5x train, eval or infer config (no train / evaluate / infer bindings '
+                    'and no TRAIN_STEPS)')
+
+
+def _eval_or_infer(t5x: T5xGin, conv: Conversion, kind: str) -> None:
+  """t5x's evaluate / infer script settings -> flanx runs/eval.gin / runs/infer.gin macros."""
+  lines = conv.section(f'Task, data and checkpoint (t5x {kind})')
+  ref, _ = t5x.get(kind, 'dataset_cfg', default=None)
+  scope = ref.name.rsplit('/', 1)[0] if isinstance(ref, Ref) and '/' in ref.name else ''
+  data = lambda arg, default: t5x.get('DatasetConfig', arg, scope, default=default)
+  name, _ = data('mixture_or_task_name', None)
+  if name is None or name is REQUIRED:
+    lines.append('# MIXTURE_OR_TASK_NAME: not set in the t5x gin; set --gin.MIXTURE_OR_TASK_NAME')
+  else:
+    _bind(lines, 'MIXTURE_OR_TASK_NAME', name)
+  module, _ = data('module', None)
+  _bind(lines, 'MIXTURE_OR_TASK_MODULE', None if module is REQUIRED else module)
+  lengths, where = data('task_feature_lengths', None)
+  if isinstance(lengths, dict):
+    _bind(lines, 'TASK_FEATURE_LENGTHS', dict(lengths))
+    if 'targets' in lengths:
+      _bind(lines, 'MAX_DECODE_LENGTH', int(lengths['targets']), "t5x decodes up to the targets length")
+  else:
+    lines.append("# TASK_FEATURE_LENGTHS: t5x computes the dataset's maximum lengths (None); flanx needs them: set "
+                 '--gin.TASK_FEATURE_LENGTHS and --gin.MAX_DECODE_LENGTH')
+  batch, _ = data('batch_size', None)
+  if isinstance(batch, int):
+    _bind(lines, 'BATCH_SIZE', batch)
+  split, _ = data('split', 'test')
+  _bind(lines, 'EVAL_SPLIT' if kind == 'evaluate' else 'INFER_SPLIT', split)
+  cached, _ = data('use_cached', False)
+  _bind(lines, 'USE_CACHED_TASKS' if kind == 'evaluate' else 'infer.use_cached_tasks', bool(cached))
+  for arg in ('shuffle', 'seed', 'pack', 'use_custom_packing_ops'):
+    t5x.find('DatasetConfig', arg, scope)  # evaluation reads every example once, unpacked, in order
+  path, where = t5x.get('RestoreCheckpointConfig', 'path', default=None)
+  if isinstance(path, str):
+    _bind(lines, 'CHECKPOINT_PATH', path)
+  else:
+    lines.append('# CHECKPOINT_PATH: not set in the t5x gin; set --gin.CHECKPOINT_PATH')
+  for arg in ('mode', 'dtype'):
+    t5x.find('RestoreCheckpointConfig', arg)  # flanx evaluates exactly the given checkpoint, in float32
+  output_dir, _ = t5x.get(kind, 'output_dir', default=None)
+  macro = 'EVAL_OUTPUT_DIR' if kind == 'evaluate' else 'INFER_OUTPUT_DIR'
+  if isinstance(output_dir, str):
+    _bind(lines, macro, output_dir)
+  if kind == 'infer':
+    mode, where = t5x.get('infer', 'mode', default='predict')
+    if mode != 'predict':
+      conv.drop(where, 'infer_script.infer.mode', mode, 'flanx.infer predicts; flanx.eval scores')
+    prompt, where = t5x.get('predict_batch_with_aux', 'prompt_with_targets', default=False)
+    if prompt:
+      _bind(lines, 'infer.prompt_with_targets', True)
+
+
 # t5x plumbing the conversion implies (which model, dataset or checkpoint config a run uses).
 PLUMBING = (('train', 'model'), ('train', 'train_dataset_cfg'), ('train', 'checkpoint_cfg'),
             ('train', 'partitioner'), ('train', 'trainer_cls'), ('train', 'summarize_config_fn'),
+            ('train', 'dataset_cfg'), ('train', 'restore_checkpoint_cfg'),
             ('EncoderDecoderModel', 'module'), ('EncoderDecoderModel', 'optimizer_def'),
             ('CheckpointConfig', 'restore'), ('CheckpointConfig', 'save'), ('Trainer', 'learning_rate_fn'),
             ('PjitPartitioner', 'logical_axis_rules'))
 
 
 def convert(t5x: T5xGin) -> Conversion:
-  """The flanx gin (as a Conversion) that trains like the t5x gin; raises T5xGinError on unusable input."""
+  """The flanx gin (as a Conversion) that runs like the t5x gin; raises T5xGinError on unusable input."""
   from flanx.training import loop  # pylint: disable=g-import-not-at-top
   train_params = _flanx_params(loop.train)
   conv = Conversion(source=t5x.path)
-  if t5x.find('train', 'total_steps') is None and t5x.macro('TRAIN_STEPS') is None:
-    scripts = sorted({b.selector for b in t5x.bindings.values() if b.selector.endswith(('evaluate', 'infer'))})
-    raise T5xGinError(f'{t5x.path}: not a t5x training config (no train.total_steps / TRAIN_STEPS'
-                      f"{'; found ' + ', '.join(scripts) if scripts else ''}); only training configs convert")
-  conv.includes.append('runs/finetune.gin')
-  conv.imports += ['flanx.model.config', 'flanx.training.adafactor', 'flanx.training.schedules',
-                   'flanx.training.partitioning']
-  _model(t5x, conv)
+  kind = _script_kind(t5x)
+  conv.includes.append({'train': 'runs/finetune.gin', 'evaluate': 'runs/eval.gin', 'infer': 'runs/infer.gin'}[kind])
+  conv.imports += ['flanx.model.config', 'flanx.training.partitioning']
+  _model(t5x, conv, kind)
+  if kind != 'train':
+    _eval_or_infer(t5x, conv, kind)
+    _partitioning(t5x, conv, conv.section('Partitioning (t5x PjitPartitioner)'))
+    _decoding(t5x, conv, kind)
+    return _finish(t5x, conv, kind)
+  conv.imports += ['flanx.training.adafactor', 'flanx.training.schedules']
 
   lines = conv.section('Task, data and steps (t5x train / train DatasetConfig)')
   scope = _train_dataset_scope(t5x)
@@ -596,12 +679,16 @@ def convert(t5x: T5xGin) -> Conversion:
   _schedule(t5x, conv, opt_lines)
   _optimizer(t5x, conv, opt_lines)
   _partitioning(t5x, conv, conv.section('Partitioning (t5x PjitPartitioner)'))
-  _decoding(t5x, conv)
+  _decoding(t5x, conv, kind)
+  return _finish(t5x, conv, kind)
 
+
+def _finish(t5x: T5xGin, conv: Conversion, kind: str) -> Conversion:
+  """Marks the plumbing as read and lists everything else that did not carry over."""
   for name, arg in PLUMBING:
-    t5x.get(name, arg, default=None)  # marks the binding and the macros it names as read
+    t5x.get(kind if name == 'train' else name, arg, default=None)  # marks it and the macros it names as read
   model_dir, where = t5x.get('train', 'model_dir', default=None)
-  if isinstance(model_dir, str):
+  if kind == 'train' and isinstance(model_dir, str):
     conv.sections.append(('Run folder', [f'# MODEL_DIR: the t5x run wrote to {model_dir!r}; give flanx its own '
                                          f'with --gin.MODEL_DIR']))
   for line in t5x.missing_includes:
@@ -611,7 +698,9 @@ def convert(t5x: T5xGin) -> Conversion:
   for binding in t5x.unused():
     if binding.arg == '' and (binding.value == REQUIRED or binding.selector not in referenced):
       continue  # a macro nothing uses has no effect in t5x either
-    conv.drop(binding.where, binding.key, binding.value, _reason(binding))
+    training_only = kind != 'train' and any(p in binding.key for p in TRAINING_ONLY)
+    why = 'a training setting: no effect on evaluation or inference' if training_only else _reason(binding)
+    conv.drop(binding.where, binding.key, binding.value, why)
   return conv
 
 
@@ -633,6 +722,9 @@ def _referenced_macros(t5x: T5xGin) -> set[str]:
   return found
 
 
+TRAINING_ONLY = ('Adafactor', 'z_loss', 'label_smoothing', 'loss_normalizing_factor', 'Z_LOSS', 'LABEL_SMOOTHING',
+                 'LOSS_NORMALIZING_FACTOR', 'learning_rate', 'Trainer', 'OPTIMIZER')
+
 # Why common t5x bindings have no flanx counterpart (pattern in the binding's key -> reason).
 REASONS = (
     (('infer_eval', 'Evaluator', 'JSONLogger', 'EVALUATOR_', 'JSON_WRITE'),
@@ -642,6 +734,8 @@ REASONS = (
     (('hardware_rng', 'HARDWARE_RNG'), "flanx uses JAX's default PRNG"),
     (('stats_period', 'gc_period', 'concurrent_metrics', 'use_orbax', 'run_eval_before_training', 'actions'),
      'flanx runs its own loop'),
+    (('checkpoint_period', 'shard_id', 'num_shards', 'merge_epoch_results', 'write_fn'),
+     'flanx.infer writes one output file per run'),
 )
 
 

@@ -293,8 +293,8 @@ def flanx_gin():
   import flanx.inference.predict  # noqa: F401  (registers decode_options)
   gin.clear_config()
 
-  def parse(path):
-    gin_config.parse_gin([str(path)], ['MODEL_DIR = "/tmp/unused"'])
+  def parse(path, bindings=('MODEL_DIR = "/tmp/unused"',)):
+    gin_config.parse_gin([str(path)], list(bindings))
 
     def value(key):
       v = gin.query_parameter(key)
@@ -448,3 +448,96 @@ def test_special_loss_normalizing_factor_and_unsupported_schedule(tmp_path, flan
   converted = run.read_text()
   assert "factors = 'constant * linear_warmup * cosine_decay'" in converted  # reported, flanx default kept
   assert 'train.learning_rate_schedule' not in converted
+
+
+EVAL_RUN = """\
+# An evaluation gin in the shape of t5x's configs/runs/eval.gin plus a user's overrides.
+from __gin__ import dynamic_registration
+import __main__ as eval_script
+from t5x import partitioning
+from t5x import utils
+
+include 't5x/examples/t5/t5_1_1/base.gin'
+
+DROPOUT_RATE = 0.0
+CHECKPOINT_PATH = 'gs://bucket/run/checkpoint_1005000'
+EVAL_OUTPUT_DIR = %gin.REQUIRED
+MIXTURE_OR_TASK_NAME = 'my_eval_task'
+
+eval_script.evaluate:
+  model = %MODEL
+  dataset_cfg = @utils.DatasetConfig()
+  restore_checkpoint_cfg = @utils.RestoreCheckpointConfig()
+  output_dir = %EVAL_OUTPUT_DIR
+
+utils.DatasetConfig:
+  mixture_or_task_name = %MIXTURE_OR_TASK_NAME
+  task_feature_lengths = {'inputs': 128, 'targets': 32}
+  split = 'validation'
+  batch_size = 16
+  shuffle = False
+  seed = 42
+
+utils.RestoreCheckpointConfig:
+  path = %CHECKPOINT_PATH
+  mode = 'specific'
+"""
+
+INFER_RUN = """\
+from __gin__ import dynamic_registration
+import __main__ as infer_script
+from t5x import decoding
+from t5x import models
+from t5x import utils
+
+include 't5x/examples/t5/t5_1_1/base.gin'
+
+DROPOUT_RATE = 0.0
+infer_script.infer:
+  mode = 'predict'
+  model = %MODEL
+  output_dir = '/tmp/old_infer'
+  dataset_cfg = @utils.DatasetConfig()
+  restore_checkpoint_cfg = @utils.RestoreCheckpointConfig()
+  checkpoint_period = 100
+
+utils.DatasetConfig:
+  mixture_or_task_name = 'my_task'
+  task_feature_lengths = {'inputs': 64, 'targets': 48}
+  split = 'test'
+  batch_size = 8
+
+utils.RestoreCheckpointConfig.path = 'gs://bucket/run/checkpoint_2000'
+models.EncoderDecoderModel.decode_fn = @decoding.temperature_sample
+decoding.temperature_sample.topk = 0
+decoding.temperature_sample.topp = 0.9
+models.EncoderDecoderModel.predict_batch_with_aux.num_decodes = 2
+"""
+
+
+def test_eval_gin_decodes_like_t5x(t5x_tree, tmp_path, flanx_gin):
+  _write(t5x_tree, {'my_runs/eval.gin': EVAL_RUN})
+  run = _convert(t5x_tree / 'my_runs/eval.gin', tmp_path)
+  import flanx.inference.evaluate  # noqa: F401  (registers evaluate)
+  value = flanx_gin(run, [])
+  assert value('evaluate.checkpoint_path') == 'gs://bucket/run/checkpoint_1005000'
+  assert value('evaluate.mixture_or_task_name') == 'my_eval_task'
+  assert value('evaluate.task_feature_lengths') == {'inputs': 128, 'targets': 32}
+  assert value('evaluate.batch_size') == 16 and value('evaluate.split') == 'validation'
+  assert value('decode_options.max_decode_length') == 32
+  assert value('decode_options.mode') == 'beam' and value('decode_options.beam_size') == 1  # t5x's default
+  assert T5Config().d_model == 512 and T5Config().activation == 'gated-gelu'
+  assert 'a training setting: no effect on evaluation or inference' in run.read_text()
+
+
+def test_infer_gin_with_sampling(t5x_tree, tmp_path, flanx_gin):
+  _write(t5x_tree, {'my_runs/infer.gin': INFER_RUN})
+  run = _convert(t5x_tree / 'my_runs/infer.gin', tmp_path)
+  import flanx.inference.infer  # noqa: F401  (registers infer)
+  value = flanx_gin(run, [])
+  assert value('infer.checkpoint_path') == 'gs://bucket/run/checkpoint_2000'
+  assert value('infer.output_dir') == '/tmp/old_infer' and value('infer.split') == 'test'
+  assert value('decode_options.mode') == 'sample' and value('decode_options.top_k') == 0
+  assert value('decode_options.top_p') == 0.9 and value('decode_options.num_decodes') == 2
+  assert value('decode_options.max_decode_length') == 48
+  assert 'infer_script.infer.checkpoint_period = 100' in run.read_text()
