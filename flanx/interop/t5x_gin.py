@@ -8,10 +8,10 @@ the given search folders; one that cannot be found is reported in the output.
 
 A train config becomes a gin over flanx's runs/finetune.gin; an eval or infer config (t5x's evaluate / infer
 scripts) one over runs/eval.gin / runs/infer.gin with the model, task, split, lengths, batch, checkpoint and
-decoder. What carries over for training (the t5x name -> the flanx binding): the model (t5x's `network.T5Config` -> `T5Config`), task,
-feature lengths, batch size, packing, steps, learning-rate schedule, Adafactor settings, dropout, z-loss, label
-smoothing, loss normalizing factor, checkpoint period and retention, initial checkpoint, microbatches,
-partitioning and decoding settings. Where the t5x gin leaves a setting unbound, t5x's default is written (t5x's
+decoder. What carries over for training (the t5x name -> the flanx binding): the model (t5x's
+`network.T5Config` -> `T5Config`), task, feature lengths, batch size, packing, steps, learning-rate schedule,
+Adafactor settings, dropout, z-loss, label smoothing, loss normalizing factor, checkpoint period and retention,
+initial checkpoint, microbatches, partitioning and decoding settings. Where the t5x gin leaves a setting unbound, t5x's default is written (t5x's
 defaults are not always flanx's: e.g. z_loss 0 and no packing). Every other binding, and every value flanx cannot
 express, is listed at the end as a comment with its file and line.
 """
