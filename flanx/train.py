@@ -13,11 +13,14 @@ if __name__ == '__main__':
   stop_signal.install()  # before the heavy imports: a SIGTERM while starting up means "stop cleanly"
 
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
-from flanx.training import checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
+from flanx.training import aot, checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point (t5x flags)."""
+  """Command-line entry point (t5x flags; with --topology=TPU --compile_only, the compile-only check)."""
+  argv = sys.argv[1:] if argv is None else argv
+  if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
+    return aot.main('train', argv, __doc__.splitlines()[0])
   try:
     result = gin_utils.run(trainer.train, __doc__.splitlines()[0], argv)
   except (trainer.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:

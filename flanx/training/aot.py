@@ -49,6 +49,7 @@ class StepMemory:
   required: int | None = None  # what the compiler said it needed, when it ran out
   abstract_argument_bytes: int = 0  # the arguments' shard sizes before XLA's layout padding
   compiled: Any = dataclasses.field(default=None, repr=False)  # the TPU executable (never run)
+  abstract_args: Any = dataclasses.field(default=None, repr=False)  # what was lowered (sharded ShapeDtypeStructs)
 
   @property
   def total(self) -> int:
@@ -250,7 +251,7 @@ def compile_step(name: str, jitted: Any, *args: Any) -> StepMemory:
     flops = None
   return StepMemory(name, memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.alias_size_in_bytes,
                     memory.temp_size_in_bytes, memory.generated_code_size_in_bytes, seconds, flops,
-                    abstract_argument_bytes=per_device_bytes(args), compiled=compiled)
+                    abstract_argument_bytes=per_device_bytes(args), compiled=compiled, abstract_args=args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,27 +282,37 @@ def _config(values: Mapping[str, Any], levers: Levers):
 
 
 def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Levers = Levers()) -> Report:
-  """Compiles the real train step of the gin-configured run for the slice."""
+  """Compiles the real train step of the gin-configured run for the slice.
+
+  Mirrors the set-up of flanx/training/loop.py's `train` up to its jitted step: the PEFT config, the run's
+  argument checks, the optimizer over the trained part, the mesh, the batch checks and the shardings.
+  """
   import jax
   import jax.numpy as jnp
-  from flanx.model import flops
-  from flanx.model import network
-  from flanx.training import adafactor, loop, schedules, steps
+  from flanx.model import flops, network
+  from flanx.model import peft as peft_lib
+  from flanx.training import adafactor, loop, run_checks, schedules, steps
   values = bound_arguments(loop.train)
-  config = _config(values, levers)
+  if levers.num_microbatches is not None:
+    values['num_microbatches'] = levers.num_microbatches
+  config = peft_lib.configure(_config(values, levers), values.get('peft'))
+  run_checks.check_args(values, run_checks.TRAIN_ARG_RULES)
   batch_size = int(_required(values, 'batch_size', 'train'))
   lengths = dict(_required(values, 'task_feature_lengths', 'train'))
-  num_microbatches = int(levers.num_microbatches or values.get('num_microbatches') or 1)
-  mesh, rules = _mesh_and_rules(devices, levers)
-  # The trainer's optimizer construction (flanx/training/loop.py).
+  num_microbatches = int(values.get('num_microbatches') or 1)
   schedule = values.get('learning_rate_schedule') or schedules.constant()
-  tx = (values.get('optimizer') or adafactor.adafactor)(learning_rate=schedule,
-                                                         param_axes=network.logical_axes(config))
+  tx = (values.get('optimizer') or adafactor.adafactor)(
+      learning_rate=schedule, param_axes=steps.trained_part(config, network.logical_axes(config))[0])
+  mesh, rules = _mesh_and_rules(devices, levers)
+  run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], tpu.hosts)
   shardings = steps.make_shardings(config, tx, mesh, rules)
   per_host = check_host_batches(batch_size, shardings.batch, tpu.hosts)
-  if batch_size % num_microbatches:
-    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}')
   state = steps.abstract_state(config, tx, shardings)
+  if shardings.frozen is not None:  # PEFT: the frozen base rides along in the state, in its storage dtype
+    base = steps.trained_part(config, network.abstract_params(config))[1]
+    dtype = jnp.dtype(config.lora.base_dtype)
+    state = state.replace(frozen=jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), base, shardings.frozen))
   batch = abstract_batch(batch_size, lengths, values.get('pack', True), shardings.batch)
   loss_config = steps.LossConfig(values.get('z_loss', 1e-4), values.get('label_smoothing', 0.0),
                                  values.get('loss_normalizing_factor'))
@@ -310,7 +321,7 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
                                        dropout_seed=values.get('seed', 42))
     memory = compile_step('train_step', train_step, state, batch)
   used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(rules).get('embed') == 'data',
-          'num_microbatches': num_microbatches, 'dtype': config.dtype}
+          'num_microbatches': num_microbatches, 'dtype': config.dtype, 'peft': values.get('peft')}
   return Report('train', tpu, dict(mesh.shape), [memory], batch_size, per_host,
                 flops.train_flops(config, lengths['inputs'], lengths['targets']) * batch_size, levers=used)
 
@@ -347,8 +358,8 @@ def check_decode(mode: str, tpu: tpu_topology.TpuSlice, devices: Sequence[Any], 
     predict_fn = predict.make_predict_fn(config, out, **options)
     memories.append(compile_step(f'decode_step ({options["mode"]}, {options["max_decode_length"]} tokens)',
                                  predict_fn, params, token_rows(lengths['inputs']), jax.ShapeDtypeStruct((), jnp.int32)))
-    if mode == 'eval':
-      score_fn = predict.make_score_fn(config, out)
+    if mode == 'eval':  # InferenceModel.score: the teacher-forced eval step, per example
+      score_fn = steps.make_eval_step(config, shardings, per_example=True)
       batch = {'encoder_input_tokens': token_rows(lengths['inputs']),
                'decoder_input_tokens': token_rows(lengths['targets']),
                'decoder_target_tokens': token_rows(lengths['targets']),
@@ -463,13 +474,16 @@ def force_cpu_backend() -> None:
 def main(mode: str, argv: Sequence[str], description: str = '') -> int:
   """`python -m flanx.<mode> ... --topology=T --compile_only`: prints the report; returns the exit status."""
   from flanx import gin_config
+  own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  add_flags(own)
   try:
-    args, files, bindings = gin_config.parse_args(argv, description)
+    args, rest = own.parse_known_args(list(argv))
+    run_args, files, bindings = gin_config.parse_args(rest, description)
     if not (args.compile_only and args.topology):
       raise CompileCheckError('the compile-only check needs both --topology=ACCELERATOR_TYPE and --compile_only')
     tpu_topology.parse(args.topology)  # bad names fail before any import work
     force_cpu_backend()
-    gin_config.parse_gin(files, bindings, args.gin_search_paths)
+    gin_config.parse_gin(files, bindings, run_args.gin_search_paths)
     report = check(mode, args.topology)
     report.step_time = args.step_time
     if args.suggest and not report.fits:

@@ -138,6 +138,9 @@ def compile_only_devices(tpu: TpuSlice) -> list[Any]:
   """libtpu's compile-only devices of the slice (needs the libtpu wheel; works with JAX_PLATFORMS=cpu)."""
   os.environ['TPU_ACCELERATOR_TYPE'] = tpu.accelerator  # libtpu warns without it; compile-only never runs here
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')  # no metadata-server lookup off a TPU VM
+  # libtpu lets one process at a time hold /tmp/libtpu_lockfile (the chips); compiling touches no chip, so
+  # compile-only checks may run side by side, and next to a real run on a TPU VM.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies
   kwargs = {'chips_per_host_bounds': _chips_per_host_bounds(tpu), 'num_slices': 1}
   if tpu.generation.megacore:
