@@ -30,7 +30,7 @@ def test_flan2022_recipes_match_the_flan_t5_paper(size):
   gin_utils.parse_gin([f'recipes/flan2022_flan_t5_{size}.gin', 'hardware/cpu.gin'], ['MODEL_DIR = "/tmp/x"'])
   assert macro('MIXTURE_OR_TASK_NAME') == 'flan2022_submix'
   assert macro('BATCH_SIZE') == 64 and macro('DROPOUT_RATE') == 0.05 and macro('LEARNING_RATE') == 5e-4
-  assert macro('TRAIN_STEPS') == RECIPE_STEPS[size]
+  assert macro('TRAIN_STEPS') == 1_100_000 + RECIPE_STEPS[size]  # t5x's absolute count from checkpoint_1100000
   assert macro('TASK_FEATURE_LENGTHS') == {'inputs': 2048, 'targets': 512}
   config = T5Config()
   assert config.dropout_rate == 0.05 and config.activation == 'gated-gelu' and not config.tie_embeddings
@@ -40,7 +40,7 @@ def test_dolly_recipe():
   gin_utils.parse_gin(['recipes/dolly_flan_t5_xxl_v3_128.gin'], ['MODEL_DIR = "/tmp/x"'])
   assert macro('TASK_FEATURE_LENGTHS') == {'inputs': 512, 'targets': 256}
   assert macro('BATCH_SIZE') == 320 and macro('LEARNING_RATE') == 7e-4 and macro('CHECKPOINT_PERIOD') == 100
-  assert macro('TRAIN_STEPS') == 5000
+  assert macro('TRAIN_STEPS') == 1_114_000 + 5000  # absolute, from flan_t5_xxl/checkpoint_1114000
   config = T5Config()
   assert config.d_model == 4096 and config.dtype == 'bfloat16' and config.scan_layers
 
@@ -67,4 +67,4 @@ def test_includes_resolve_when_folders_named_like_gin_dirs_are_importable(tmp_pa
     (tmp_path / name).mkdir()
   monkeypatch.syspath_prepend(str(tmp_path))
   gin_utils.parse_gin(['recipes/flan2022_flan_t5_small.gin'], ['MODEL_DIR = "/tmp/x"'])
-  assert macro('TRAIN_STEPS') == RECIPE_STEPS['small']
+  assert macro('TRAIN_STEPS') == 1_100_000 + RECIPE_STEPS['small']
