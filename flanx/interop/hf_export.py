@@ -4,7 +4,10 @@ The folder (`AutoModelForSeq2SeqLM` / `AutoTokenizer` load it offline): config.j
 model.safetensors (sharded above max_shard_size), the tokenizer, README.md (model card) and handler.py
 (Inference Endpoints). Unless verify=False it is reloaded with transformers and checked against flanx
 (hf_verify) before it appears: it is staged beside the output folder and renamed at the end (staging), so a
-failure leaves nothing behind. The command line is `python -m flanx.export`.
+failure leaves nothing behind (staging also cleans what a killed export left). The output folder may not overlap
+the checkpoint or run folder (check_output_dir), and a vocabulary must fit the model's rows and, when it replaces
+the run's, have the same ids (check_vocabulary), checked before the params are read or anything is written.
+The command line is `python -m flanx.export`.
 """
 
 from __future__ import annotations
