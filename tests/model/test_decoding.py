@@ -210,9 +210,9 @@ def test_runner_up_eos_finishes_under_t5x_rule_but_not_hf_rule():
     return jnp.broadcast_to(logits, (tokens.shape[0], vocab)).astype(jnp.float32), {'i': cache['i'] + 1}
 
   cache = {'i': jnp.zeros((), jnp.int32)}
-  greedy = decoding.greedy(step_fn, cache, 1, 4)
-  t5x = decoding.beam_search(step_fn, cache, 1, 1, 4, alpha=0.0)
-  hf = decoding.beam_search(step_fn, cache, 1, 1, 4, alpha=0.0, finish_rule='hf')
+  greedy = jax.jit(lambda c: decoding.greedy(step_fn, c, 1, 4))(cache)
+  t5x = jax.jit(lambda c: decoding.beam_search(step_fn, c, 1, 1, 4, alpha=0.0))(cache)
+  hf = jax.jit(lambda c: decoding.beam_search(step_fn, c, 1, 1, 4, alpha=0.0, finish_rule='hf'))(cache)
   assert greedy.tokens[0].tolist() == [2, EOS, 0, 0]
   assert t5x.tokens[0].tolist() == [EOS, 0, 0, 0]
   np.testing.assert_allclose(t5x.scores[0], np.log(0.4), rtol=1e-5)
@@ -281,16 +281,17 @@ def test_zero_temperature_python_float_and_traced_agree_with_t5x_zero_scores():
   batch, vocab, max_len = 5, 7, 6
   toy = Toy(vocab, max_len, batch, seed=8, scale=1.0, eos_shift=0.5)
   key = jax.random.key(1)
-  greedy = decoding.greedy(toy.step_fn, toy.cache(), batch, max_len)
-  cold = decoding.sample(toy.step_fn, toy.cache(), batch, max_len, key, temperature=0.0, top_k=0)
+  greedy = jax.jit(lambda c: decoding.greedy(toy.step_fn, c, batch, max_len))(toy.cache())
+  cold = jax.jit(lambda c: decoding.sample(toy.step_fn, c, batch, max_len, key, temperature=0.0, top_k=0))(
+      toy.cache())
   traced = jax.jit(lambda c, t: decoding.sample(toy.step_fn, c, batch, max_len, key, temperature=t, top_k=0))(
       toy.cache(), jnp.float32(0.0))
   np.testing.assert_array_equal(cold.tokens, greedy.tokens)
   np.testing.assert_array_equal(traced.tokens, greedy.tokens)
   np.testing.assert_array_equal(cold.scores, np.zeros(batch))  # t5x: log-prob under a point mass
   np.testing.assert_array_equal(traced.scores, cold.scores)
-  model_scores = decoding.sample(toy.step_fn, toy.cache(), batch, max_len, key, temperature=0.0,
-                                 rescale_log_probs=False)
+  model_scores = jax.jit(lambda c: decoding.sample(toy.step_fn, c, batch, max_len, key, temperature=0.0,
+                                                   rescale_log_probs=False))(toy.cache())
   np.testing.assert_allclose(model_scores.scores, greedy.scores, rtol=1e-6)
 
 
@@ -298,8 +299,8 @@ def test_sampling_defaults_and_refusals_follow_t5x():
   batch, vocab, max_len = 4, 7, 5
   toy = Toy(vocab, max_len, batch, seed=9, scale=1.0)
   key = jax.random.key(2)
-  default = decoding.sample(toy.step_fn, toy.cache(), batch, max_len, key)  # t5x's topk=1: greedy, scores 0
-  greedy = decoding.greedy(toy.step_fn, toy.cache(), batch, max_len)
+  default = jax.jit(lambda c: decoding.sample(toy.step_fn, c, batch, max_len, key))(toy.cache())  # t5x's topk=1
+  greedy = jax.jit(lambda c: decoding.greedy(toy.step_fn, c, batch, max_len))(toy.cache())
   np.testing.assert_array_equal(default.tokens, greedy.tokens)
   np.testing.assert_array_equal(default.scores, np.zeros(batch))
   with pytest.raises(ValueError, match='at most one of top_k'):
