@@ -84,6 +84,17 @@ def _name_map(config: T5Config) -> list[tuple[tuple[str, ...], str, bool]]:
   return rows
 
 
+def projection_modules(config: T5Config) -> list[tuple[tuple[str, ...], str]]:
+  """(flanx canonical path of a projection module, its transformers module name) for every q/k/v/o/wi/wo."""
+  return [(path[:-1], name[:-len('.weight')]) for path, name, _ in _name_map(config)
+          if path[-1] == 'kernel' and path[-2] != 'logits_dense']
+
+
+def get_param(params: PyTree, path: tuple[str, ...]) -> Any:
+  """A canonical-path leaf of canonical or scanned params (a scanned leaf is sliced to its layer)."""
+  return _get_param(params, path)
+
+
 def _flax_shapes(config: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Canonical flanx param shapes, derived from the config alone."""
   c, d, inner = config, config.d_model, config.inner_dim

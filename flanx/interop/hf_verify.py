@@ -178,24 +178,28 @@ def verify_folder(folder: str, vocabulary: Any, config: T5Config, reference: Ref
   if len(tokenizer) > config.vocab_size:
     problems.append(f'tokenizer has {len(tokenizer)} tokens, the model only {config.vocab_size} rows')
 
-  model = load_hf_model(folder)
-  logits, generated = _hf_outputs(model, reference)
-  tol = _tolerance(reference.logits)
-  diff = float(np.abs(logits - reference.logits).max())
-  if not diff <= tol:
-    problems.append(f'logits differ by up to {diff:.3e} (tolerance {tol:.1e})')
-  summary = {'max_logit_diff': diff, 'tolerance': tol, 'logit_scale': float(np.abs(reference.logits).max()),
-             'probe_rows': int(reference.encoder_tokens.shape[0]), 'decode_tokens': DECODE_TOKENS,
-             'tokenization_probes': len(hf_tokenizer.probe_strings(vocabulary))}
+  model_problems, summary, logits = compare_model(load_hf_model(folder), reference)
+  problems += model_problems
+  summary['tokenization_probes'] = len(hf_tokenizer.probe_strings(vocabulary))
   if original is not None:
     loose = BF16_RTOL * float(np.abs(original.logits).max())
     drift = float(np.abs(logits - original.logits).max())
     summary.update(bf16_drift=drift, bf16_tolerance=loose)
     if not drift <= loose:
       problems.append(f'bf16 logits differ from the float32 model by up to {drift:.3e} (tolerance {loose:.1e})')
-  generation_problems, ties = compare_generation(model, reference, generated, tol)
-  problems += generation_problems
-  summary['greedy_ties'] = ties
   if problems:
     raise VerificationError(f'{folder} does not reproduce the flanx model:\n  ' + '\n  '.join(problems))
   return summary
+
+
+def compare_model(model: Any, reference: Reference) -> tuple[list[str], dict[str, Any], np.ndarray]:
+  """(problems, summary, logits) of a loaded torch model against flanx's reference: logits and greedy tokens."""
+  logits, generated = _hf_outputs(model, reference)
+  tol = _tolerance(reference.logits)
+  diff = float(np.abs(logits - reference.logits).max())
+  problems = [] if diff <= tol else [f'logits differ by up to {diff:.3e} (tolerance {tol:.1e})']
+  generation_problems, ties = compare_generation(model, reference, generated, tol)
+  summary = {'max_logit_diff': diff, 'tolerance': tol, 'logit_scale': float(np.abs(reference.logits).max()),
+             'probe_rows': int(reference.encoder_tokens.shape[0]), 'decode_tokens': DECODE_TOKENS,
+             'greedy_ties': ties}
+  return problems + generation_problems, summary, logits

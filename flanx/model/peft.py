@@ -57,10 +57,8 @@ class LoraConfig:
 
   def targets(self, module_path: Sequence[str]) -> bool:
     """Whether the projection at this module path (e.g. encoder/layers_0/attention/query) gets an adapter."""
-    if len(module_path) < 2:
-      return False
-    name, block = module_path[-1], _BLOCKS.get(module_path[-2])
-    return HF_PROJECTION_NAMES.get(name) in self.target_modules and block in self.blocks
+    return len(module_path) >= 2 and hf_module_name(module_path) in self.target_modules and (
+        module_block(module_path) in self.blocks)
 
   def hf_target_regex(self) -> str:
     """PEFT's `target_modules` as a regex over transformers' module names (fullmatch), for exactly these targets."""
@@ -76,6 +74,16 @@ class LoraConfig:
       if names:
         parts.append(f"{stacks[block]}\\.(?:{'|'.join(names)})")
     return r'.*(?:' + '|'.join(parts) + ')'
+
+
+def hf_module_name(module_path: Sequence[str]) -> str | None:
+  """transformers' name (q, k, v, o, wi, wi_0, wi_1, wo) of a flanx projection module path, else None."""
+  return HF_PROJECTION_NAMES.get(module_path[-1])
+
+
+def module_block(module_path: Sequence[str]) -> str | None:
+  """The LoraConfig block ('encoder', 'decoder', 'cross', 'mlp') a projection module path belongs to, else None."""
+  return _BLOCKS.get(module_path[-2]) if len(module_path) >= 2 else None
 
 
 def configure(config: Any, method: str | None) -> Any:
