@@ -320,31 +320,31 @@ def _train_eval_data(t5x: T5xGin, conv: Conversion, lines: list[str], train_scop
 
 
 def _steps(t5x: T5xGin, conv: Conversion, lines: list[str], train_params: set[str],
-           initial_checkpoint: Optional[str]) -> None:
-  """TRAIN_STEPS: t5x counts from the restored checkpoint's step (absolute); say how flanx gets the same."""
+           initial_checkpoint: Optional[str]) -> Optional[int]:
+  """TRAIN_STEPS / TRAIN_STEPS_RELATIVE; returns the initial checkpoint's step when its name gives one.
+
+  flanx counts steps as t5x does from a t5x initial checkpoint (train.continue_step, on by default for t5x
+  checkpoints): TRAIN_STEPS is absolute and carries over unchanged.
+  """
   total, where = t5x.get('train', 'total_steps', default=None)
   relative, rwhere = t5x.get('train', 'relative_steps', default=None)
-  restored = None
   match = _CHECKPOINT_STEP.search(initial_checkpoint or '')
-  if match:
-    restored = int(match.group(1))
+  restored = int(match.group(1)) if match else None
+  absolute_steps = 'continue_step' in train_params
   if relative:
-    steps, note = relative, f'TRAIN_STEPS_RELATIVE = {relative} in t5x ({rwhere})'
-    absolute = (restored or 0) + relative
+    if absolute_steps:
+      _bind(lines, 'TRAIN_STEPS_RELATIVE', int(relative), 'fine-tuning steps past the initial checkpoint\'s step')
+    else:
+      _bind(lines, 'TRAIN_STEPS', int(relative), f't5x TRAIN_STEPS_RELATIVE ({rwhere}); flanx counts from 0')
   elif total is None or total is REQUIRED:
     lines.append('# TRAIN_STEPS: not set in the t5x gin; set --gin.TRAIN_STEPS')
-    return
+  elif absolute_steps or restored is None:
+    note = f'absolute: the initial checkpoint is at step {restored}' if restored is not None else ''
+    _bind(lines, 'TRAIN_STEPS', int(total), note)
   else:
-    absolute = total
-    steps, note = total, 't5x total_steps'
-  if 'step_semantics' in train_params:
-    _bind(lines, 'train.step_semantics', 't5x', 'TRAIN_STEPS counts from the initial checkpoint\'s step')
-    _bind(lines, 'TRAIN_STEPS', absolute, note if not relative else note + f' -> absolute {absolute}')
-  elif restored is not None and not relative:
-    _bind(lines, 'TRAIN_STEPS', total - restored,
+    _bind(lines, 'TRAIN_STEPS', int(total) - restored,
           f't5x TRAIN_STEPS = {total} is absolute; minus the initial checkpoint\'s step {restored}')
-  else:
-    _bind(lines, 'TRAIN_STEPS', steps, note)
+  return restored
 
 
 def _schedule(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
@@ -381,8 +381,14 @@ def _schedule(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
     t5x.find('create_learning_rate_scheduler', arg)  # unused by these factors
 
 
-def _optimizer(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
-  """t5x adafactor.Adafactor -> flanx adafactor (same defaults); other optimizers are reported."""
+def _optimizer(t5x: T5xGin, conv: Conversion, lines: list[str], restored_step: Optional[int],
+               fresh_state_default: bool) -> None:
+  """t5x adafactor.Adafactor -> flanx adafactor (same defaults); other optimizers are reported.
+
+  From a t5x checkpoint flanx starts a fresh Adafactor state whose count restarts at 0 (train.
+  restore_optimizer_state=False): t5x's `step_offset = <checkpoint step>` (restart the decay there) is then
+  flanx's step_offset 0.
+  """
   from flanx.training import adafactor  # pylint: disable=g-import-not-at-top
   optimizer, where = t5x.get('EncoderDecoderModel', 'optimizer_def', default=None)
   if isinstance(optimizer, Ref) and not optimizer.name.endswith('Adafactor'):
@@ -399,8 +405,14 @@ def _optimizer(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
       conv.drop(binding.where, f'adafactor.Adafactor.{arg}', value, 'flanx Adafactor has no such option yet')
     elif not isinstance(value, (bool, int, float, type(None))):
       conv.drop(binding.where, f'adafactor.Adafactor.{arg}', value, 'only plain values carry over')
+    elif arg == 'step_offset' and fresh_state_default and restored_step and value == restored_step:
+      _bind(lines, 'adafactor.step_offset', 0, f't5x step_offset = {value}, the checkpoint\'s step: flanx\'s fresh '
+            'optimizer count restarts there')
     else:
       _bind(lines, f'adafactor.{arg}', value)
+  if fresh_state_default and restored_step:
+    lines.append('# optimizer state: flanx starts a fresh Adafactor state at the checkpoint\'s step; t5x continues '
+                 'the checkpoint\'s state when it holds one: then set train.restore_optimizer_state = True')
   rules = t5x.find('Adafactor', 'logical_factor_rules')
   if rules is None:
     conv.drop(t5x.path, 'adafactor.Adafactor.logical_factor_rules', None,
@@ -662,7 +674,7 @@ def convert(t5x: T5xGin) -> Conversion:
 
   ckpt_lines = conv.section('Checkpoints (t5x utils.CheckpointConfig)')
   initial = _checkpoints(t5x, conv, ckpt_lines)
-  _steps(t5x, conv, lines, train_params, initial)
+  restored_step = _steps(t5x, conv, lines, train_params, initial)
 
   loss_lines = conv.section('Loss (t5x models.EncoderDecoderModel)')
   for arg, target in (('z_loss', 'train.z_loss'), ('label_smoothing', 'train.label_smoothing'),
@@ -677,7 +689,7 @@ def convert(t5x: T5xGin) -> Conversion:
 
   opt_lines = conv.section('Learning rate and optimizer (t5x Trainer.learning_rate_fn, adafactor.Adafactor)')
   _schedule(t5x, conv, opt_lines)
-  _optimizer(t5x, conv, opt_lines)
+  _optimizer(t5x, conv, opt_lines, restored_step, 'restore_optimizer_state' in train_params)
   _partitioning(t5x, conv, conv.section('Partitioning (t5x PjitPartitioner)'))
   _decoding(t5x, conv, kind)
   return _finish(t5x, conv, kind)

@@ -332,8 +332,8 @@ def test_flan_t5_finetune_gin_with_includes_gives_the_same_model_and_run(t5x_tre
   assert value('train.pack') is True
   assert value('train.use_cached_tasks') is True
   assert value('train.initial_checkpoint_path') == 'gs://t5-data/pretrained_models/t5x/flan_t5_xl/checkpoint_1138000'
-  if _train_accepts('step_semantics'):  # t5x's absolute step count, continued from the checkpoint's step
-    assert value('train.train_steps') == 1_143_000 and value('train.step_semantics') == 't5x'
+  if _train_accepts('continue_step'):  # t5x's absolute step count, continued from the checkpoint's step
+    assert value('train.train_steps') == 1_143_000
   else:  # flanx counts from 0: the 5000 fine-tuning steps
     assert value('train.train_steps') == 5000
   assert value('train.checkpoint_period') == 1000
@@ -541,3 +541,17 @@ def test_infer_gin_with_sampling(t5x_tree, tmp_path, flanx_gin):
   assert value('decode_options.top_p') == 0.9 and value('decode_options.num_decodes') == 2
   assert value('decode_options.max_decode_length') == 48
   assert 'infer_script.infer.checkpoint_period = 100' in run.read_text()
+
+
+def test_relative_steps_and_a_step_offset_at_the_checkpoint(t5x_tree, tmp_path, flanx_gin):
+  text = FLAN_FINETUNE + 'TRAIN_STEPS_RELATIVE = 5000\nadafactor.Adafactor.step_offset = 1138000\n'
+  _write(t5x_tree, {'my_runs/relative.gin': text})
+  run = _convert(t5x_tree / 'my_runs/relative.gin', tmp_path)
+  value = flanx_gin(run)
+  if _train_accepts('continue_step'):
+    assert value('train.relative_steps') == 5000
+  else:
+    assert value('train.train_steps') == 5000
+  # t5x restarts Adafactor's decay at the checkpoint's step; flanx's fresh optimizer count already starts there.
+  assert value('adafactor.step_offset') == 0
+  assert 'train.restore_optimizer_state = True' in run.read_text()  # the alternative is spelled out
