@@ -356,8 +356,9 @@ def check_decode(mode: str, tpu: tpu_topology.TpuSlice, devices: Sequence[Any], 
   memories = []
   with mesh, steps.activation_rules(shardings):
     predict_fn = predict.make_predict_fn(config, out, **options)
+    step_index = jax.ShapeDtypeStruct((), jnp.int32)
     memories.append(compile_step(f'decode_step ({options["mode"]}, {options["max_decode_length"]} tokens)',
-                                 predict_fn, params, token_rows(lengths['inputs']), jax.ShapeDtypeStruct((), jnp.int32)))
+                                 predict_fn, params, token_rows(lengths['inputs']), step_index))
     if mode == 'eval':  # InferenceModel.score: the teacher-forced eval step, per example
       score_fn = steps.make_eval_step(config, shardings, per_example=True)
       batch = {'encoder_input_tokens': token_rows(lengths['inputs']),
