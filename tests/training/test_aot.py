@@ -156,3 +156,14 @@ def test_oversized_config_does_not_fit_and_exits_3(tmp_path):
 def test_bad_compile_only_flags_exit_1(tmp_path, flags, message):
   proc, doc = _cli('train', *SMALL, '--gin_file=runs/finetune.gin', *flags, tmp_path=tmp_path)
   assert proc.returncode == 1 and message in proc.stderr and doc is None
+
+
+def test_mfu_follows_from_model_flops_and_step_time():
+  from flanx.training import aot
+  tpu = tpu_topology.parse('v4-8')  # 4 chips of 275 bf16 TFLOP/s
+  step = aot.StepMemory('train_step', 10, 0, 0, 5, 1, 1.0)
+  report = aot.Report('train', tpu, {'data': 4, 'model': 1}, [step], 8, 8, model_flops_per_step=5.5e14,
+                      step_time=1.0)
+  assert report.mfu == pytest.approx(5.5e14 / (4 * 275e12))  # 50%
+  assert 'MFU = 50.0%' in report.text() and report.to_json()['mfu'] == pytest.approx(0.5)
+  assert tpu_topology.parse('v3-8').peak_flops_per_device == pytest.approx(61.5e12)  # one TensorCore
