@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import gin
 import jax
@@ -19,10 +18,10 @@ import numpy as np
 
 from flanx import gin_config
 from flanx.interop import load_params
-from flanx.model import flops, network, peft as peft_lib
+from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import adafactor, checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import start_step, steps, stop_signal
+from flanx.training import start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -151,7 +150,8 @@ def train(*,
       train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches, dropout_seed=seed,
                                          inject_nan_at_step=inject_nan_at_step)
       eval_fn = _make_eval(config, shardings, settings, eval_split, eval_batches) if eval_period else None
-      timing = _Timing(config, settings, schedule)
+      lengths = (settings.task_feature_lengths['inputs'], settings.task_feature_lengths['targets'])
+      timing = train_metrics.IntervalMetrics(config, settings.batch_size, lengths, schedule)
       periods = {'train_steps': train_steps, 'log_every': log_every, 'eval_period': eval_period,
                  'checkpoint_period': checkpoint_period}
       return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, model_dir)
@@ -298,7 +298,7 @@ class _Saver:
 
 def _loop(state: steps.TrainState, train_step: Callable, iterator: data.CheckpointableIterator,
           shardings: steps.Shardings, eval_fn: Callable | None, saver: _Saver, writer: MetricsWriter,
-          timing: _Timing, periods: Mapping[str, int], model_dir: str) -> dict:
+          timing: train_metrics.IntervalMetrics, periods: Mapping[str, int], model_dir: str) -> dict:
   """Steps until train_steps (or SIGTERM), logging, evaluating and checkpointing on their periods."""
   step, metrics, status = int(state.step), {}, 'finished'
   preempted = runtime.PreemptionFlag().install()
@@ -306,9 +306,9 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
     writer.advance(step)
     while step < periods['train_steps']:
       host_batch = next(iterator)
-      timing.add_batch(host_batch)
       state, step_metrics = train_step(state, data.to_global(host_batch, shardings.batch))
       step += 1
+      timing.add(host_batch, step_metrics, step)
       loss = float(step_metrics['loss'])
       if not math.isfinite(loss):
         saver.ckpts.wait()
@@ -317,7 +317,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
       saver.check()
       writer.advance()
       if step % periods['log_every'] == 0 or step == periods['train_steps']:
-        metrics = timing.metrics(step_metrics, step)
+        metrics = timing.result()  # t5x's names and normalisation over the interval
         writer.write(step, metrics)
       if eval_fn is not None and step % periods['eval_period'] == 0:
         writer.write(step, eval_fn(state.model_params))
@@ -333,48 +333,6 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
   finally:
     preempted.uninstall()
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
-
-
-class _Timing:
-  """t5x's timing and padding metrics plus tokens/s and MFU (when the device peak is known), per log interval."""
-
-  def __init__(self, config: T5Config, settings: DataSettings, schedule: Callable[[int], Any]):
-    self.batch_size, self.schedule = settings.batch_size, schedule
-    self.lengths = (settings.task_feature_lengths['inputs'], settings.task_feature_lengths['targets'])
-    self.flops_per_step = flops.train_flops(config, *self.lengths) * settings.batch_size
-    self.peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
-    self._reset()
-
-  def _reset(self) -> None:
-    self.start, self.steps, self.fractions = time.perf_counter(), 0, []
-
-  def add_batch(self, host_batch: Mapping[str, np.ndarray]) -> None:
-    self.steps += 1
-    self.fractions.append(data.non_padding_fraction(host_batch))
-
-  def metrics(self, step_metrics: Mapping[str, Any], step: int) -> dict[str, float]:
-    out = _timing_metrics(step_metrics, self.steps, time.perf_counter() - self.start, self.batch_size,
-                          self.lengths, self.fractions, self.flops_per_step, self.peak, self.schedule(step - 1))
-    self._reset()
-    return out
-
-
-def _timing_metrics(step_metrics: Mapping[str, Any], steps_done: int, seconds: float, batch_size: int,
-                    lengths: tuple[int, int], fractions: Sequence[Mapping[str, float]], flops_per_step: float,
-                    peak: float | None, learning_rate: float) -> dict[str, float]:
-  out = {k: float(v) for k, v in step_metrics.items()}
-  steps_per_second = steps_done / max(seconds, 1e-9)
-  out['learning_rate'] = float(learning_rate)
-  out['timing/steps_per_second'] = steps_per_second
-  out['timing/seqs_per_second'] = steps_per_second * batch_size
-  for feature, length in zip(('encoder_input_tokens', 'decoder_target_tokens'), lengths):
-    fraction = float(np.mean([f[feature] for f in fractions])) if fractions else 0.0
-    out[f'non_padding_fraction/{feature}'] = fraction
-    out[f'timing/tokens_per_second/{feature}'] = steps_per_second * batch_size * length
-    out[f'timing/non_padding_tokens_per_second/{feature}'] = steps_per_second * batch_size * length * fraction
-  if peak:
-    out['timing/mfu'] = flops_per_step * steps_per_second / (peak * jax.device_count())
-  return out
 
 
 def _make_eval(config: T5Config, shardings: steps.Shardings, settings: DataSettings, split: str,

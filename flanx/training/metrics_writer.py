@@ -45,8 +45,8 @@ class MetricsWriter:
     self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v) for k, v in clean.items()}})
                       + '\n')
     self._jsonl.flush()
-    if self._bar is not None and 'loss' in clean:
-      self._bar.set_postfix(loss=f"{clean['loss']:.4f}", refresh=False)
+    if self._bar is not None and 'loss_per_nonpadding_target_token' in clean:  # the summed loss reads as divergence
+      self._bar.set_postfix_str(f"loss/token {clean['loss_per_nonpadding_target_token']:.4f}", refresh=False)
 
   def advance(self, steps: int = 1) -> None:
     """Moves the progress bar."""

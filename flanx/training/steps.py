@@ -207,6 +207,7 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
         'cross_ent_loss': aux['cross_ent_loss'] / factor,
         'loss_per_nonpadding_target_token': aux['loss'] / weight_sum,
         'accuracy': aux['num_correct'] / weight_sum,
+        'weight_sum': aux['weight_sum'], 'num_correct': aux['num_correct'],  # totals: t5x's interval metrics
         'grad_norm': optax.global_norm(grads),
         'param_norm': optax.global_norm(new_params),
     }

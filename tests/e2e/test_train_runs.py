@@ -95,10 +95,11 @@ def test_tiny_model_learns(tmp_path):
   assert last < 0.5 * first, (first, last)
   assert result['step'] == 150 and (tmp_path / 'checkpoint_150').is_dir()
   assert 'TRAIN_STEPS = 150' in (tmp_path / 'config.gin').read_text()
-  for key in ('timing/steps_per_second', 'timing/seqs_per_second', 'non_padding_fraction/encoder_input_tokens',
-              'timing/tokens_per_second/decoder_target_tokens', 'accuracy', 'z_loss', 'grad_norm', 'learning_rate'):
+  for key in ('timing/steps_per_second', 'timing/seqs_per_second', 'non_padding_fraction/encoder',
+              'timing/target_tokens_per_second', 'accuracy', 'z_loss', 'grad_norm', 'learning_rate',
+              'cross_ent_loss_per_all_target_tokens', 'effective_batch_size/decoder'):  # t5x's names
     assert key in history[-1]
-  assert 0.0 < history[-1]['non_padding_fraction/decoder_target_tokens'] <= 1.0
+  assert 0.0 < history[-1]['non_padding_fraction/decoder'] <= 1.0
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

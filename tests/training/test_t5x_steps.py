@@ -107,6 +107,12 @@ def test_step_continues_from_the_t5x_checkpoint_with_fresh_optimizer_state(t5x_r
   result = _train(model_dir, folder, 1003)
   assert result['step'] == 1003 and result['status'] == 'finished'
   assert _steps_logged(model_dir) == [1001, 1002, 1003]
+  with open(model_dir / 'train_metrics.jsonl') as f:
+    row = [json.loads(line) for line in f][-1]
+  # t5x's names and normalisation (one step per row here): summed loss, per all 4 x 12 target slots, z-loss split.
+  assert row['loss_per_all_target_tokens'] == pytest.approx(row['loss'] / (4 * 12), rel=1e-5)
+  assert row['cross_ent_loss'] + row['z_loss'] == pytest.approx(row['loss'], rel=1e-5)
+  assert row['learning_rate'] == pytest.approx(1e-3) and row['timing/seqs'] == 4
   assert _checkpoint_names(model_dir) == ['checkpoint_1002', 'checkpoint_1003']  # t5x's absolute names
   ckpts = checkpoints.RunCheckpoints(str(model_dir))
   try:
