@@ -110,6 +110,9 @@ def train(*,
   start = start_step.plan_start(initial_checkpoint_path, train_steps, relative_steps, continue_step,
                                 restore_optimizer_state, gin_config.binding_source('train', 'train_steps'))
   train_steps = start.train_steps  # absolute
+  if start.restore_optimizer_state and config.lora is not None:
+    raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
+                                    'params; a PEFT run trains adapters only (leave it False)')
 
   def make_optimizer(schedule_offset: int) -> Optimizer:
     # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).

@@ -80,6 +80,8 @@ TRAIN_ARG_RULES: dict[str, tuple[Any, str]] = {
     'task_feature_lengths': (feature_lengths, "a dict of positive integer lengths, e.g. {'inputs': 512, 'targets': 256}"),
     'batch_size': (positive_int, 'a positive integer'),
     'train_steps': (positive_int, 'a positive integer'),
+    'relative_steps': (optional_positive_int, 'None or a positive integer'),
+    'restore_optimizer_state': (boolean, 'True or False'),
     'checkpoint_period': (positive_int, 'a positive integer'),
     'keep_checkpoints': (optional_positive_int, 'None or a positive integer'),
     'eval_period': (non_negative_int, 'an integer >= 0 (0: no evaluation during training)'),
