@@ -1,4 +1,4 @@
-"""Convert a t5x gin: `python -m flanx.from_t5x_gin OLD_RUN/config.gin [--gin_search_paths=T5X_CHECKOUT] > run.gin`.
+"""Convert t5x gins: `python -m flanx.from_t5x_gin OLD_RUN/config.gin [--gin_search_paths=T5X] > run.gin`.
 
 Reads a t5x run's config.gin (or t5x-style gins with includes) without importing t5x and prints the flanx gin
 that trains the same model on the same task with the same lengths, batch, steps, learning-rate schedule,
@@ -17,7 +17,8 @@ from flanx.interop import t5x_gin
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point: the flanx gin on stdout (or --output), errors on stderr with exit code 2."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('config', help="a t5x gin file, e.g. a run's MODEL_DIR/config.gin")
+  parser.add_argument('config', nargs='+', help="t5x gin file(s), e.g. a run's MODEL_DIR/config.gin, or a model "
+                      'gin then a run gin (read in order, like repeated --gin_file)')
   parser.add_argument('--gin_search_paths', action='append', default=[],
                       help='comma-separated folders where includes are looked up (e.g. a t5x checkout)')
   parser.add_argument('--output', default=None, help='write here instead of stdout')

@@ -88,13 +88,16 @@ def _read_text(path: str) -> str:
 class T5xGin:
   """The bindings of a t5x gin file and its includes, in gin's override order (later wins)."""
 
-  def __init__(self, path: str, search_paths: Sequence[str] = ()):
-    self.path = path
+  def __init__(self, paths: str | Sequence[str], search_paths: Sequence[str] = ()):
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    self.path = ', '.join(paths)
     self.bindings: dict[tuple[str, str, str], Binding] = {}
     self.missing_includes: list[str] = []
+    self.undefined_macros: list[str] = []
     self.used: set[tuple[str, str, str]] = set()
     self._search_paths = [str(p) for p in search_paths]
-    self._read(path, [])
+    for path in paths:  # several files are read in order, as t5x reads repeated --gin_file flags
+      self._read(path, [])
 
   def _resolve_include(self, name: str, including: str) -> Optional[str]:
     if name.startswith('gs://') or os.path.isabs(name):
@@ -160,7 +163,8 @@ class T5xGin:
       seen.add(value.name)
       definition = self.macro(value.name)
       if definition is None:
-        raise T5xGinError(f'{where}: macro %{value.name} is used but never defined')
+        self.undefined_macros.append(f'{where}: %{value.name}')
+        return value  # unresolvable: `get` reports it as unbound
       value, where = definition.value, definition.where
     if isinstance(value, (list, tuple)) and not isinstance(value, (Ref, Macro)):
       return type(value)(self.resolve(v, where) for v in value)
@@ -173,7 +177,10 @@ class T5xGin:
     binding = self.find(name, arg, scope)
     if binding is None:
       return default, ''
-    return self.resolve(binding.value, binding.where), binding.where
+    value = self.resolve(binding.value, binding.where)
+    if isinstance(value, Macro) and value != REQUIRED:
+      return default, ''
+    return value, binding.where
 
   def unused(self) -> list[Binding]:
     """Bindings no conversion rule read, in file order."""
@@ -247,7 +254,28 @@ def _flanx_params(fn: Callable) -> set[str]:
 
 
 def _bind(lines: list[str], key: str, value: Any, note: str = '') -> None:
+  if isinstance(value, Ref) and not value.name.startswith('schedules.'):  # a t5x configurable: flanx has none
+    lines.append(f'# {key}: the t5x gin gives {_text(value)}, which flanx cannot express; set it by hand')
+    return
   lines.append(f'{key} = {_text(value)}' + (f'  # {note}' if note else ''))
+
+
+def _module_line(lines: list[str], module: Any) -> None:
+  """MIXTURE_OR_TASK_MODULE, when it can be imported here (t5x's task modules, e.g. t5.data.mixtures, cannot)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  names = [m.strip() for m in module.split(',')] if isinstance(module, str) else []
+  missing = []
+  for name in names:
+    try:
+      if importlib.util.find_spec(name) is None:
+        missing.append(name)
+    except (ImportError, ValueError):
+      missing.append(name)
+  if missing:
+    lines.append(f'# MIXTURE_OR_TASK_MODULE: the t5x gin imports {module!r}; {", ".join(missing)} cannot be imported '
+                 'here: set the module that registers the task with seqio for flanx')
+  else:
+    _bind(lines, 'MIXTURE_OR_TASK_MODULE', module if names else None)
 
 
 def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
@@ -281,11 +309,9 @@ def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   lines.append('T5Config.dropout_rate = %DROPOUT_RATE')
   lines.append('T5Config.dtype = %ACTIVATION_DTYPE')
   dropout, where = value('dropout_rate')
-  if dropout is REQUIRED and kind != 'train':
-    dropout, where = 0.0, 'unused when decoding'
-  if dropout is REQUIRED:
-    raise T5xGinError(f'{where}: the dropout rate is %gin.REQUIRED and never set')
-  _bind(lines, 'DROPOUT_RATE', float(dropout), '' if where else 't5x default')
+  if dropout == REQUIRED and kind != 'train':
+    dropout, where = 0.0, 'required in t5x model gins; run gins set it (unused when decoding)'
+  _bind(lines, 'DROPOUT_RATE', dropout if dropout == REQUIRED else float(dropout), '' if where else 't5x default')
   dtype, where = value('dtype')
   _bind(lines, 'ACTIVATION_DTYPE', str(dtype), '' if where else 't5x default')
   float32_logits, where = t5x.get('T5Config', 'float32_attention_logits', default=False)
@@ -336,8 +362,8 @@ def _steps(t5x: T5xGin, conv: Conversion, lines: list[str], train_params: set[st
       _bind(lines, 'TRAIN_STEPS_RELATIVE', int(relative), 'fine-tuning steps past the initial checkpoint\'s step')
     else:
       _bind(lines, 'TRAIN_STEPS', int(relative), f't5x TRAIN_STEPS_RELATIVE ({rwhere}); flanx counts from 0')
-  elif total is None or total is REQUIRED:
-    lines.append('# TRAIN_STEPS: not set in the t5x gin; set --gin.TRAIN_STEPS')
+  elif total is None or total == REQUIRED:
+    _bind(lines, 'TRAIN_STEPS', REQUIRED, 'required in the t5x gin' if total == REQUIRED else 'not set in the t5x gin')
   elif absolute_steps or restored is None:
     note = f'absolute: the initial checkpoint is at step {restored}' if restored is not None else ''
     _bind(lines, 'TRAIN_STEPS', int(total), note)
@@ -443,8 +469,6 @@ def _checkpoints(t5x: T5xGin, conv: Conversion, lines: list[str]) -> Optional[st
       conv.drop(binding.where, f'utils.SaveCheckpointConfig.{arg}', t5x.resolve(binding.value),
                 'flanx saves float32 params and its data position with every checkpoint')
   path, where = t5x.get('RestoreCheckpointConfig', 'path', default=None)
-  if path is REQUIRED:
-    raise T5xGinError(f'{where}: the initial checkpoint path is %gin.REQUIRED and never set')
   if isinstance(path, (list, tuple)):
     conv.drop(where, 'utils.RestoreCheckpointConfig.path', path, 'flanx restores one initial checkpoint')
     path = None
@@ -550,8 +574,10 @@ def _script_kind(t5x: T5xGin) -> str:
       return kind
   if t5x.macro('TRAIN_STEPS') is not None:
     return 'train'
-  raise T5xGinError(f'{t5x.path}: not a t5x train, eval or infer config (no train / evaluate / infer bindings '
-                    'and no TRAIN_STEPS)')
+  if t5x.find('T5Config', 'vocab_size') is not None:
+    return 'model'  # a model gin alone: becomes a flanx models/*.gin
+  raise T5xGinError(f'{t5x.path}: not a t5x train, eval, infer or model config (no train / evaluate / infer '
+                    'bindings, no TRAIN_STEPS, no network.T5Config)')
 
 
 def _eval_or_infer(t5x: T5xGin, conv: Conversion, kind: str) -> None:
@@ -561,12 +587,12 @@ def _eval_or_infer(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   scope = ref.name.rsplit('/', 1)[0] if isinstance(ref, Ref) and '/' in ref.name else ''
   data = lambda arg, default: t5x.get('DatasetConfig', arg, scope, default=default)
   name, _ = data('mixture_or_task_name', None)
-  if name is None or name is REQUIRED:
+  if name is None or name == REQUIRED:
     lines.append('# MIXTURE_OR_TASK_NAME: not set in the t5x gin; set --gin.MIXTURE_OR_TASK_NAME')
   else:
     _bind(lines, 'MIXTURE_OR_TASK_NAME', name)
   module, _ = data('module', None)
-  _bind(lines, 'MIXTURE_OR_TASK_MODULE', None if module is REQUIRED else module)
+  _module_line(lines, None if module == REQUIRED else module)
   lengths, where = data('task_feature_lengths', None)
   if isinstance(lengths, dict):
     _bind(lines, 'TASK_FEATURE_LENGTHS', dict(lengths))
@@ -619,6 +645,10 @@ def convert(t5x: T5xGin) -> Conversion:
   train_params = _flanx_params(loop.train)
   conv = Conversion(source=t5x.path)
   kind = _script_kind(t5x)
+  if kind == 'model':
+    conv.imports.append('flanx.model.config')
+    _model(t5x, conv, kind)
+    return _finish(t5x, conv, kind)
   conv.includes.append({'train': 'runs/finetune.gin', 'evaluate': 'runs/eval.gin', 'infer': 'runs/infer.gin'}[kind])
   conv.imports += ['flanx.model.config', 'flanx.training.partitioning']
   _model(t5x, conv, kind)
@@ -635,13 +665,12 @@ def convert(t5x: T5xGin) -> Conversion:
   for arg, macro in (('mixture_or_task_name', 'MIXTURE_OR_TASK_NAME'), ('task_feature_lengths',
                      'TASK_FEATURE_LENGTHS'), ('batch_size', 'BATCH_SIZE')):
     value, where = data(arg, None)
-    if value is None or value is REQUIRED:
+    if value is None:
       lines.append(f'# {macro}: not set in the t5x gin; set --gin.{macro}')
     else:
       _bind(lines, macro, dict(value) if isinstance(value, dict) else value)
   module, where = data('module', None)
-  module = None if module is REQUIRED else module
-  _bind(lines, 'MIXTURE_OR_TASK_MODULE', module, 'must be importable next to flanx' if module else '')
+  _module_line(lines, None if module == REQUIRED else module)
   pack, where = data('pack', False)
   _bind(lines, 'train.pack', bool(pack), '' if where else "t5x's DatasetConfig default: no packing")
   shuffle, where = data('shuffle', True)
@@ -706,6 +735,8 @@ def _finish(t5x: T5xGin, conv: Conversion, kind: str) -> Conversion:
   for line in t5x.missing_includes:
     conv.dropped.insert(0, ('includes not found, their bindings are not carried over (pass --gin_search_paths)',
                             line))
+  for line in dict.fromkeys(t5x.undefined_macros):
+    conv.dropped.append(('macros used but never defined in the given files (pass the other --gin_file too)', line))
   referenced = _referenced_macros(t5x)
   for binding in t5x.unused():
     if binding.arg == '' and (binding.value == REQUIRED or binding.selector not in referenced):
@@ -758,6 +789,6 @@ def _reason(binding: Binding) -> str:
   return 'not read by this converter'
 
 
-def convert_file(path: str, search_paths: Sequence[str] = ()) -> str:
-  """The flanx gin text for the t5x gin file at path."""
-  return convert(T5xGin(path, search_paths)).render()
+def convert_file(paths: str | Sequence[str], search_paths: Sequence[str] = ()) -> str:
+  """The flanx gin text for a t5x gin file, or several read in order (t5x's repeated --gin_file)."""
+  return convert(T5xGin(paths, search_paths)).render()

@@ -555,3 +555,29 @@ def test_relative_steps_and_a_step_offset_at_the_checkpoint(t5x_tree, tmp_path, 
   # t5x restarts Adafactor's decay at the checkpoint's step; flanx's fresh optimizer count already starts there.
   assert value('adafactor.step_offset') == 0
   assert 'train.restore_optimizer_state = True' in run.read_text()  # the alternative is spelled out
+
+
+def test_a_model_gin_alone_and_a_model_then_run_pair(t5x_tree, tmp_path, flanx_gin):
+  model = _convert(t5x_tree / 't5x/examples/t5/t5_1_1/xl.gin', tmp_path)  # a flanx models/*.gin equivalent
+  text = model.read_text()
+  assert 'include' not in text and 'T5Config.d_model = 2048' in text and 'DROPOUT_RATE = 0.0' in text
+  # t5x's usual command line: --gin_file=MODEL --gin_file=RUN; the run gin alone leaves %MODEL undefined.
+  _write(t5x_tree, {'lone/run.gin': RUN_FINETUNE.replace('MIXTURE_OR_TASK_NAME = %gin.REQUIRED',
+                                                           "MIXTURE_OR_TASK_NAME = 'task'")})
+  lone = t5x_gin.convert_file(str(t5x_tree / 'lone/run.gin'))
+  assert 'macros used but never defined' in lone and '%MODEL' in lone
+  out = tmp_path / 'pair.gin'
+  assert from_t5x_gin.main([str(t5x_tree / 't5x/examples/t5/t5_1_1/xl.gin'), str(t5x_tree / 'lone/run.gin'),
+                            '--output', str(out)]) == 0
+  value = flanx_gin(out, ['MODEL_DIR = "/tmp/x"', 'INITIAL_CHECKPOINT_PATH = None', 'TRAIN_STEPS = 10',
+                          "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 8}"])
+  assert T5Config().d_model == 2048 and value('train.mixture_or_task_name') == 'task'
+  assert value('train.batch_size') == 128 and 'never defined' not in out.read_text()
+
+
+def test_task_module_that_cannot_be_imported_is_left_to_the_user(tmp_path):
+  text = CONFIG_GIN + "train/utils.DatasetConfig.module = 't5.data.mixtures'\n"
+  (tmp_path / 'config.gin').write_text(text)
+  converted = t5x_gin.convert_file(str(tmp_path / 'config.gin'))
+  assert "# MIXTURE_OR_TASK_MODULE: the t5x gin imports 't5.data.mixtures'" in converted
+  assert '\nMIXTURE_OR_TASK_MODULE =' not in converted
