@@ -181,8 +181,8 @@ class AdafactorOptimizer(Optimizer):
                     restack: Callable[[PyTree], PyTree] = lambda tree: tree) -> AdafactorState:
     """State kept for params laid out as `source_*` (shapes) → the state this optimizer keeps for `target_*`.
 
-    `restack` maps a params-shaped tree from the source layout to the target one (e.g. flanx.model.network's
-    stack_layers). Where the factoring differs (a scanned square out kernel swaps rows and columns; a small
+    `restack` maps a params-shaped tree from the source layout to the target one, stacking layers along a new
+    leading axis (e.g. flanx.model.network's stack_layers); shapes must otherwise agree. Where the factoring differs (a scanned square out kernel swaps rows and columns; a small
     stacked kernel is factored where its layers are not), the second moment is rebuilt and reduced again:
     exact from an unfactored or transposed state (means of a linear running average), the usual rank-1
     estimate otherwise. Missing momentum (state without `m`, optimizer with beta1) starts at zero. Every
