@@ -140,16 +140,18 @@ def prompts(task: str, mode: str, directory: Optional[str] = None) -> List[Tuple
 
 
 def _dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None, *, task: str, mode: str,
-             directory: Optional[str]):
+             directory: Optional[str], vocabulary: seqio.Vocabulary):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   registrations.check()  # a gin setting made after registration must not be ignored
   del split, shuffle_files, seed  # one fixed evaluation set, in file order
   pieces = prompt_pieces(task, mode, directory)
+  pieces = few_shot.with_lengths(pieces, vocabulary)
   text = tf.TensorSpec([], tf.string)
   return tf.data.Dataset.from_generator(
       lambda: iter(pieces),
       output_signature={'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text,
-                        'targets': text})
+                        'targets': text, 'exemplar_lengths': tf.TensorSpec([None], tf.int32),
+                        'fixed_length': tf.TensorSpec([], tf.int32)})
 
 
 def task_name(task: str, mode: str, prefix: str = '') -> str:
@@ -167,7 +169,8 @@ def register_bbh(directory: Optional[str] = None, tasks: Tuple[str, ...] = TASKS
     for task in tasks:
       name = task_name(task, mode, prefix)
       source = seqio.FunctionDataSource(
-          functools.partial(_dataset, task=task, mode=mode, directory=directory), splits=SPLITS)
+          functools.partial(_dataset, task=task, mode=mode, directory=directory,
+                            vocabulary=features['inputs'].vocabulary), splits=SPLITS)
       fit = functools.partial(few_shot.fit_exemplars, on_overflow='raise', task_name=name)
       spec_lib.add_task(seqio.Task(name, source=source, output_features=features,
                                    preprocessors=[fit, *spec_lib.TASK_PREPROCESSORS],

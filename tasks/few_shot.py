@@ -12,7 +12,7 @@ naming the task and lengths (evaluation suites), `'keep'` leaves the zero-shot p
 truncate (training data; a generic truncation count sees it).
 """
 
-from typing import Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import seqio
 
@@ -56,15 +56,15 @@ def fit_exemplars(dataset, sequence_length=None, output_features=None, max_token
     if 'exemplar_lengths' in ex:  # counted by the source already
       fixed, lengths = ex['fixed_length'], tf.reshape(ex['exemplar_lengths'], [-1])
     else:
-      fixed = size(ex['prefix']) + size(ex['query'])
+      fixed = size(tf.strings.join([ex['prefix'], ex['query']]))
       lengths = tf.map_fn(size, exemplars, fn_output_signature=tf.int32)
     # Token counts add up exactly when pieces end at a newline in lossless mode; otherwise the
     # estimate is checked on the joined text and exemplars are dropped until it fits.
     k = tf.reduce_sum(tf.cast(fixed + tf.cumsum(lengths) <= budget, tf.int32))
-    k = tf.while_loop(lambda k: tf.logical_and(k > 0, size(prompt(k)) > budget), lambda k: [k - 1], [k])[0]
+    k, needed = tf.while_loop(lambda k, n: tf.logical_and(k > 0, n > budget),
+                              lambda k, n: (k - 1, size(prompt(k - 1))), (k, size(prompt(k))))
     text = prompt(k)
     if on_overflow == 'raise':
-      needed = size(text)
       check = tf.debugging.assert_less_equal(
           needed, budget,
           message=(f'{task_name or "few-shot task"}: the prompt without any exemplar (instruction, '
@@ -76,6 +76,19 @@ def fit_exemplars(dataset, sequence_length=None, output_features=None, max_token
     return out
 
   return dataset.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def with_lengths(pieces: List[Dict[str, Any]], vocabulary: seqio.Vocabulary) -> List[Dict[str, Any]]:
+  """`pieces` plus their token counts (`exemplar_lengths`, `fixed_length`), so the fit tokenizes only once."""
+  counts: Dict[str, int] = {}
+
+  def count(text: str) -> int:
+    if text not in counts:
+      counts[text] = len(vocabulary.encode(text))
+    return counts[text]
+
+  return [dict(p, exemplar_lengths=[count(e) for e in p['exemplars']],
+               fixed_length=count(p['prefix']) + len(vocabulary.encode(p['query']))) for p in pieces]
 
 
 def join(prefix: str, exemplars, query: str) -> str:

@@ -148,16 +148,18 @@ def prompts(subject: str, split: str, directory: Optional[str] = None) -> List[T
 
 
 def _dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None, *, subject: str,
-             directory: Optional[str], num_shots: int):
+             directory: Optional[str], num_shots: int, vocabulary: seqio.Vocabulary):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   registrations.check()  # a gin setting made after registration must not be ignored
   del shuffle_files, seed  # a fixed evaluation set, in file order
   pieces = prompt_pieces(subject, split, directory, num_shots)
+  pieces = few_shot.with_lengths(pieces, vocabulary)
   text = tf.TensorSpec([], tf.string)
   return tf.data.Dataset.from_generator(
       lambda: iter(pieces),
       output_signature={'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text,
-                        'targets': text})
+                        'targets': text, 'exemplar_lengths': tf.TensorSpec([None], tf.int32),
+                        'fixed_length': tf.TensorSpec([], tf.int32)})
 
 
 def task_name(subject: str, prefix: str = '') -> str:
@@ -174,7 +176,8 @@ def register_mmlu(directory: Optional[str] = None, subjects: Tuple[str, ...] = S
   for subject in subjects:
     name = task_name(subject, prefix)
     source = seqio.FunctionDataSource(
-        functools.partial(_dataset, subject=subject, directory=directory, num_shots=num_shots),
+        functools.partial(_dataset, subject=subject, directory=directory, num_shots=num_shots,
+                          vocabulary=features['inputs'].vocabulary),
         splits=('test', 'validation'))
     fit = functools.partial(few_shot.fit_exemplars, on_overflow='raise', task_name=name)
     spec_lib.add_task(seqio.Task(name, source=source, output_features=features,
