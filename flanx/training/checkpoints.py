@@ -61,7 +61,7 @@ class RunCheckpoints:
 
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict, data_iterator=None) -> None:
     """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
-    self.check_for_errors()
+    self._wait()  # orbax would wait for the previous save anyway; this way its failure gets a clear message
     meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params),
                                   'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
@@ -124,13 +124,15 @@ class RunCheckpoints:
 
   def restore_newest_intact(self, abstract_params: PyTree, abstract_opt_state: PyTree,
                             log: Callable[[str], None] = print) -> tuple[int, PyTree, PyTree, dict] | None:
-    """(step, params, opt_state, meta) of the newest checkpoint that passes its checksums, or None when the run
-    has no checkpoint. Damaged newer ones are moved to MODEL_DIR/damaged/ (loudly); with none intact, raises."""
-    damaged: list[tuple[int, ChecksumMismatchError]] = []
+    """(step, params, opt_state, meta) of the newest checkpoint that restores and passes its checksums, or None
+    when the run has no checkpoint. Newer ones that failed (checksums, or files that no longer decode) are moved to
+    MODEL_DIR/damaged/, loudly, once an older one restored: had the settings been at fault, that one would have
+    failed as well. With none intact, raises (the newest's error) and changes nothing."""
+    damaged: list[tuple[int, CheckpointRestoreError]] = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         params, opt_state, meta = self.restore(step, abstract_params, abstract_opt_state)
-      except ChecksumMismatchError as e:
+      except CheckpointRestoreError as e:
         log(f'WARNING: {e}')
         damaged.append((step, e))
         continue
@@ -139,6 +141,8 @@ class RunCheckpoints:
         log(f'WARNING: {_PREFIX}_{bad} is damaged and was moved to {moved}; resuming from the previous intact '
             f'checkpoint, {self.model_dir}/{_PREFIX}_{step}: steps {step + 1}..{bad} will be trained again.')
       return step, params, opt_state, meta
+    if damaged and not all(isinstance(e, ChecksumMismatchError) for _, e in damaged):
+      raise damaged[0][1]
     if damaged:
       names = ', '.join(f'{_PREFIX}_{s}' for s, _ in damaged)
       raise ChecksumMismatchError(f'every checkpoint in {self.model_dir} is damaged ({names}); nothing was '
@@ -272,7 +276,11 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
       metadata = checkpointer.metadata(item)
       tree = getattr(metadata, 'item_metadata', metadata)
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), tree)
-    params = checkpointer.restore(item, target)
+    try:
+      params = checkpointer.restore(item, target)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointRestoreError(f'cannot read {item}: {type(e).__name__}: {str(e)[:2000]}. Its files are damaged '
+                                   'or were written by another model; use another checkpoint of the run.') from e
   recorded = read_meta(checkpoint_dir).get('checksums', {}).get('params')
   if recorded:
     _verify(recorded, params, f'{checkpoint_dir}/params')
