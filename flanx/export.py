@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from flanx import gin_config
@@ -53,13 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     if not flags.checkpoint_dir:
       raise SystemExit('--checkpoint_dir is required (or give --gin_file with export_checkpoint.checkpoint_dir)')
-    _, run_dir, _ = checkpoints.locate(flags.checkpoint_dir)
+    checkpoint_path, run_dir, _ = checkpoints.locate(flags.checkpoint_dir)
     config_gin = os.path.join(run_dir, 'config.gin')
+    recorded = checkpoints.saved_config(checkpoint_path)  # the config this checkpoint was written with
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
-    if not tf.io.gfile.exists(config_gin):
+    if recorded is None and not tf.io.gfile.exists(config_gin):
       raise SystemExit(f'{config_gin} not found: pass the model config with --gin_file=models/….gin '
                        '(and --vocab)')
-    gin_config.parse_gin([config_gin], bindings, args.gin_search_paths, finalize=False)
+    with tempfile.TemporaryDirectory() as folder:
+      if recorded is not None:  # MODEL_DIR/config.gin describes the newest start, which may differ
+        config_gin = os.path.join(folder, 'config.gin')
+        with open(config_gin, 'w') as f:
+          f.write(recorded)
+      gin_config.parse_gin([config_gin], bindings, args.gin_search_paths, finalize=False)
   overrides = {k: v for k, v in vars(flags).items() if v is not None}
   path = hf_export.export_checkpoint(**overrides)
   print(f'Wrote {path}', flush=True)
