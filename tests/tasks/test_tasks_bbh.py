@@ -1,5 +1,6 @@
 """BIG-Bench Hard tasks on the real benchmark files: official prompts, answer extraction, fitting the length."""
 
+import hashlib
 import json
 import pathlib
 
@@ -36,6 +37,40 @@ OFFICIAL_SPORTS_COT = (
     'basketball. So the answer is yes.\n\n'
     + SPORTS_Q + '"Elias Lindholm beat the buzzer."\n'
     "A: Let's think step by step.")
+
+# sha256 (first 16 hex digits) of the official prompts of each task's first example, (direct, CoT), from the
+# same published outputs. The official answer-only runs of three tasks used other exemplar texts than the CoT
+# prompt file (see tasks/bbh.py); answer-only prompts here are derived from the CoT file, as Flan-T5's are.
+OFFICIAL_PROMPT_SHA256 = {
+    'boolean_expressions': ('562b2252f188bb2e', '8ec807b9265d58cd'),
+    'causal_judgement': ('aa1a04d6ec90ae5d', 'c6d5677e83d1a91d'),
+    'date_understanding': ('5170b38be3502a27', '70c912043fe1b8d8'),
+    'disambiguation_qa': ('5f9504a8b9da4867', '7edfe40a3d5839f3'),
+    'dyck_languages': ('399333ef1aca851c', '745a738711d26e15'),
+    'formal_fallacies': ('cd0d68da2e995545', '993b92385e6c1c1b'),
+    'geometric_shapes': ('a35b243d9d74f3bc', 'a008c923aced0eb5'),
+    'hyperbaton': ('f99cb39b51a07d7e', '68bd4436ac820f97'),
+    'logical_deduction_five_objects': ('dffd76e3195910ab', '98a223010c6df4d1'),
+    'logical_deduction_seven_objects': ('b278d6b75edd2c48', 'a26638ea1b1e23f0'),
+    'logical_deduction_three_objects': ('ed9bb41a040d3389', '49615cb851855352'),
+    'movie_recommendation': ('0617696fa0d2701e', '882759f28dd0a64c'),
+    'multistep_arithmetic_two': ('ac2534b0e398a191', '2de50aa4eacd3892'),
+    'navigate': ('ef525b2fa0d9d2fb', '99e23a11f6810390'),
+    'object_counting': ('06333c6c2d8133b8', '50011e91f0d4051b'),
+    'penguins_in_a_table': ('5faef846c79e0db9', '6585843eaf9664e4'),
+    'reasoning_about_colored_objects': ('305b44dc9c85618c', '39af6596b2c72fca'),
+    'ruin_names': ('fbdc580e1efc9c7f', 'dabeeb5c9d1f638a'),
+    'salient_translation_error_detection': ('bbc69b08f655f9ce', '6201ca394f10556d'),
+    'snarks': ('c3bb9d85a4898830', 'b6cbdbb48700bb75'),
+    'sports_understanding': ('c8a41b8f2ffb6083', '5748504324e52284'),
+    'temporal_sequences': ('f7305853f317d7a7', 'a4fc273d5f35dfc3'),
+    'tracking_shuffled_objects_five_objects': ('f0fb316aa2729e4a', '0df4c4080bbd6905'),
+    'tracking_shuffled_objects_seven_objects': ('816f95f0a2af9e12', '1befc6bb557945bb'),
+    'tracking_shuffled_objects_three_objects': ('a51ea0ed5510685e', '4163587cbf51fa7e'),
+    'web_of_lies': ('ec103d9bef771eca', 'e164861a2eb4d8cd'),
+    'word_sorting': ('3f37d2e8b71e9043', 'f756e063bd32177e'),
+}
+DIRECT_DIFFERS = ('date_understanding', 'snarks', 'tracking_shuffled_objects_three_objects')
 
 
 def test_answer_extraction_on_known_strings():
@@ -76,6 +111,11 @@ needs_data = pytest.mark.skipif(not (BBH_DIR.is_dir() and DEV_VOCAB.exists()),
 def test_prompts_match_the_official_ones():
   assert bbh.prompts('sports_understanding', 'direct', str(BBH_DIR))[0] == (OFFICIAL_SPORTS_DIRECT, 'no')
   assert bbh.prompts('sports_understanding', 'cot', str(BBH_DIR))[0] == (OFFICIAL_SPORTS_COT, 'no')
+  for task in bbh.TASKS:
+    direct, cot = (hashlib.sha256(bbh.prompts(task, mode, str(BBH_DIR))[0][0].encode()).hexdigest()[:16]
+                   for mode in ('direct', 'cot'))
+    assert cot == OFFICIAL_PROMPT_SHA256[task][1], task
+    assert (direct == OFFICIAL_PROMPT_SHA256[task][0]) == (task not in DIRECT_DIFFERS), task
   total = 0
   for task in bbh.TASKS:
     rows = json.loads((BBH_DIR / 'bbh' / f'{task}.json').read_text(encoding='utf-8'))['examples']
