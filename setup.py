@@ -41,7 +41,8 @@ setuptools.setup(
         'hf': HF,
         # libtpu (the TPU compiler, paired with jax 0.10.2) lets tests and developer machines compile for TPU
         # pods on CPU (flanx.train --topology=v4-64 --compile_only); its wheels are Linux-only.
-        'test': HF + ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0',
+        # tensorboard: tests read event files back with TensorBoard's own loader (resume must not repeat scalars).
+        'test': HF + ['pytest==9.2.0', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0', 'tensorboard==2.21.0',
                       "libtpu==0.0.42.1; sys_platform == 'linux'"],
     },
 )
