@@ -39,6 +39,10 @@ def _flag_parser() -> argparse.ArgumentParser:
   parser.add_argument('--newline_mode', choices=('lossless', 'dolly', 'none'), help='with --vocab=PATH')
   parser.add_argument('--handler', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='write handler.py (default true)')
+  parser.add_argument('--adapter_only', type=gin_config.parse_bool, nargs='?', const=True,
+                      help='LoRA runs: write a PEFT adapter folder (the base beside it when needed)')
+  parser.add_argument('--merge', type=gin_config.parse_bool, nargs='?', const=True,
+                      help='LoRA runs: fold the adapters into the base and write a plain HF folder')
   parser.add_argument('--overwrite', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='replace a non-empty output_dir')
   return parser

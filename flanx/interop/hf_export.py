@@ -18,11 +18,13 @@ import re
 from typing import Any, Callable, Mapping
 
 import gin
+import numpy as np
 
 from flanx import gin_config
 from flanx.interop import staging
 from flanx.model.config import T5Config
-from flanx.training import checkpoints
+from flanx.model import peft
+from flanx.training import checkpoints, steps
 
 PyTree = Any
 
@@ -120,7 +122,8 @@ def restore_on_cpu(checkpoint_path: str, config: T5Config) -> PyTree:
   import jax  # pylint: disable=g-import-not-at-top
   from flanx.model import network  # pylint: disable=g-import-not-at-top
   cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), network.abstract_params(config))
+  trained, _ = steps.trained_part(config, network.abstract_params(config))  # a PEFT run saved its adapters only
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), trained)
   try:
     return checkpoints.restore_params(checkpoint_path, target)
   except (ValueError, KeyError, TypeError) as e:
@@ -227,15 +230,25 @@ def export_checkpoint(*,
                       model_config: T5Config | None = None,
                       mixture_or_task_name: str | None = None,
                       mixture_or_task_module: str | None = None,
-                      task_feature_lengths: Mapping[str, int] | None = None) -> pathlib.Path:
+                      task_feature_lengths: Mapping[str, int] | None = None,
+                      adapter_only: bool = False,
+                      merge: bool = False) -> pathlib.Path:
   """Exports a flanx checkpoint (run folder → newest step, or checkpoint_<step>) as a verified HF folder.
 
   Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
+  A LoRA run (PEFT='lora') exports either its adapter as a PEFT folder (`adapter_only`; the base is written
+  beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`).
   """
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
-  config = run_config(model_config)
+  config = peft.configure(run_config(model_config), gin_config.run_value('peft'))
+  if (adapter_only or merge) and config.lora is None:
+    raise ValueError(f'{checkpoint_dir}: --adapter_only/--merge need a LoRA run (PEFT = \'lora\'); this run tuned '
+                     'the whole model')
+  if config.lora is not None and adapter_only == merge:
+    raise ValueError(f'{checkpoint_dir} holds LoRA adapters: pass --adapter_only (a PEFT adapter folder) or --merge '
+                     '(a plain Hugging Face folder with the adapters folded in)')
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
   lengths = task_feature_lengths or gin_config.run_value('task_feature_lengths')
@@ -262,6 +275,64 @@ def export_checkpoint(*,
         'train.train_steps'), batch_size=gin_config.gin_value('train.batch_size'), learning_rate=_learning_rate_text(step),
                      optimizer=gin_config.describe_binding('train.optimizer', 'adafactor'))
   print(f'Exporting {checkpoint_path} (step {step}) to {output_dir}.', flush=True)
+  if config.lora is not None:
+    base_source = checkpoints.read_meta(checkpoint_path).get('base')
+    params = peft.combine(restore_on_cpu(checkpoint_path, config),
+                          _peft_base(base_source, config, checkpoints.read_meta(checkpoint_path).get('seed', 42)))
+    if adapter_only:
+      return export_adapter(params, config, output_dir, vocabulary, base_source, verify=verify,
+                            overwrite=overwrite, feature_lengths=lengths)
+    holder = {'params': peft.merge_lora(params, config.lora)}
+    del params
+    return export_model(lambda: holder.pop('params'), config.replace(lora=None), output_dir, vocabulary,
+                        dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
+                        overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
   return export_model(lambda: restore_on_cpu(checkpoint_path, config), config, output_dir, vocabulary,
                       dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
                       overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
+
+
+def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:
+  """A LoRA run's frozen base on the host: its initial checkpoint (any format), else the seed's initialisation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flanx.interop import load_params  # pylint: disable=g-import-not-at-top
+  from flanx.model import network  # pylint: disable=g-import-not-at-top
+  base_config = config.replace(lora=None)
+  if not source:
+    with jax.default_device(jax.devices('cpu')[0]):
+      return jax.tree.map(np.asarray, network.init_params(base_config, jax.random.key(seed)))
+  if checkpoints.is_flanx_checkpoint(source):
+    return restore_on_cpu(source, base_config)
+  return load_params.load_params(source, base_config)
+
+
+def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLike, vocabulary: Any,
+                   base_source: str | None, *, verify: bool = True, overwrite: bool = False,
+                   feature_lengths: Mapping[str, int] | None = None, log: Callable[[str], None] = print
+                   ) -> pathlib.Path:
+  """Writes a PEFT LoRA folder (adapter + tokenizer) for a LoRA model's `params`, verified through `peft`.
+
+  `base_model_name_or_path` is `base_source` when that is a Hugging Face folder; otherwise the base is exported
+  (verified) into OUT/base and the adapter points there.
+  """
+  from flanx.interop import hf_tokenizer, hf_verify, peft_adapter  # pylint: disable=g-import-not-at-top
+  lengths = dict(feature_lengths or {})
+  output_dir = staging.check_target(output_dir, overwrite)
+  base_params = peft.split_trainable(params)[1]
+  with staging.staged_folder(output_dir, overwrite, 'export') as folder:
+    if base_source and os.path.exists(os.path.join(base_source, 'config.json')):
+      base_folder = final_base = os.path.abspath(base_source)
+    else:
+      log(f'The base ({base_source or "random initialisation"}) is not a Hugging Face folder: exporting it to '
+          f'{output_dir / "base"}.')
+      export_model(lambda: dict(base_params), config.replace(lora=None), folder / 'base', vocabulary, verify=verify,
+                   handler=False, feature_lengths=lengths, card_info={'base_model': base_source or ''}, log=log)
+      base_folder, final_base = str(folder / 'base'), str(output_dir / 'base')
+    peft_adapter.write_adapter(folder, params, config, final_base)
+    hf_tokenizer.write_tokenizer(folder, vocabulary, lengths.get('inputs', 512))
+    if verify:
+      log('Verifying the adapter through peft against flanx (logits and greedy generation).')
+      reference = hf_verify.flanx_reference(params, config, *hf_verify.probe_batch(vocabulary, config))
+      summary = peft_adapter.verify_adapter(str(folder), base_folder, reference)
+      log(f"Verified: max |logit diff| {summary['max_logit_diff']:.2e} (tolerance {summary['tolerance']:.1e}).")
+  return output_dir
