@@ -13,16 +13,19 @@ PIECES = {'prefix': 'Task.\n\n', 'exemplars': ['Q: 1+1\nA: 2\n\n', 'Q: 2+2\nA: 4
           'query': 'Q: 4+4\nA:', 'targets': '8'}
 
 
-def _task(name, **kwargs):
+def _task(name, counts=None, **kwargs):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   def dataset_fn(split, shuffle_files=False, seed=None):
     del split, shuffle_files, seed
     text = tf.TensorSpec([], tf.string)
-    return tf.data.Dataset.from_generator(
-        lambda: iter([PIECES, dict(PIECES, exemplars=[])]),
-        output_signature={'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text,
-                          'targets': text})
+    signature = {'prefix': text, 'exemplars': tf.TensorSpec([None], tf.string), 'query': text, 'targets': text}
+    rows = [PIECES, dict(PIECES, exemplars=[])]
+    if counts is not None:  # token counts claimed by the source: (fixed, per exemplar)
+      signature.update(fixed_length=tf.TensorSpec([], tf.int32), exemplar_lengths=tf.TensorSpec([None], tf.int32))
+      rows = [dict(rows[0], fixed_length=counts[0], exemplar_lengths=counts[1]),
+              dict(rows[1], fixed_length=counts[0], exemplar_lengths=[])]
+    return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=signature)
 
   task = seqio.Task(name, source=seqio.FunctionDataSource(dataset_fn, splits=('test',)), output_features=FEATURES,
                     preprocessors=[functools.partial(few_shot.fit_exemplars, task_name=name, **kwargs),
@@ -49,6 +52,17 @@ def test_exemplars_follow_the_run_length():
     assert first == few_shot.join(PIECES['prefix'], PIECES['exemplars'][:kept], PIECES['query']), length
     assert zero_shot == 'Task.\n\nQ: 4+4\nA:'
   assert _inputs(name, None)[0] == whole  # no length given: every exemplar
+
+
+def test_source_counts_are_used_and_checked_on_the_joined_text():
+  exact = _task('t_fit_bytes_counted', counts=(16, [13, 13, 13]))
+  assert _inputs(exact, 16 + 26 + 1)[0] == few_shot.join(PIECES['prefix'], PIECES['exemplars'][:2], PIECES['query'])
+  # Counts that undercount (as SentencePiece without newline ids may, the joined text being longer than the
+  # sum of its pieces): the joined prompt is measured and exemplars dropped until it really fits.
+  low = _task('t_fit_bytes_undercounted', counts=(1, [1, 1, 1]))
+  assert _inputs(low, 16 + 26 + 1)[0] == few_shot.join(PIECES['prefix'], PIECES['exemplars'][:2], PIECES['query'])
+  with pytest.raises(Exception, match='t_fit_bytes_undercounted'):
+    _inputs(low, 16)
 
 
 def test_max_tokens_caps_below_the_run_length():
