@@ -23,7 +23,8 @@ CORE = [
     'tqdm==4.70.1',
     'pyarrow==26.0.1',  # Flan collection files in Parquet
 ]
-HF = ['transformers==5.23.0', 'tokenizers==0.23.3', 'torch==2.13.0']
+HF = ['transformers==5.23.0', 'tokenizers==0.23.3', 'torch==2.13.0',
+      'peft==0.21.2', 'accelerate==1.15.0']  # peft: LoRA / prompt-tuning adapter export and its verification
 
 setuptools.setup(
     name='flanx',
