@@ -102,3 +102,20 @@ def test_one_command_on_a_tiny_model_prints_the_bbh_table(tmp_path, capsys, monk
   assert _row(table, 'macro average') == ['macro', 'average', '3', f'{score:.1f}', '—']
   assert 'only 1 of 27 tasks: not comparable with the paper' in table
   assert 'model shape is not a public Flan checkpoint' in table
+
+
+def test_suite_gin_file_and_data_settings_from_the_command_line():
+  import gin
+  from flanx import gin_config
+  from tasks import bbh as bbh_tasks
+  gin.clear_config()
+  try:
+    gin_config.parse_gin(['runs/eval_flan_suite.gin'], [
+        'CHECKPOINT_PATH = "/ckpt"', 'tasks.bbh.bbh_dir.path = "/data/BIG-Bench-Hard"',
+        'tasks.mmlu.mmlu_dir.path = "/data/mmlu/data"'])
+    assert bbh_tasks.bbh_dir() == '/data/BIG-Bench-Hard' and mmlu.mmlu_dir() == '/data/mmlu/data'
+    assert gin.query_parameter('%EVAL_SPLIT') == 'test'
+    assert gin.query_parameter('%TASK_FEATURE_LENGTHS') == {'inputs': 2048, 'targets': 256}
+    assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'tasks'
+  finally:
+    gin.clear_config()
