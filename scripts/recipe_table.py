@@ -7,6 +7,7 @@ libtpu; nothing runs on a TPU) and writes the table (per-device memory, HBM, fit
 gin/recipes/README.md between its markers, with the date, commit and versions.
 
   .venv/bin/python scripts/recipe_table.py            # every recipe; rewrites the table; exit 1 if one does not fit
+  .venv/bin/python scripts/recipe_table.py --jobs 3   # three compiles at a time
   .venv/bin/python scripts/recipe_table.py NAME ...   # only these recipes (file names); prints, writes nothing
 
 XXL and UL2 compiles take minutes each on a small machine.
@@ -15,6 +16,7 @@ XXL and UL2 compiles take minutes each on a small machine.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import pathlib
@@ -22,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -112,23 +115,48 @@ def main(argv: list[str] | None = None) -> int:
   """Compiles the recipes; returns 0 when every one fits."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('recipes', nargs='*', help='recipe file names (default: all, and the README is rewritten)')
+  parser.add_argument('--jobs', type=int, default=1, help='compiles at a time (each takes a few GB of RAM)')
   args = parser.parse_args(argv)
-  paths = [RECIPES / name for name in args.recipes] or sorted(RECIPES.glob('*.gin'))
-  rows = []
-  with tempfile.TemporaryDirectory() as tmp:
-    for path in paths:
-      if not path.is_file():
-        raise SystemExit(f'no such recipe: {path}')
-      targets = recipe_targets(path)
-      if not targets:
-        rows.append({'recipe': path.name, 'accelerator': '?', 'error': 'no `# tpu: ACCELERATOR` line'})
-      for accelerator in targets:
-        rows.append(compile_recipe(path, accelerator, pathlib.Path(tmp)))
+  paths = [RECIPES / name for name in args.recipes] or sorted(RECIPES.glob('*.gin'), key=_size_rank)
+  for path in paths:
+    if not path.is_file():
+      raise SystemExit(f'no such recipe: {path}')
+  pairs = [(path, accelerator) for path in paths for accelerator in recipe_targets(path) or ['?']]
+  results: dict[int, dict] = {}
+  lock = threading.Lock()
+
+  def run(index: int, path: pathlib.Path, accelerator: str, tmp: pathlib.Path) -> None:
+    if accelerator == '?':
+      row = {'recipe': path.name, 'accelerator': '?', 'error': 'no `# tpu: ACCELERATOR` line'}
+    else:
+      row = compile_recipe(path, accelerator, tmp)
+    with lock:
+      results[index] = row
+      if not args.recipes:  # the table so far, so a long run leaves its results even if it is stopped
+        write_readme(f'{provenance()}\n\n{table(_in_order(results, pairs))}')
+
+  with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    for future in [pool.submit(run, i, path, accelerator, pathlib.Path(tmp))
+                   for i, (path, accelerator) in enumerate(pairs)]:
+      future.result()
+  rows = _in_order(results, pairs)
   text = f'{provenance()}\n\n{table(rows)}'
   print(text)
-  if not args.recipes:
-    write_readme(text)
   return 0 if all(r.get('fits') for r in rows) else 1
+
+
+def _in_order(results: dict[int, dict], pairs: list) -> list[dict]:
+  """Rows in recipe order; pairs not compiled (yet) say so."""
+  return [results.get(i, {'recipe': p.name, 'accelerator': a, 'error': 'not compiled yet'})
+          for i, (p, a) in enumerate(pairs)]
+
+
+def _size_rank(path: pathlib.Path) -> tuple[int, str]:
+  """Smaller models first (their compiles are quick)."""
+  text = path.read_text(encoding='utf-8')
+  sizes = ('small', 'base', 'large', 'xl', 'xxl', 'ul2')
+  rank = max((i for i, size in enumerate(sizes) if f'_{size}.gin' in text), default=len(sizes))
+  return rank, path.name
 
 
 if __name__ == '__main__':
