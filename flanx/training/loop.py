@@ -40,10 +40,12 @@ class DataSettings:
   shuffle: bool = True
   seed: int = 42
   use_cached: bool = False
+  prompt_tokens: int = 0  # prompt tuning: placeholders before every example's inputs
 
   def dataset(self, split: str, **kwargs):
     """This host's batches of `split` (see data.get_dataset)."""
-    options = {'shuffle': self.shuffle, 'pack': self.pack, 'seed': self.seed, 'use_cached': self.use_cached, **kwargs}
+    options = {'shuffle': self.shuffle, 'pack': self.pack, 'seed': self.seed, 'use_cached': self.use_cached,
+               'prompt_tokens': self.prompt_tokens, **kwargs}
     return data.get_dataset(self.mixture_or_task_name, self.task_feature_lengths, split, self.batch_size, **options)
 
 
@@ -84,6 +86,7 @@ def train(*,
           already_done_ok: bool = False,
           take_over_stale_lease: bool = False,
           peft: str | None = None,
+          truncation_examples: int = 1000,
           run_name: str = 'train') -> dict:
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
 
@@ -105,12 +108,12 @@ def train(*,
   data.import_task_modules(mixture_or_task_module)
   run_checks.check_task_name(mixture_or_task_name)
   settings = DataSettings(mixture_or_task_name, task_feature_lengths, batch_size, pack, shuffle, data_seed,
-                          use_cached_tasks)
+                          use_cached_tasks, peft_lib.prompt_length(config))
   schedule = learning_rate_schedule or schedules.constant()
   start = start_step.plan_start(initial_checkpoint_path, train_steps, relative_steps, continue_step,
                                 restore_optimizer_state, gin_config.binding_source('train', 'train_steps'))
   train_steps = start.train_steps  # absolute
-  if start.restore_optimizer_state and config.lora is not None:
+  if start.restore_optimizer_state and peft_lib.is_peft(config):
     raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
                                     'params; a PEFT run trains adapters only (leave it False)')
 
@@ -130,7 +133,7 @@ def train(*,
     signature = run_checks.run_signature(config, batch_size, task_feature_lengths, mixture_or_task_name, pack)
     _check_existing_run(ckpts, signature, train_steps, restore_data, already_done_ok)
     state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, initial_checkpoint_path, seed,
-                                                    _log, start)
+                                                    _log, start, _prompt_vocabulary(config, mixture_or_task_name))
     # A fresh optimizer's count lags the absolute step by the start step; the schedule sees the absolute step.
     schedule_offset = ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None else (
         start.schedule_offset)
@@ -145,6 +148,8 @@ def train(*,
       gin_config.write_config(model_dir)  # only now: a start that failed its checks leaves the old one intact
     writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar,
                            resume_step=resumed or 0)
+    if resumed is None and truncation_examples:
+      _report_truncation(writer, settings, int(state.step), truncation_examples)
     meta = {'seed': seed, 'data_seed': data_seed, 'run': signature, 'config_gin': gin.config_str(),
             'schedule_offset': schedule_offset, 'peft': peft, 'base': initial_checkpoint_path}
     saver = _Saver(ckpts, iterator, meta, resumed, folder)
@@ -166,6 +171,32 @@ def train(*,
       if writer is not None:
         writer.close()
       folder.release(started=writer is not None)
+
+
+def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
+  """The task's input vocabulary when the prompt starts from a text (PromptConfig.init='text'), else None."""
+  if config.prompt is None or config.prompt.init != 'text':
+    return None
+  import seqio  # pylint: disable=g-import-not-at-top
+  return seqio.get_mixture_or_task(mixture_or_task_name).output_features['inputs'].vocabulary
+
+
+def _report_truncation(writer: MetricsWriter, settings: DataSettings, step: int, examples: int) -> None:
+  """Logs (and writes to TensorBoard) the share of each task's examples whose inputs/targets the lengths cut:
+  a cut target is lost training signal. Counted on the first `examples` examples of each task's train split."""
+  from tasks import truncation  # pylint: disable=g-import-not-at-top
+  lengths = dict(settings.task_feature_lengths)
+  try:
+    reports = truncation.mixture_truncation(settings.mixture_or_task_name, lengths, 'train', examples)
+  except Exception as e:  # pylint: disable=broad-except  (a report must never stop the run; say why it is missing)
+    writer.log(f'Truncation report skipped ({type(e).__name__}: {e}).')
+    return
+  scalars = {}
+  for task, report in reports.items():
+    cut = ', '.join(f'{100 * report[f]:.1f}% of {f} (longest {report[f"max_{f}"]})' for f in lengths if f in report)
+    writer.log(f'Truncation at {lengths} in {task} ({report["examples"]} examples): {cut} cut.')
+    scalars.update({f'truncation/{task}/{f}': report[f] for f in lengths if f in report})
+  writer.write(step, scalars)
 
 
 def _log(message: str) -> None:
@@ -230,8 +261,8 @@ def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[st
 
 def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Optimizer,
                      shardings: steps.Shardings, initial_checkpoint_path: str | None, seed: int,
-                     log: Callable[[str], None], start: start_step.StartPlan | None = None
-                     ) -> tuple[steps.TrainState, int, int | None]:
+                     log: Callable[[str], None], start: start_step.StartPlan | None = None,
+                     prompt_vocabulary: Any = None) -> tuple[steps.TrainState, int, int | None]:
   """(state, batches already read, step resumed from or None): the newest intact checkpoint, else a fresh start
   (at `start.step`, with the initial checkpoint's optimizer state when `start.restore_optimizer_state`)."""
   if ckpts.latest_step() is not None:
@@ -242,10 +273,12 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
                              opt_state=opt_state, frozen=_frozen_base(config, initial_checkpoint_path, seed, shardings))
     return state, int(meta['batches_read']), latest
   start = start or start_step.StartPlan(0, 0, False)
-  if initial_checkpoint_path and config.lora is not None:  # pretrained base, fresh adapters
+  if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh adapters
     params = peft_lib.combine(steps.init_adapters(config, seed, shardings),
                               _frozen_base(config, initial_checkpoint_path, seed, shardings, cast=False))
-    log(f'LoRA adapters (rank {config.lora.rank}) on the frozen base {initial_checkpoint_path}.')
+    what = (f'LoRA adapters (rank {config.lora.rank})' if config.lora is not None
+            else f'a {config.prompt.num_virtual_tokens}-token prompt')
+    log(f'{what} on the frozen base {initial_checkpoint_path}.')
   elif initial_checkpoint_path:
     params = load_params.load_sharded_params(initial_checkpoint_path, config, shardings.params)
     continuing = f', continuing at step {start.step}' if start.step else ''
@@ -257,21 +290,31 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
       return steps.TrainState(step=step, params=params, opt_state=opt_state), 0, None
   else:
     params = steps.init_params(config, seed, shardings)
-  base_dtype = config.lora.base_dtype if config.lora is not None else 'float32'
-  return steps.new_state(params, tx, shardings, step=start.step, base_dtype=base_dtype), 0, None
+  if config.prompt is not None:  # the prompt starts as rows of the base's token embedding
+    params = _init_prompt(params, config, seed, prompt_vocabulary, shardings)
+  return steps.new_state(params, tx, shardings, step=start.step, base_dtype=peft_lib.base_dtype(config)), 0, None
+
+
+def _init_prompt(params, config: T5Config, seed: int, vocabulary: Any, shardings: steps.Shardings):
+  """`params` with encoder/prompt_embedding set to base embedding rows (PromptConfig.init, see flanx.model.peft)."""
+  embedding = params['token_embedder']['embedding']
+  encode = None if vocabulary is None else vocabulary.encode
+  ids = peft_lib.prompt_init_ids(config.prompt, embedding.shape[0], seed, encode)
+  prompt = jax.device_put(embedding[np.asarray(ids)].astype(np.float32), shardings.params['encoder']['prompt_embedding'])
+  return {**params, 'encoder': {**params['encoder'], 'prompt_embedding': prompt}}
 
 
 def _frozen_base(config: T5Config, initial_checkpoint_path: str | None, seed: int, shardings: steps.Shardings,
                  cast: bool = True):
   """A PEFT run's frozen base params (None otherwise): the initial checkpoint's, else the seed's initialisation."""
-  if config.lora is None:
+  if not peft_lib.is_peft(config):
     return None
   if initial_checkpoint_path:
-    base = load_params.load_sharded_params(initial_checkpoint_path, config.replace(lora=None), shardings.frozen)
+    base = load_params.load_sharded_params(initial_checkpoint_path, peft_lib.base_config(config), shardings.frozen)
   else:
     base = steps.trained_part(config, steps.init_params(config, seed, shardings))[1]
-  if cast and config.lora.base_dtype != 'float32':
-    base = jax.tree.map(lambda x: x.astype(config.lora.base_dtype), base)
+  if cast and peft_lib.base_dtype(config) != 'float32':
+    base = jax.tree.map(lambda x: x.astype(peft_lib.base_dtype(config)), base)
   return base
 
 

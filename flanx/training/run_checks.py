@@ -90,6 +90,7 @@ TRAIN_ARG_RULES: dict[str, tuple[Any, str]] = {
     'seed': (any_int, 'an integer'),
     'data_seed': (any_int, 'an integer'),
     'log_every': (positive_int, 'a positive integer'),
+    'truncation_examples': (non_negative_int, 'an integer >= 0 (0: no truncation report at the start)'),
     'z_loss': (non_negative_number, 'a number >= 0'),
     'label_smoothing': (fraction, 'a number in [0, 1)'),
     'pack': (boolean, 'True or False'),
