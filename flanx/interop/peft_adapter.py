@@ -1,10 +1,16 @@
-"""LoRA adapters as Hugging Face `peft` folders: write (verified through peft), and read back to continue tuning.
+"""PEFT adapters as Hugging Face `peft` folders: LoRA (write, verified through peft; read back to continue tuning)
+and prompt tuning (write, verified).
 
 A folder holds adapter_config.json (peft_type LORA, task_type SEQ_2_SEQ_LM, r, lora_alpha, lora_dropout,
 target_modules, base_model_name_or_path) and adapter_model.safetensors with PEFT's key names:
 `base_model.model.<transformers module>.lora_A.weight` [r, in] and `….lora_B.weight` [out, r], i.e. flanx's
 `lora_a` [in, r] and `lora_b` [r, out] transposed (torch Linear weights are [out, in]). `target_modules` is the
 regex (matched in full against module names) that selects exactly the projections flanx adapted.
+
+A prompt-tuning folder (peft_type PROMPT_TUNING, task_type SEQ_2_SEQ_LM, num_transformer_submodules 1 so only the
+encoder input gets the prompt, num_virtual_tokens, token_dim) holds one tensor, `prompt_embeddings` [n, d_model]:
+peft's seq2seq forward puts it before the input embeddings with attention 1, which is what flanx's placeholders
+at positions 0..n-1 compute (flanx.model.peft).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import dataclasses
 import re
 from typing import Any
 
@@ -47,11 +54,37 @@ def adapter_config(lora: peft.LoraConfig, base_model: str) -> dict[str, Any]:
           'modules_to_save': None, 'base_model_name_or_path': base_model}
 
 
+def prompt_adapter_config(config: T5Config, base_model: str) -> dict[str, Any]:
+  """adapter_config.json of a prompt-tuning model (`config.prompt`) on `base_model`."""
+  prompt = config.prompt
+  text = prompt.init == 'text'
+  return {'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM', 'num_virtual_tokens': prompt.num_virtual_tokens,
+          'token_dim': config.d_model, 'num_transformer_submodules': 1, 'num_attention_heads': config.num_heads,
+          'num_layers': config.num_encoder_layers, 'prompt_tuning_init': peft.PROMPT_INITS[prompt.init],
+          'prompt_tuning_init_text': prompt.init_text if text else None,
+          'tokenizer_name_or_path': base_model if text else None, 'tokenizer_kwargs': None, 'inference_mode': True,
+          'modules_to_save': None, 'base_model_name_or_path': base_model}
+
+
 def write_adapter(folder: pathlib.Path, params: PyTree, config: T5Config, base_model: str) -> None:
-  """Writes adapter_config.json and adapter_model.safetensors into `folder`."""
+  """Writes adapter_config.json and adapter_model.safetensors into `folder` (LoRA or prompt tuning)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file(adapter_tensors(params, config), folder / WEIGHTS_FILE, metadata={'format': 'pt'})
-  (folder / CONFIG_FILE).write_text(json.dumps(adapter_config(config.lora, base_model), indent=2) + '\n')
+  if config.prompt is not None:
+    tensors = {'prompt_embeddings': np.ascontiguousarray(np.asarray(params['encoder']['prompt_embedding'], np.float32))}
+    settings = prompt_adapter_config(config, base_model)
+  else:
+    tensors, settings = adapter_tensors(params, config), adapter_config(config.lora, base_model)
+  save_file(tensors, folder / WEIGHTS_FILE, metadata={'format': 'pt'})
+  (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + '\n')
+
+
+def flanx_reference(params: PyTree, config: T5Config, encoder_tokens: np.ndarray, decoder_tokens: np.ndarray) -> Any:
+  """hf_verify's reference for a PEFT model: flanx runs with the prompt placeholders in front (prompt tuning),
+  peft gets the plain inputs (it adds its prompt itself)."""
+  from flanx.interop import hf_verify  # pylint: disable=g-import-not-at-top
+  with_prompt = peft.add_prompt_placeholders(encoder_tokens, peft.prompt_length(config)).astype(encoder_tokens.dtype)
+  reference = hf_verify.flanx_reference(params, config, with_prompt, decoder_tokens)
+  return dataclasses.replace(reference, encoder_tokens=encoder_tokens)
 
 
 def load_peft_model(adapter_folder: str, base_folder: str) -> Any:

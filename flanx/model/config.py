@@ -41,6 +41,8 @@ class T5Config:
   scan_layers: bool = False
   # Parameter-efficient tuning (flanx.model.peft): LoRA adapters on chosen projections (a LoraConfig), or None.
   lora: Any = None
+  # Prompt tuning (flanx.model.peft.PromptConfig): learned vectors before the encoder input, or None.
+  prompt: Any = None
 
   @property
   def gated(self) -> bool:

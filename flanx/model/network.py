@@ -307,7 +307,13 @@ class Encoder(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     bias = RelativePositionBias(c, bidirectional=True, name='relpos_bias')(positions, positions)
-    x = _dropout(c, self.embedder(tokens), deterministic)
+    x = self.embedder(tokens)
+    if c.prompt is not None:  # prompt tuning: in-segment positions < n hold placeholders (flanx.model.peft)
+      n = c.prompt.num_virtual_tokens
+      prompt = _param(self, 'prompt_embedding', nn.initializers.normal(1.0), (n, c.d_model), (None, 'embed'))
+      at_prompt = (positions < n)[..., None]
+      x = jnp.where(at_prompt, jnp.take(prompt, jnp.clip(positions, 0, n - 1), axis=0).astype(x.dtype), x)
+    x = _dropout(c, x, deterministic)
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, EncoderLayer, c.num_encoder_layers, x, mask, bias, deterministic=deterministic)
     x = LayerNorm(c, name='encoder_norm')(x)

@@ -21,24 +21,53 @@ def import_task_modules(module: str | None) -> None:
 @gin.configurable
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str, batch_size: int,
                 *, shuffle: bool, pack: bool, seed: int = 42, num_epochs: int | None = None,
-                use_cached: bool = False, drop_remainder: bool = True):
+                use_cached: bool = False, drop_remainder: bool = True, prompt_tokens: int = 0):
   """This host's share of a seqio dataset, converted for the encoder-decoder and batched.
 
   `batch_size` is global; each of the jax processes reads 1/process_count of the data (seqio ShardInfo) and
   yields batch_size/process_count rows. A fixed seed keeps shuffling and mixing reproducible (exact resume).
+  `prompt_tokens` (prompt tuning): that many placeholders lead every example's inputs, before packing; the task
+  is asked for inputs that much shorter so the converted length stays task_feature_lengths['inputs'].
   """
   import seqio  # heavy (tensorflow): imported on use
   import tensorflow as tf
   count, index = jax.process_count(), jax.process_index()
   if batch_size % count:
     raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the {count} processes')
+  lengths = dict(task_feature_lengths)
+  converter = seqio.EncDecFeatureConverter(pack=pack)
+  if prompt_tokens:
+    if lengths['inputs'] <= prompt_tokens:
+      raise ValueError(f"TASK_FEATURE_LENGTHS['inputs']={lengths['inputs']} leaves no room for the inputs after "
+                       f'the {prompt_tokens} prompt tokens (PromptConfig.num_virtual_tokens)')
+    lengths['inputs'] -= prompt_tokens
+    converter = _prompt_converter(prompt_tokens, pack)
   ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split,
+      mixture_or_task_name, task_feature_lengths=lengths, dataset_split=split,
       shuffle=shuffle, num_epochs=num_epochs, use_cached=use_cached, seed=seed,
       shard_info=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None,
-      feature_converter=seqio.EncDecFeatureConverter(pack=pack))
+      feature_converter=converter)
   ds = ds.batch(batch_size // count, drop_remainder=drop_remainder)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _prompt_converter(prompt_tokens: int, pack: bool):
+  """seqio's encoder-decoder converter that first puts `prompt_tokens` placeholders before each example's inputs."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flanx.model.peft import PROMPT_PLACEHOLDER_ID  # pylint: disable=g-import-not-at-top
+
+  class PromptFeatureConverter(seqio.EncDecFeatureConverter):
+    """Placeholders + inputs, then packed or padded as EncDecFeatureConverter does (to inputs + prompt_tokens)."""
+
+    def __call__(self, ds, task_feature_lengths):  # delegates to the checked conversion, as seqio's own wrappers do
+      def prepend(ex):
+        head = tf.fill([prompt_tokens], tf.cast(PROMPT_PLACEHOLDER_ID, ex['inputs'].dtype))
+        return {**ex, 'inputs': tf.concat([head, ex['inputs']], axis=0)}
+      lengths = {**task_feature_lengths, 'inputs': task_feature_lengths['inputs'] + prompt_tokens}
+      return super().__call__(ds.map(prepend, num_parallel_calls=tf.data.AUTOTUNE), lengths)
+
+  return PromptFeatureConverter(pack=pack)
 
 
 class CheckpointableIterator:
@@ -102,3 +131,21 @@ def non_padding_fraction(batch: Mapping[str, Any]) -> dict[str, float]:
     if key in batch:
       out[key] = float(np.mean(np.asarray(batch[key]) != 0))
   return out
+
+
+def truncation_report(name: str, lengths: Mapping[str, int], split: str, examples: int
+                      ) -> tuple[list[str], dict[str, float]]:
+  """(log lines, scalars `truncation/{task}/{feature}`): the share of each task's first `examples` examples
+  whose inputs/targets the lengths cut (a cut target is lost signal). Never raises: a failure is one line."""
+  from tasks import truncation  # pylint: disable=g-import-not-at-top
+  lengths = dict(lengths)
+  try:
+    reports = truncation.mixture_truncation(name, lengths, split, examples)
+  except Exception as e:  # pylint: disable=broad-except  (a report must never stop the run; say why it is missing)
+    return [f'Truncation report skipped ({type(e).__name__}: {e}).'], {}
+  lines, scalars = [], {}
+  for task, report in reports.items():
+    cut = ', '.join(f'{100 * report[f]:.1f}% of {f} (longest {report[f"max_{f}"]})' for f in lengths if f in report)
+    lines.append(f'Truncation at {lengths} in {task} {split} ({report["examples"]} examples): {cut} cut.')
+    scalars.update({f'truncation/{task}/{f}': report[f] for f in lengths if f in report})
+  return lines, scalars

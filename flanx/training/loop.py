@@ -182,21 +182,13 @@ def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
 
 
 def _report_truncation(writer: MetricsWriter, settings: DataSettings, step: int, examples: int) -> None:
-  """Logs (and writes to TensorBoard) the share of each task's examples whose inputs/targets the lengths cut:
-  a cut target is lost training signal. Counted on the first `examples` examples of each task's train split."""
-  from tasks import truncation  # pylint: disable=g-import-not-at-top
-  lengths = dict(settings.task_feature_lengths)
-  try:
-    reports = truncation.mixture_truncation(settings.mixture_or_task_name, lengths, 'train', examples)
-  except Exception as e:  # pylint: disable=broad-except  (a report must never stop the run; say why it is missing)
-    writer.log(f'Truncation report skipped ({type(e).__name__}: {e}).')
-    return
-  scalars = {}
-  for task, report in reports.items():
-    cut = ', '.join(f'{100 * report[f]:.1f}% of {f} (longest {report[f"max_{f}"]})' for f in lengths if f in report)
-    writer.log(f'Truncation at {lengths} in {task} ({report["examples"]} examples): {cut} cut.')
-    scalars.update({f'truncation/{task}/{f}': report[f] for f in lengths if f in report})
-  writer.write(step, scalars)
+  """Logs (and writes to TensorBoard) how much of each task TASK_FEATURE_LENGTHS cut (data.truncation_report)."""
+  lines, scalars = data.truncation_report(settings.mixture_or_task_name, settings.task_feature_lengths, 'train',
+                                          examples)
+  for line in lines:
+    writer.log(line)
+  if scalars:
+    writer.write(step, scalars)
 
 
 def _log(message: str) -> None:

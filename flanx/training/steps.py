@@ -73,7 +73,7 @@ class Shardings:
 
 def trained_part(config: T5Config, tree: PyTree) -> tuple[PyTree, PyTree]:
   """(trained, frozen) halves of a param-shaped tree: all and None, or the adapters and the base under PEFT."""
-  return peft.split_trainable(tree) if config.lora is not None else (tree, None)
+  return peft.split_trainable(tree) if peft.is_peft(config) else (tree, None)
 
 
 def make_shardings(config: T5Config, optimizer: Optimizer | None, mesh: Mesh, rules: tuple) -> Shardings:
