@@ -49,6 +49,7 @@ _NAME = '(flan|flan2021|t0|niv2|cot|dialog)'
 _OPENORCA_DIR = re.compile(f'^{_NAME}_(zs|fs)(opt|noopt)_data$')
 _OPENORCA_FILE = re.compile(r'^part\.\d+\.parquet$')
 _OPENORCA_EXTRA = re.compile(r'^\w+_submix_data\.json$')
+_HF_METADATA = re.compile(r'^(dataset_infos?|dataset_dict|state)\.json$')  # `datasets` bookkeeping, not records
 _SIRNEURAL_FILE = re.compile(f'^{_NAME}_(zs|fs)_(opt|noopt)_train(?:_part(\\d+))?\\.jsonl(?:\\.gz)?$')
 _DPI_DIR = re.compile(f'^{_NAME}_submix_original$')
 _DPI_FILE = re.compile(r'^train-\d+-of-\d+(?:-[0-9a-f]+)?\.parquet$')
@@ -128,7 +129,7 @@ def _name_layout(path: str) -> Tuple[str, Optional[str], Optional[str], Optional
   found = _OPENORCA_DIR.match(parent)
   if found and _OPENORCA_FILE.match(base):
     return 'openorca', submix_of(found.group(1)), f'{found.group(2)}_{found.group(3)}', None
-  if _OPENORCA_EXTRA.match(base):
+  if _OPENORCA_EXTRA.match(base) or _HF_METADATA.match(base):
     return 'skip', None, None, None
   for component in path.replace('\\', '/').split('/'):
     found = _DPI_DIR.match(component)

@@ -94,7 +94,7 @@ def load_records(spec: DatasetSpec) -> Tuple[List[Dict[str, str]], records_lib.R
   if path is None and spec.loader is None:
     raise ValueError(f'{spec.name}: no data path configured and no loader')
   rules = (spec.required, spec.optional, spec.fmt, spec.columns, spec.on_error,
-           spec.unescape_newlines)
+           spec.unescape_newlines, records_lib.max_record_bytes())
   key = (file_key(path), rules) if path else (spec.loader, rules)
   with _CACHE_LOCK:
     if key in _CACHE:
