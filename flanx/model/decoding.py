@@ -93,7 +93,8 @@ def topk_mask(logits: Array, k: int) -> Array:
   """Keeps the k largest logits per row (ties with the k-th kept, as t5x), the rest NEG_INF."""
   if k >= logits.shape[-1]:
     return logits
-  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  # The k-th largest is the smallest of the top k (taking [..., -1:] instead makes XLA sort the whole row).
+  kth = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)
   return jnp.where(logits >= kth, logits, NEG_INF)
 
 
