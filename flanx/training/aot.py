@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -475,6 +477,8 @@ def force_cpu_backend() -> None:
 def main(mode: str, argv: Sequence[str], description: str = '') -> int:
   """`python -m flanx.<mode> ... --topology=T --compile_only`: prints the report; returns the exit status."""
   from flanx import gin_config
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to save: a SIGTERM ends the check at once
   own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   add_flags(own)
   try:
