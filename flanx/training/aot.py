@@ -404,7 +404,7 @@ def candidate_levers(report: Report) -> list[tuple[str, Levers]]:
   """Single levers not yet in use, then all of them together, cheapest first."""
   used, mesh = report.levers, report.mesh
   singles = []
-  if used.get('remat') != 'full':
+  if report.mode == 'train' and used.get('remat') != 'full':  # decoding keeps no activations for a backward pass
     singles.append(('remat full', Levers(remat='full')))
   if not used.get('fsdp'):
     singles.append(('fsdp', Levers(fsdp=True)))
