@@ -255,8 +255,13 @@ def task_name(submix: str, variant: str) -> str:
 def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str, int]] = None,
                       rates: Optional[Mapping[str, float]] = None, on_error: str = 'raise',
                       vocabulary: Optional[seqio.Vocabulary] = None,
-                      prefix: str = '', layout: Optional[str] = None) -> List[str]:
-  """Registers the Flan 2022 tasks and mixtures (names get `prefix`); returns the names."""
+                      prefix: str = '', layout: Optional[str] = None,
+                      shuffle_buffer: int = SHUFFLE_BUFFER) -> List[str]:
+  """Registers the Flan 2022 tasks and mixtures (names get `prefix`); returns the names.
+
+  shuffle_buffer: examples each variant task buffers (seqio repeats, then shuffles): the mixture reads and
+  tokenizes 14 x this many before its first batch (443 s on a loaded 2-core CPU for 20k, BENCHMARKS.md).
+  """
   features = spec_lib.default_features(vocabulary)
   caps = dict(caps or {})
   rates = dict(rates or {})
@@ -269,7 +274,7 @@ def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str,
       task = ResamplingTask(prefix + task_name(submix.name, variant), source=source,
                             output_features=features,
                             preprocessors=list(spec_lib.TASK_PREPROCESSORS),
-                            shuffle_buffer_size=SHUFFLE_BUFFER)
+                            shuffle_buffer_size=shuffle_buffer)
       spec_lib.add_task(task)
       variant_tasks.append(task.name)
     mixture = f'{prefix}{submix.name}_submix'

@@ -252,3 +252,20 @@ def test_record_contradicting_its_folder(tmp_path):
   source = flan.FlanFileSource(flan.SUBMIX_BY_NAME['cot'], 'zs_opt', str(tmp_path), on_error='skip')
   counts, report = source.scan()
   assert counts == {'gsm8k': 1} and dict(report.skipped) == {'layout_mismatch': 1}
+
+
+def test_error_in_joined_parts_names_the_parts_and_line(tmp_path):
+  lines = [json.dumps({'inputs': f'q{i}', 'targets': 'a', 'task': 'flan'}) for i in range(6)]
+  lines[4] = '{"inputs": "broken'
+  data = gzip.compress(('\n'.join(lines) + '\n').encode())
+  for k, chunk in enumerate((data[:20], data[20:]), 1):
+    (tmp_path / f'flan_fs_opt_train_part{k}.jsonl.gz').write_bytes(chunk)
+  source = flan.FlanFileSource(flan.SUBMIX_BY_NAME['flan2021'], 'fs_opt', str(tmp_path))
+  with pytest.raises(records_lib.RecordError, match=r'flan_fs_opt_train_part1.jsonl.gz \(\+1 parts\):5: malformed'):
+    source.scan()
+
+
+def test_shuffle_buffer_is_a_registration_setting(tmp_path):
+  names = flan.register_flan2022(pattern=str(tmp_path), vocabulary=seqio.ByteVocabulary(), prefix='sb_',
+                                 shuffle_buffer=64)
+  assert {seqio.get_mixture_or_task(n).shuffle_buffer_size for n in names if not n.endswith('submix')} == {64}
