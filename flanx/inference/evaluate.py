@@ -38,12 +38,20 @@ def evaluate(*,
              split: str = 'validation',
              num_examples: int | None = None,
              use_cached_tasks: bool = False,
-             step: int | None = None) -> dict[str, dict[str, float]]:
-  """Evaluates a checkpoint on a task/mixture split; returns {task: {metric: value}}."""
+             step: int | None = None,
+             truncation_examples: int = 1000) -> dict[str, dict[str, float]]:
+  """Evaluates a checkpoint on a task/mixture split; returns {task: {metric: value}}.
+
+  First it reports how much of each task the lengths cut (`truncation_examples` examples each; 0: no report).
+  """
   import seqio
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
   output_dir = output_dir or os.path.join(checkpoint_path.rstrip('/'), 'eval')
+  truncation_lines, truncation = (data.truncation_report(mixture_or_task_name, task_feature_lengths, split,
+                                                          truncation_examples) if truncation_examples else ([], {}))
+  if runtime.is_first_host():
+    print('\n'.join(truncation_lines), flush=True)
   model = InferenceModel(checkpoint_path, config, batch_size, return_all_decodes=False)  # metrics score the best
   evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
@@ -69,6 +77,8 @@ def evaluate(*,
              for task, task_metrics in (metrics_future.result() if metrics_future else {}).items()}
   results['teacher_forced'] = _teacher_forced(model, mixture_or_task_name, task_feature_lengths, split,
                                               use_cached_tasks, num_examples)
+  if truncation:
+    results['truncation'] = {k.split('/', 1)[1]: v for k, v in truncation.items()}
   if runtime.is_first_host():
     import tensorflow as tf
     tf.io.gfile.makedirs(output_dir)

@@ -86,6 +86,7 @@ def train(*,
           already_done_ok: bool = False,
           take_over_stale_lease: bool = False,
           peft: str | None = None,
+          initial_adapter_path: str | None = None,
           truncation_examples: int = 1000,
           run_name: str = 'train') -> dict:
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
@@ -113,6 +114,10 @@ def train(*,
   start = start_step.plan_start(initial_checkpoint_path, train_steps, relative_steps, continue_step,
                                 restore_optimizer_state, gin_config.binding_source('train', 'train_steps'))
   train_steps = start.train_steps  # absolute
+  if initial_adapter_path and (config.lora is None or not initial_checkpoint_path):
+    raise run_checks.RunConfigError(
+        f'train.initial_adapter_path={initial_adapter_path!r} continues a PEFT LoRA adapter: it needs PEFT = \'lora\' '
+        'and INITIAL_CHECKPOINT_PATH = the base the adapter was trained on (its base_model_name_or_path)')
   if start.restore_optimizer_state and peft_lib.is_peft(config):
     raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
                                     'params; a PEFT run trains adapters only (leave it False)')
@@ -133,7 +138,8 @@ def train(*,
     signature = run_checks.run_signature(config, batch_size, task_feature_lengths, mixture_or_task_name, pack)
     _check_existing_run(ckpts, signature, train_steps, restore_data, already_done_ok)
     state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, initial_checkpoint_path, seed,
-                                                    _log, start, _prompt_vocabulary(config, mixture_or_task_name))
+                                                    _log, start, _prompt_vocabulary(config, mixture_or_task_name),
+                                                    initial_adapter_path)
     # A fresh optimizer's count lags the absolute step by the start step; the schedule sees the absolute step.
     schedule_offset = ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None else (
         start.schedule_offset)
@@ -151,7 +157,8 @@ def train(*,
     if resumed is None and truncation_examples:
       _report_truncation(writer, settings, int(state.step), truncation_examples)
     meta = {'seed': seed, 'data_seed': data_seed, 'run': signature, 'config_gin': gin.config_str(),
-            'schedule_offset': schedule_offset, 'peft': peft, 'base': initial_checkpoint_path}
+            'schedule_offset': schedule_offset, 'peft': peft, 'base': initial_checkpoint_path,
+            'initial_adapter': initial_adapter_path}
     saver = _Saver(ckpts, iterator, meta, resumed, folder)
     loss_config = steps.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
     with mesh, steps.activation_rules(shardings):
@@ -254,7 +261,8 @@ def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[st
 def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Optimizer,
                      shardings: steps.Shardings, initial_checkpoint_path: str | None, seed: int,
                      log: Callable[[str], None], start: start_step.StartPlan | None = None,
-                     prompt_vocabulary: Any = None) -> tuple[steps.TrainState, int, int | None]:
+                     prompt_vocabulary: Any = None, initial_adapter_path: str | None = None
+                     ) -> tuple[steps.TrainState, int, int | None]:
   """(state, batches already read, step resumed from or None): the newest intact checkpoint, else a fresh start
   (at `start.step`, with the initial checkpoint's optimizer state when `start.restore_optimizer_state`)."""
   if ckpts.latest_step() is not None:
@@ -266,8 +274,11 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
     return state, int(meta['batches_read']), latest
   start = start or start_step.StartPlan(0, 0, False)
   if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh adapters
-    params = peft_lib.combine(steps.init_adapters(config, seed, shardings),
-                              _frozen_base(config, initial_checkpoint_path, seed, shardings, cast=False))
+    adapters = (_read_adapter(initial_adapter_path, config, shardings) if initial_adapter_path
+                else steps.init_adapters(config, seed, shardings))
+    params = peft_lib.combine(adapters, _frozen_base(config, initial_checkpoint_path, seed, shardings, cast=False))
+    if initial_adapter_path:
+      log(f'LoRA adapters read from {initial_adapter_path}.')
     what = (f'LoRA adapters (rank {config.lora.rank})' if config.lora is not None
             else f'a {config.prompt.num_virtual_tokens}-token prompt')
     log(f'{what} on the frozen base {initial_checkpoint_path}.')
@@ -285,6 +296,22 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
   if config.prompt is not None:  # the prompt starts as rows of the base's token embedding
     params = _init_prompt(params, config, seed, prompt_vocabulary, shardings)
   return steps.new_state(params, tx, shardings, step=start.step, base_dtype=peft_lib.base_dtype(config)), 0, None
+
+
+def _read_adapter(folder: str, config: T5Config, shardings: steps.Shardings):
+  """A PEFT LoRA folder's adapters on the mesh; its rank, alpha and adapted modules must be this run's LoraConfig."""
+  from flanx.interop import peft_adapter  # pylint: disable=g-import-not-at-top
+  adapters, lora = peft_adapter.read_adapter(folder, config)
+  expected = steps.trained_part(config, network.abstract_params(config))[0]
+  got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), adapters)
+  if lora.scale != config.lora.scale or jax.tree.structure(got) != jax.tree.structure(expected) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected))):
+    raise run_checks.RunConfigError(
+        f'{folder}: its adapter (rank {lora.rank}, alpha {lora.alpha}, modules {lora.hf_target_regex()}) is not the '
+        f'one this run trains (LoraConfig: rank {config.lora.rank}, alpha {config.lora.alpha}, modules '
+        f'{config.lora.hf_target_regex()}); set LoraConfig.rank = {lora.rank}, LoraConfig.alpha = {lora.alpha}, '
+        f'LoraConfig.target_modules = {lora.target_modules}, LoraConfig.blocks = {lora.blocks}')
+  return jax.device_put(adapters, shardings.params)
 
 
 def _init_prompt(params, config: T5Config, seed: int, vocabulary: Any, shardings: steps.Shardings):
