@@ -32,6 +32,92 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Dots whose gradients XLA:CPU runs in YNNPACK. XLA:CPU hands a dot to YNNPACK only when its lhs contracts its
+# trailing dims; the weight-gradient dots Xᵀ·dY that autodiff writes contract the leading (token / query) dims and
+# fall back to Eigen at a fraction of the speed (benchmarks/hlo_dots.py lists them). These custom gradients
+# transpose the narrow operand in memory first, on CPU only: on TPU/GPU the transpose stays a plain one that XLA
+# folds into the dot, so their HLO is what autodiff would give.
+
+def _cpu_transpose(x: Array, perm: tuple[int, ...]) -> Array:
+  """x transposed in memory on CPU (kept from folding into the next dot); a plain, foldable transpose elsewhere."""
+  return jax.lax.platform_dependent(
+      x, cpu=lambda x: jax.lax.optimization_barrier(jnp.transpose(x, perm)), default=lambda x: jnp.transpose(x, perm))
+
+
+def _plain_matmul(x: Array, kernel: Array) -> Array:
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def matmul(x: Array, kernel: Array) -> Array:
+  """x [..., d] · kernel [d, f] -> [..., f]; the kernel gradient is a plain [d, N] · [N, f] GEMM on CPU."""
+  return _plain_matmul(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+  return _plain_matmul(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+  x, kernel = residuals
+  n = x.ndim - 1
+  dx = jax.lax.dot_general(g, kernel, (((n,), (1,)), ((), ())))
+  dk = jax.lax.dot_general(_cpu_transpose(x, (n,) + tuple(range(n))), g, ((tuple(range(1, n + 1)), tuple(range(n))),
+                                                                          ((), ())))
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _tn(a: Array, b: Array) -> Array:
+  """aᵀ·b over the last two axes ([..., n, m], [..., n, p] -> [..., m, p]) as (bᵀ·a)ᵀ: on CPU only the narrow b
+  ([..., n, d_kv]) and the result are transposed in memory, and the dot is a plain batched GEMM."""
+  swap = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
+  out_t = jnp.einsum('...pn,...nm->...pm', _cpu_transpose(b, swap), a, preferred_element_type=jnp.float32)
+  return _cpu_transpose(out_t, swap)
+
+
+@jax.custom_vjp
+def attention_scores(q: Array, k: Array) -> Array:
+  """q [b, h, q, d] · k [b, h, k, d] -> float32 scores [b, h, q, k]."""
+  return jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
+
+
+def _scores_fwd(q, k):
+  return attention_scores(q, k), (q, k)
+
+
+def _scores_bwd(residuals, g):
+  q, k = residuals
+  g = g.astype(q.dtype)
+  dq = jnp.einsum('bhqk,bhkd->bhqd', g, k, preferred_element_type=jnp.float32)
+  return dq.astype(q.dtype), _tn(g, q).astype(k.dtype)
+
+
+attention_scores.defvjp(_scores_fwd, _scores_bwd)
+
+
+@jax.custom_vjp
+def attention_values(weights: Array, v: Array) -> Array:
+  """weights [b, h, q, k] · v [b, h, k, d] -> [b, h, q, d]."""
+  return jnp.einsum('bhqk,bhkd->bhqd', weights, v)
+
+
+def _values_fwd(weights, v):
+  return attention_values(weights, v), (weights, v)
+
+
+def _values_bwd(residuals, g):
+  weights, v = residuals
+  dw = jnp.einsum('bhqd,bhkd->bhqk', g, v, preferred_element_type=jnp.float32)
+  return dw.astype(weights.dtype), _tn(weights, g).astype(v.dtype)
+
+
+attention_values.defvjp(_values_fwd, _values_bwd)
+
+
 class LayerNorm(nn.Module):
   """RMS norm as T5 has it: no bias, no mean subtraction, computed in float32."""
   config: T5Config
@@ -58,13 +144,16 @@ class Dense(nn.Module):
   truncated: bool = False
   lora: Any = None  # the model's LoraConfig: an adapter is added when it targets this projection
   deterministic: bool = True  # LoRA dropout only
+  # The CPU-friendly custom gradient (`matmul`); off under remat='dots', whose policy must see the dot itself.
+  custom_grad: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = (nn.initializers.truncated_normal(self.init_std / _TRUNCATED_NORMAL_STD) if self.truncated
             else nn.initializers.normal(self.init_std))
     kernel = _param(self, 'kernel', init, (x.shape[-1], self.features), self.axes)
-    y = jnp.einsum('...d,df->...f', x.astype(self.dtype), kernel.astype(self.dtype))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = matmul(x, kernel) if self.custom_grad else _plain_matmul(x, kernel)
     if self.lora is not None and self.lora.targets(self.scope.path):
       return y + self._lora(x)
     return y
@@ -147,16 +236,18 @@ class Attention(nn.Module):
   def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
                decode_index: Array | None = None) -> Array:
     c = self.config
+    custom = c.remat != 'dots'
     dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, lora=c.lora,
-                              deterministic=self.deterministic)
-    split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
+                              deterministic=self.deterministic, custom_grad=custom)
+    # Queries, keys, values and the decode caches are [b, h, length, d]: every attention dot reads its operands
+    # as stored (batch dims leading, contraction last), and the decode loop never transposes a cache.
+    split = lambda t: _constrain(jnp.transpose(t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv)), (0, 2, 1, 3)),
+                                 ('batch', 'heads', 'length', 'kv'))
     q = split(dense(init_std=(c.d_model * c.d_kv) ** -0.5, name='query')(x))
-    q = _constrain(q, ('batch', 'length', 'heads', 'kv'))
 
     def project_kv():
-      k = split(dense(init_std=c.d_model ** -0.5, name='key')(kv_inputs))
-      v = split(dense(init_std=c.d_model ** -0.5, name='value')(kv_inputs))
-      return (_constrain(k, ('batch', 'length', 'heads', 'kv')), _constrain(v, ('batch', 'length', 'heads', 'kv')))
+      return (split(dense(init_std=c.d_model ** -0.5, name='key')(kv_inputs)),
+              split(dense(init_std=c.d_model ** -0.5, name='value')(kv_inputs)))
 
     if self.decode and self.cross:
       if self.has_variable('cache', 'cached_key'):  # encoder keys/values were computed when the cache was made
@@ -171,14 +262,15 @@ class Attention(nn.Module):
       cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
       cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
       if initialized:  # one new position: write it, then attend over the whole (masked) cache
-        start = (0, decode_index, 0, 0)
+        start = (0, 0, decode_index, 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, start)
         k, v = cached_k.value, cached_v.value
     else:
       k, v = project_kv()
 
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    scores = (attention_scores(q, k) if custom
+              else jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32))
     if bias is not None:
       scores = scores + bias
     scores = jnp.where(mask, scores, _NEG_INF)
@@ -186,10 +278,10 @@ class Attention(nn.Module):
     # t5x/flaxformer: one dropout mask per (batch, head, key), shared by all queries.
     weights = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(weights, deterministic=self.deterministic)
     weights = weights.astype(c.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    out = out.reshape(out.shape[:-2] + (c.inner_dim,))
+    out = attention_values(weights, v) if custom else jnp.einsum('bhqk,bhkd->bhqd', weights, v)
+    out = jnp.transpose(out, (0, 2, 1, 3)).reshape(out.shape[0], out.shape[2], c.inner_dim)
     return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, lora=c.lora,
-                 deterministic=self.deterministic, name='out')(out)
+                 deterministic=self.deterministic, custom_grad=custom, name='out')(out)
 
 
 # GeLU is the tanh approximation, gated or not (t5x's `gelu` is flax's, approximate=True; Flan-T5 trained so).
@@ -212,7 +304,7 @@ class MlpBlock(nn.Module):
     c = self.config
     act = _ACTIVATIONS[c.activation]
     wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True, lora=c.lora,
-                           deterministic=self.deterministic)
+                           deterministic=self.deterministic, custom_grad=c.remat != 'dots')
     if c.gated:
       h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
     else:
@@ -221,7 +313,7 @@ class MlpBlock(nn.Module):
     # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
     h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
     return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, lora=c.lora,
-                 deterministic=self.deterministic, name='wo')(h)
+                 deterministic=self.deterministic, custom_grad=c.remat != 'dots', name='wo')(h)
 
 
 def _dropout(config: T5Config, x: Array, deterministic: bool) -> Array:
@@ -370,6 +462,7 @@ class Decoder(nn.Module):
     else:
       # float32 logits for stability, as t5x (also in a bfloat16 model).
       logits = Dense(c.vocab_size, ('embed', 'vocab'), c.d_model ** -0.5, 'float32', truncated=True,
+                     custom_grad=c.remat != 'dots',
                      name='logits_dense')(x)
     return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 

@@ -3,8 +3,11 @@
 Per token (fp32, from logits [b, l, V] and int targets [b, l]), with log Z = logsumexp(logits):
   soft targets q: 1 - ls on the target, ls / (V - 1) elsewhere (t5x label smoothing)
   loss  = -sum_k q_k log softmax_k - H(q) + z_loss * (log Z)^2    (H(q) subtracted: a perfect fit costs 0)
-computed as log Z - sum_k q_k x_k without a one-hot; the gradient is hand-written (custom_vjp) so only the
-logits and log Z are kept for the backward pass.
+computed as log Z - sum_k q_k x_k without a one-hot; the gradient is hand-written (custom_vjp over logits, CE
+and z-loss together) so only the logits and log Z are kept for the backward pass, and the [tokens, vocab] logits
+gradient is built once, in one pass. Accuracy comes from the same pass: a token counts as correct when its
+target's logit equals the row's maximum (no separate argmax over the vocabulary; it differs from argmax only on
+exact ties, where argmax would pick the lowest id).
 
 The batch loss is sum(loss * weights) / loss_normalizing_factor, where the factor is (as in t5x):
   None                      -> no division: the summed loss (t5x default)
@@ -43,32 +46,41 @@ def _smoothing(label_smoothing: float, vocab_size: int) -> tuple[float, float, f
 
 def _forward(logits, targets, z_loss, label_smoothing):
   x = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(x, axis=-1)
+  row_max = jnp.max(x, axis=-1)
+  log_z = row_max + jnp.log(jnp.sum(jnp.exp(x - row_max[..., None]), axis=-1))
   target_logit = jnp.take_along_axis(x, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   confidence, low, entropy = _smoothing(label_smoothing, x.shape[-1])
   cross_ent = log_z - (confidence - low) * target_logit
   if low:
     cross_ent = cross_ent - low * jnp.sum(x, axis=-1)
   z_term = z_loss * jnp.square(log_z)
-  return cross_ent - entropy + z_term, z_term, log_z
+  hit = (target_logit >= row_max).astype(jnp.float32)
+  return cross_ent - entropy + z_term, z_term, hit, log_z
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _cross_entropy_and_hits(logits: Array, targets: Array, z_loss: float,
+                            label_smoothing: float) -> tuple[Array, Array, Array]:
+  """Per-token (loss including z-loss, z-loss term, 1.0 where the target's logit is the maximum), float32."""
+  loss, z_term, hit, _ = _forward(logits, targets, z_loss, label_smoothing)
+  return loss, z_term, hit
+
+
 def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float = 0.0,
                               label_smoothing: float = 0.0) -> tuple[Array, Array]:
   """Per-token (loss including z-loss, z-loss term), both float32 [b, l]."""
-  loss, z_term, _ = _forward(logits, targets, z_loss, label_smoothing)
+  loss, z_term, _ = _cross_entropy_and_hits(logits, targets, float(z_loss), float(label_smoothing))
   return loss, z_term
 
 
 def _ce_fwd(logits, targets, z_loss, label_smoothing):
-  loss, z_term, log_z = _forward(logits, targets, z_loss, label_smoothing)
-  return (loss, z_term), (logits, targets, log_z)
+  loss, z_term, hit, log_z = _forward(logits, targets, z_loss, label_smoothing)
+  return (loss, z_term, hit), (logits, targets, log_z)
 
 
 def _ce_bwd(z_loss, label_smoothing, residuals, cotangents):
   logits, targets, log_z = residuals
-  g_loss, g_z = cotangents
+  g_loss, g_z, _ = cotangents  # the hit flags are not differentiable
   confidence, low, _ = _smoothing(label_smoothing, logits.shape[-1])
   softmax = jnp.exp(logits.astype(jnp.float32) - log_z[..., None])
   # d loss = (1 + 2 z log Z) softmax - q ; d z_term = 2 z log Z softmax.
@@ -79,7 +91,7 @@ def _ce_bwd(z_loss, label_smoothing, residuals, cotangents):
   return grad.astype(logits.dtype), None
 
 
-cross_entropy_with_logits.defvjp(_ce_fwd, _ce_bwd)
+_cross_entropy_and_hits.defvjp(_ce_fwd, _ce_bwd)
 
 
 def _per_sequence_sums(weights: Array, segment_ids: Array) -> Array:
@@ -129,7 +141,7 @@ def token_loss(logits: Array, targets: Array, weights: Optional[Array] = None, *
   per_example=True sums over the length axis only: every value is [b] (rank scoring, per-example eval).
 
   Returns (loss, aux) with aux: loss, z_loss, cross_ent_loss (loss - z_loss), all after normalization;
-  weight_sum (the sum of weights: t5x's nonpadding token count), num_correct (weighted argmax hits),
+  weight_sum (the sum of weights: t5x's nonpadding token count), num_correct (weighted hits: target logit = max),
   accuracy = num_correct / weight_sum, num_tokens = b * l, loss_per_nonpadding_target_token = loss / weight_sum.
   """
   if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
@@ -137,8 +149,7 @@ def token_loss(logits: Array, targets: Array, weights: Optional[Array] = None, *
   if isinstance(loss_normalizing_factor, str):
     raise ValueError('token_loss takes a numeric loss_normalizing_factor; resolve names with '
                      'loss_weights_and_factor first')
-  per_token, z_term = cross_entropy_with_logits(logits, targets, float(z_loss), float(label_smoothing))
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  per_token, z_term, correct = _cross_entropy_and_hits(logits, targets, float(z_loss), float(label_smoothing))
   total = functools.partial(jnp.sum, axis=-1) if per_example else jnp.sum
   if weights is None:
     weights = jnp.ones(targets.shape, jnp.float32)
