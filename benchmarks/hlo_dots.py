@@ -86,7 +86,11 @@ def _train_step_hlo(args) -> str:
            'encoder_positions': ones(li), 'decoder_positions': ones(lt)}
   with shardings.mesh, steps.activation_rules(shardings):
     step = steps.make_train_step(config, tx, shardings, steps.LossConfig())
-    return step.lower(state, jax.device_put(batch, shardings.batch)).compile().as_text()
+    compiled = step.lower(state, jax.device_put(batch, shardings.batch)).compile()
+  memory = compiled.memory_analysis()
+  print(f'temporaries {memory.temp_size_in_bytes / 2**30:.2f} GiB, arguments {memory.argument_size_in_bytes / 2**30:.2f} '
+        f'GiB (XLA:CPU memory plan of the step)')
+  return compiled.as_text()
 
 
 def main(argv=None) -> None:
@@ -98,7 +102,11 @@ def main(argv=None) -> None:
   parser.add_argument('--targets', type=int, default=256)
   parser.add_argument('--hlo', default=None, help='read this compiled HLO text instead of compiling the step')
   parser.add_argument('--save', default=None, help='write the compiled HLO text here')
+  parser.add_argument('--tree', default=None, help="compile another checkout's flanx (put first on sys.path)")
   args = parser.parse_args(argv)
+  if args.tree:
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, args.tree)
   if args.hlo:
     with open(args.hlo) as f:
       text = f.read()

@@ -1,0 +1,70 @@
+"""The interleaved A/B harness (benchmarks/interleave.py): alternation, paired ratios, refusal of noisy ratios."""
+
+import itertools
+
+import pytest
+
+from benchmarks import hlo_dots, interleave
+
+
+def _fake(times, log, name):
+  """A side whose k-th call 'takes' times[k] seconds, reported as its own measured part."""
+  it = iter(times)
+
+  def call():
+    log.append(name)
+    return float(next(it))
+
+  return call
+
+
+def test_sides_alternate_and_reverse_every_round():
+  log = []
+  run = interleave.interleave({'a': _fake(itertools.repeat(1.0), log, 'a'),
+                               'b': _fake(itertools.repeat(2.0), log, 'b')}, rounds=3, warmup=1)
+  assert log == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']  # warm-up a, b; then a b | b a | a b
+  assert run['order'] == ['a', 'b', 'b', 'a', 'a', 'b']
+  assert run['sides']['a']['wall']['median'] == 1.0 and run['sides']['b']['wall']['n'] == 3
+  assert all('load' in m for m in run['sides']['a']['runs'])
+
+
+def test_ratio_is_the_median_of_paired_rounds_with_work_scaling():
+  log = []
+  run = interleave.interleave({'slow': _fake([9, 4.0, 6.0, 8.0], log, 's'),
+                               'fast': _fake([9, 2.0, 3.0, 4.1], log, 'f')}, rounds=3)
+  r = interleave.ratio(run, 'slow', 'fast', bound=0.25)
+  assert r['paired'] == pytest.approx([2.0, 2.0, 8.0 / 4.1])
+  assert r['value'] == pytest.approx(2.0)
+  useful = interleave.ratio(run, 'slow', 'fast', bound=0.25, work_slow=1.0, work_fast=3.0)
+  assert useful['value'] == pytest.approx(6.0)
+
+
+def test_noisy_ratio_is_refused_not_reported():
+  log = []
+  run = interleave.interleave({'slow': _fake([1, 4.0, 4.0, 4.0], log, 's'),
+                               'fast': _fake([1, 2.0, 1.0, 3.0], log, 'f')}, rounds=3)
+  r = interleave.ratio(run, 'slow', 'fast', bound=0.25)
+  assert r['value'] is None and 'spread' in r['refused']
+  assert interleave.format_ratio(r).startswith('refused')
+
+
+def test_hlo_dots_tells_ynnpack_fusions_from_eigen_dots():
+  text = '''
+%fused_computation (param_0: f32[8,4], param_1: f32[4,3]) -> f32[8,3] {
+  %param_0 = f32[8,4]{1,0} parameter(0)
+  %param_1 = f32[4,3]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,3]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (x: f32[8,4], w: f32[4,3], g: f32[8,3]) -> f32[4,3] {
+  %x = f32[8,4]{1,0} parameter(0)
+  %w = f32[4,3]{1,0} parameter(1)
+  %g = f32[8,3]{1,0} parameter(2)
+  %ynn_fusion = f32[8,3]{1,0} fusion(%x, %w), kind=kCustom, calls=%fused_computation, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  ROOT %dot = f32[4,3]{1,0} dot(%x, %g), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+}
+'''
+  found = {d['name']: d for d in hlo_dots.dots(text)}
+  assert found['dot.1']['backend'] == 'ynnpack' and found['dot']['backend'] == 'eigen'
+  assert found['dot']['gflop'] == pytest.approx(2 * 4 * 3 * 8 / 1e9)
+  assert hlo_dots.summary(list(found.values()))['eigen']['count'] == 1
