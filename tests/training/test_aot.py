@@ -138,15 +138,18 @@ def test_decode_step_compiles_from_the_command_line(tmp_path, mode, run_gin, acc
   assert 'fits:' in proc.stdout and tpu_topology.parse(accelerator).topology in proc.stdout
 
 
-def test_oversized_config_does_not_fit_and_exits_3(tmp_path):
+def test_oversized_config_does_not_fit_exits_3_and_suggests_fsdp(tmp_path):
   # 50M-row embedding and output head: about 24 GiB of float32 params on each of a v4-8's 4 devices, plus
-  # the decode step's logits.
+  # the decode step's logits. Sharding the params' embed axis over the 4 devices (fsdp) brings them to a quarter.
   proc, doc = _cli('infer', *SMALL, '--gin_file=runs/infer.gin', '--gin.T5Config.vocab_size=50000000',
                    "--gin.CHECKPOINT_PATH='/nonexistent'", "--gin.INFER_OUTPUT_DIR='/nonexistent'",
-                   '--gin.MAX_DECODE_LENGTH=8', '--topology=v4-8', '--compile_only', tmp_path=tmp_path)
+                   '--gin.MAX_DECODE_LENGTH=8', '--topology=v4-8', '--compile_only', '--suggest', tmp_path=tmp_path)
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert doc['fits'] is False and doc['per_device_bytes']['total'] > doc['usable_hbm_bytes_per_device']
-  assert 'DOES NOT FIT' in proc.stdout and 'levers that lower memory' in proc.stdout
+  assert 'DOES NOT FIT' in proc.stdout and 'lever fsdp: fits' in proc.stdout
+  (fsdp,) = doc['suggestions']  # the first lever that fits ends the search
+  assert fsdp['lever'] == 'fsdp' and fsdp['fits'] and fsdp['flags'] == ['--gin.axis_rules.fsdp=True']
+  assert fsdp['total_bytes'] < doc['usable_hbm_bytes_per_device'] < doc['per_device_bytes']['total']
 
 
 @pytest.mark.parametrize('flags, message', [
