@@ -108,8 +108,8 @@ def iter_matches(files: Sequence[layouts_lib.FlanFile], on_error: str,
 def scan_files(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
                ) -> Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]:
   """Examples per (submix, variant, task_name) in `files` (read once per process)."""
-  key = (tuple(spec_lib.file_key(p) for f in files for p in f.paths), on_error,
-         records_lib.max_record_bytes())
+  key = (tuple((f.layout, f.submix, f.variant) + tuple(spec_lib.file_key(p) for p in f.paths) for f in files),
+         on_error, records_lib.max_record_bytes())
   if key not in _SCANS:
     report = records_lib.ReadReport(f'Flan files ({len(files)}: {[f.name for f in files[:2]]}...)')
     counts = collections.Counter()
