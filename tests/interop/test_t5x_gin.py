@@ -581,3 +581,21 @@ def test_task_module_that_cannot_be_imported_is_left_to_the_user(tmp_path):
   converted = t5x_gin.convert_file(str(tmp_path / 'config.gin'))
   assert "# MIXTURE_OR_TASK_MODULE: the t5x gin imports 't5.data.mixtures'" in converted
   assert '\nMIXTURE_OR_TASK_MODULE =' not in converted
+
+
+def test_real_t5x_example_gins(tmp_path, flanx_gin):
+  """With a t5x checkout (FLANX_T5X_DIR), its own T5.1.1 base WMT fine-tuning gin converts and parses."""
+  import os
+  root = os.environ.get('FLANX_T5X_DIR')
+  path = os.path.join(root or '', 't5x/examples/t5/t5_1_1/examples/base_wmt_finetune.gin')
+  if not os.path.isfile(path):
+    pytest.skip('set FLANX_T5X_DIR to a t5x checkout to convert its example gins')
+  run = _convert(path, tmp_path)
+  value = flanx_gin(run)
+  assert T5Config() == T5Config(vocab_size=32128, d_model=768, d_kv=64, num_heads=12, d_ff=2048,
+                                num_encoder_layers=12, num_decoder_layers=12, activation='gated-gelu',
+                                tie_embeddings=False, dropout_rate=0.1, dtype='bfloat16')
+  assert value('train.task_feature_lengths') == {'inputs': 256, 'targets': 256}
+  assert value('train.batch_size') == 128 and value('train.loss_normalizing_factor') == 233472
+  assert value('train.train_steps') == (1_020_000 if _train_accepts('continue_step') else 20_000)
+  assert value('schedules.constant.learning_rate') == 0.001 and value('train.checkpoint_period') == 5000
