@@ -71,9 +71,12 @@ def saved_params(model_dir, step: int) -> dict:
   return jax.tree.map(np.asarray, tree)
 
 
-def assert_trees_equal(a, b) -> None:
-  """Same paths, bitwise-equal arrays."""
+def assert_trees_equal(a, b, atol: float = 0.0) -> None:
+  """Same paths, and bitwise-equal arrays (or equal within `atol`)."""
   flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
   for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    if atol == 0.0:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))

@@ -10,7 +10,7 @@ import jax
 from flanx import export
 from flanx.model import peft
 
-from test_train_runs import assert_trees_equal, saved_params, train_in_process  # pylint: disable=g-bad-import-order
+from train_helpers import assert_trees_equal, saved_params, train_in_process  # pylint: disable=g-bad-import-order
 
 LORA = {'PEFT': "'lora'", 'LoraConfig.rank': 4, 'LoraConfig.target_modules': "('q', 'v', 'wo')",
         'CHECKPOINT_PERIOD': 3, 'T5Config.dropout_rate': 0.1, 'LoraConfig.dropout': 0.1}

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import gin
@@ -16,67 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from flanx.training import checkpoints, loop as train
 from flanx import gin_config as gin_utils
+from flanx.training import checkpoints, loop as train
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TESTS = REPO / 'tests'
-sys.path.insert(0, str(TESTS))
-import fixture_tasks  # noqa: E402  (registers the fixture task)
-
-TINY_MODEL = [
-    'T5Config.vocab_size = 384', 'T5Config.d_model = 32', 'T5Config.d_ff = 64', 'T5Config.num_heads = 4',
-    'T5Config.d_kv = 8', 'T5Config.num_encoder_layers = 2', 'T5Config.num_decoder_layers = 2',
-]
-
-
-def run_bindings(model_dir, steps: int, **extra) -> list[str]:
-  bindings = TINY_MODEL + [
-      f'MODEL_DIR = "{model_dir}"', f'MIXTURE_OR_TASK_NAME = "{fixture_tasks.TASK}"',
-      'MIXTURE_OR_TASK_MODULE = "fixture_tasks"', "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 12}",
-      'BATCH_SIZE = 8', f'TRAIN_STEPS = {steps}', 'LEARNING_RATE = 0.01', 'EVAL_PERIOD = 0',
-      'train.progress_bar = False', 'train.log_every = 1']
-  return bindings + [f'{k} = {v}' for k, v in extra.items()]
-
-
-def train_in_process(model_dir, steps: int, **extra) -> dict:
-  gin.clear_config()
-  gin_utils.parse_gin(['runs/finetune.gin'], run_bindings(model_dir, steps, **extra))
-  try:
-    return train.train()
-  finally:
-    gin.clear_config()
-
-
-def train_command(model_dir, steps: int, **extra) -> list[str]:
-  return [sys.executable, '-m', 'flanx.train', '--gin_file=runs/finetune.gin'] + [
-      '--gin.' + b.replace(' = ', '=', 1) for b in run_bindings(model_dir, steps, **extra)]
-
-
-def subprocess_env(devices: int = 1) -> dict:
-  env = dict(os.environ, PYTHONPATH=f'{TESTS}{os.pathsep}{REPO}', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
-
-
-def read_metrics(model_dir) -> list[dict]:
-  with open(pathlib.Path(model_dir) / 'train_metrics.jsonl') as f:
-    return [json.loads(line) for line in f]
-
-
-def saved_params(model_dir, step: int) -> dict:
-  tree = checkpoints.restore_params(str(pathlib.Path(model_dir) / f'checkpoint_{step}'))
-  return jax.tree.map(np.asarray, tree)
-
-
-def assert_trees_equal(a, b, atol: float = 0.0):
-  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    if atol == 0.0:
-      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-    else:
-      np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+from train_helpers import (REPO, assert_trees_equal, read_metrics, run_bindings,  # pylint: disable=g-bad-import-order
+                           saved_params, subprocess_env, train_command, train_in_process)
 
 
 def test_tiny_model_learns(tmp_path):
