@@ -77,6 +77,7 @@ def test_one_command_on_a_tiny_model_prints_the_bbh_table(tmp_path, capsys, monk
   from tasks import vocab as vocab_lib
   monkeypatch.setenv('FLANX_BBH_DIR', str(BBH_DIR))
   monkeypatch.setenv('FLANX_VOCAB', str(DEV_VOCAB))
+  bbh.register_bbh()  # the default tasks afresh: an earlier test may have resolved their lazy vocabulary
   tiny = dict(vocab_size=8128, d_model=16, d_kv=4, num_heads=2, d_ff=16, num_encoder_layers=1, num_decoder_layers=1)
   assert vocab_lib.get_vocabulary(str(DEV_VOCAB)).vocab_size <= tiny['vocab_size']
   params = jax.device_get(network.init_params(T5Config(**tiny), jax.random.key(0)))
