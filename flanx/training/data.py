@@ -137,7 +137,8 @@ def truncation_report(name: str, lengths: Mapping[str, int], split: str, example
                       ) -> tuple[list[str], dict[str, float]]:
   """(log lines, scalars `truncation/{task}/{feature}`): the share of each task's first `examples` examples
   whose inputs/targets the lengths cut (a cut target is lost signal). Never raises: a failure is one line."""
-  from tasks import truncation  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():  # importing `tasks` registers gin configurables; by now the config is locked
+    from tasks import truncation  # pylint: disable=g-import-not-at-top
   lengths = dict(lengths)
   try:
     reports = truncation.mixture_truncation(name, lengths, split, examples)

@@ -59,3 +59,17 @@ def test_metrics_and_tensorboard_scalars_are_not_repeated_after_a_resume(tmp_pat
   events = event_accumulator.EventAccumulator(str(tmp_path / 'train'))
   events.Reload()
   assert [e.step for e in events.Scalars('loss')] == [1, 2, 3, 4, 5, 6]
+
+
+def test_stale_lease_is_taken_over_only_when_asked(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  lease = {'host': 'tpu-vm-that-died', 'pid': 7, 'started': '2026-01-02T03:04:05+00:00',
+           'heartbeat': time.time() - 3600, 'token': 'old'}
+  (tmp_path / run_lease.LEASE_FILE).write_text(json.dumps(lease))
+  with pytest.raises(run_lease.LeaseHeldError, match=r'stale lease .*host tpu-vm-that-died, pid 7, started '
+                                                     r'2026-01-02.*--gin.train.take_over_stale_lease=True'):
+    train_in_process(tmp_path, 2)
+  assert json.loads((tmp_path / run_lease.LEASE_FILE).read_text())['token'] == 'old'  # untouched
+  assert train_in_process(tmp_path, 2, **{'train.take_over_stale_lease': True})['step'] == 2
+  assert not (tmp_path / run_lease.LEASE_FILE).exists()
