@@ -237,15 +237,19 @@ def export_checkpoint(*,
 
   Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
   A LoRA run (PEFT='lora') exports either its adapter as a PEFT folder (`adapter_only`; the base is written
-  beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`).
+  beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`);
+  a prompt-tuning run (PEFT='prompt') exports its prompt as a PEFT PROMPT_TUNING folder (`adapter_only`).
   """
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
   config = peft.configure(run_config(model_config), gin_config.run_value('peft'))
-  if (adapter_only or merge) and config.lora is None:
-    raise ValueError(f'{checkpoint_dir}: --adapter_only/--merge need a LoRA run (PEFT = \'lora\'); this run tuned '
-                     'the whole model')
+  if (adapter_only or merge) and not peft.is_peft(config):
+    raise ValueError(f'{checkpoint_dir}: --adapter_only/--merge need a PEFT run (PEFT = \'lora\' or \'prompt\'); this '
+                     'run tuned the whole model')
+  if config.prompt is not None and not adapter_only:
+    raise ValueError(f'{checkpoint_dir} holds a tuned prompt: pass --adapter_only (a PEFT prompt-tuning folder); a '
+                     'prompt has no weights to --merge into')
   if config.lora is not None and adapter_only == merge:
     raise ValueError(f'{checkpoint_dir} holds LoRA adapters: pass --adapter_only (a PEFT adapter folder) or --merge '
                      '(a plain Hugging Face folder with the adapters folded in)')
@@ -275,7 +279,7 @@ def export_checkpoint(*,
         'train.train_steps'), batch_size=gin_config.gin_value('train.batch_size'), learning_rate=_learning_rate_text(step),
                      optimizer=gin_config.describe_binding('train.optimizer', 'adafactor'))
   print(f'Exporting {checkpoint_path} (step {step}) to {output_dir}.', flush=True)
-  if config.lora is not None:
+  if peft.is_peft(config):
     base_source = checkpoints.read_meta(checkpoint_path).get('base')
     params = peft.combine(restore_on_cpu(checkpoint_path, config),
                           _peft_base(base_source, config, checkpoints.read_meta(checkpoint_path).get('seed', 42)))
@@ -297,7 +301,7 @@ def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:
   import jax  # pylint: disable=g-import-not-at-top
   from flanx.interop import load_params  # pylint: disable=g-import-not-at-top
   from flanx.model import network  # pylint: disable=g-import-not-at-top
-  base_config = config.replace(lora=None)
+  base_config = peft.base_config(config)
   if not source:
     with jax.default_device(jax.devices('cpu')[0]):
       return jax.tree.map(np.asarray, network.init_params(base_config, jax.random.key(seed)))
@@ -310,7 +314,8 @@ def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLi
                    base_source: str | None, *, verify: bool = True, overwrite: bool = False,
                    feature_lengths: Mapping[str, int] | None = None, log: Callable[[str], None] = print
                    ) -> pathlib.Path:
-  """Writes a PEFT LoRA folder (adapter + tokenizer) for a LoRA model's `params`, verified through `peft`.
+  """Writes a PEFT folder (LoRA or prompt-tuning adapter + tokenizer) for a PEFT model's `params`, verified
+  through `peft`.
 
   `base_model_name_or_path` is `base_source` when that is a Hugging Face folder; otherwise the base is exported
   (verified) into OUT/base and the adapter points there.
@@ -325,14 +330,14 @@ def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLi
     else:
       log(f'The base ({base_source or "random initialisation"}) is not a Hugging Face folder: exporting it to '
           f'{output_dir / "base"}.')
-      export_model(lambda: dict(base_params), config.replace(lora=None), folder / 'base', vocabulary, verify=verify,
+      export_model(lambda: dict(base_params), peft.base_config(config), folder / 'base', vocabulary, verify=verify,
                    handler=False, feature_lengths=lengths, card_info={'base_model': base_source or ''}, log=log)
       base_folder, final_base = str(folder / 'base'), str(output_dir / 'base')
     peft_adapter.write_adapter(folder, params, config, final_base)
     hf_tokenizer.write_tokenizer(folder, vocabulary, lengths.get('inputs', 512))
     if verify:
       log('Verifying the adapter through peft against flanx (logits and greedy generation).')
-      reference = hf_verify.flanx_reference(params, config, *hf_verify.probe_batch(vocabulary, config))
+      reference = peft_adapter.flanx_reference(params, config, *hf_verify.probe_batch(vocabulary, config))
       summary = peft_adapter.verify_adapter(str(folder), base_folder, reference)
       log(f"Verified: max |logit diff| {summary['max_logit_diff']:.2e} (tolerance {summary['tolerance']:.1e}).")
   return output_dir
