@@ -190,8 +190,10 @@ def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
 
 def _report_truncation(writer: MetricsWriter, settings: DataSettings, step: int, examples: int) -> None:
   """Logs (and writes to TensorBoard) how much of each task TASK_FEATURE_LENGTHS cut (data.truncation_report)."""
-  lines, scalars = data.truncation_report(settings.mixture_or_task_name, settings.task_feature_lengths, 'train',
-                                          examples)
+  lengths = dict(settings.task_feature_lengths)
+  if settings.prompt_tokens:  # prompt tuning: the task's inputs are that much shorter (data.get_dataset)
+    lengths['inputs'] -= settings.prompt_tokens
+  lines, scalars = data.truncation_report(settings.mixture_or_task_name, lengths, 'train', examples)
   for line in lines:
     writer.log(line)
   if scalars:
