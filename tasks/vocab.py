@@ -271,22 +271,34 @@ def get_vocabulary(path: Optional[str] = None, newline_mode: Optional[str] = Non
   return _build(path, newline_mode, extra_ids)
 
 
+def _settings_key() -> tuple:
+  """What get_vocabulary reads besides its arguments: its gin bindings and the environment."""
+  try:
+    bound = tuple(sorted(gin.get_bindings(get_vocabulary).items()))
+  except (ValueError, KeyError):
+    bound = ()
+  return bound, os.environ.get(VOCAB_ENV), os.environ.get(NEWLINE_MODE_ENV)
+
+
 class LazyVocabulary(seqio.Vocabulary):
-  """Stands for `get_vocabulary(**kwargs)`, resolved at first use (after gin and env are set)."""
+  """Stands for `get_vocabulary(**kwargs)`, resolved at use: a gin binding or environment variable set later
+  (before the data is built) takes effect, never a stale earlier resolution."""
 
   def __init__(self, **kwargs: Any):
     self._kwargs = dict(kwargs)
     self._resolved = None
+    self._key = None
     super().__init__(extra_ids=0)
 
   def resolve(self) -> seqio.Vocabulary:
-    """Returns the concrete vocabulary, building it on first call."""
-    if self._resolved is None:
-      self._resolved = get_vocabulary(**self._kwargs)
+    """Returns the concrete vocabulary for the current settings (built once per distinct setting)."""
+    key = _settings_key()
+    if self._resolved is None or key != self._key:
+      self._resolved, self._key = get_vocabulary(**self._kwargs), key
     return self._resolved
 
   def __getattr__(self, name):
-    if name.startswith('__') or name in ('_kwargs', '_resolved'):
+    if name.startswith('__') or name in ('_kwargs', '_resolved', '_key'):
       raise AttributeError(name)
     return getattr(self.resolve(), name)
 
@@ -352,8 +364,8 @@ class LazyVocabulary(seqio.Vocabulary):
     return hash((type(resolved).__name__, getattr(resolved, 'sentencepiece_model_file', None)))
 
   def __getstate__(self):
-    # Keeps the resolution, so a copy elsewhere (another process) means the same vocabulary.
-    return {'_kwargs': self._kwargs, '_resolved': self._resolved, '_extra_ids': 0}
+    # Keeps the resolution and the settings it was made under: a copy re-resolves only if they change.
+    return {'_kwargs': self._kwargs, '_resolved': self._resolved, '_key': self._key, '_extra_ids': 0}
 
   def __setstate__(self, state):
     self.__dict__.update(state)

@@ -146,3 +146,19 @@ def test_lazy_vocabulary_resolves_at_first_use(monkeypatch):
   restored = pickle.loads(pickle.dumps(lazy))
   assert restored == lazy
   assert os.environ[vocab_lib.VOCAB_ENV] == str(DEV_VOCAB)
+
+
+def test_a_lazy_vocabulary_follows_settings_changed_after_first_use(monkeypatch):
+  """A setting made after an earlier resolution takes effect (no stale vocabulary is kept)."""
+  lazy = vocab_lib.LazyVocabulary()
+  monkeypatch.setenv(vocab_lib.VOCAB_ENV, 'byte')
+  assert isinstance(lazy.resolve(), seqio.ByteVocabulary)
+  monkeypatch.setenv(vocab_lib.VOCAB_ENV, str(SEQIO_VOCAB))
+  monkeypatch.setenv(vocab_lib.NEWLINE_MODE_ENV, 'none')
+  assert lazy.vocab_size == vocab_lib.get_vocabulary(str(SEQIO_VOCAB), 'none').vocab_size != 259
+  gin.clear_config()
+  try:
+    gin.bind_parameter('get_vocabulary.path', 'byte')
+    assert isinstance(lazy.resolve(), seqio.ByteVocabulary)
+  finally:
+    gin.clear_config()
