@@ -29,7 +29,7 @@ def test_two_trainers_on_one_folder_one_runs_one_refuses(tmp_path):
   assert codes == [0, 2], [err[-2000:] for _, _, err in results]
   _, _, refusal = next(r for r in results if r[0] == 2)
   assert 'is in use' in refusal and 'pid' in refusal and 'started' in refusal and 'Traceback' not in refusal
-  assert [m['step'] for m in read_metrics(tmp_path)] == list(range(1, 31))  # one writer: no interleaving
+  assert [m['step'] for m in read_metrics(tmp_path) if 'loss' in m] == list(range(1, 31))  # one writer
   assert not (tmp_path / 'run_lease.json').exists()
 
 
