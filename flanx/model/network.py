@@ -40,9 +40,11 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
 # folds into the dot, so their HLO is what autodiff would give.
 
 def _cpu_transpose(x: Array, perm: tuple[int, ...]) -> Array:
-  """x transposed in memory on CPU (kept from folding into the next dot); a plain, foldable transpose elsewhere."""
-  return jax.lax.platform_dependent(
-      x, cpu=lambda x: jax.lax.optimization_barrier(jnp.transpose(x, perm)), default=lambda x: jnp.transpose(x, perm))
+  """x transposed in memory on CPU (folded into neither the dot before nor the dot after it); elsewhere a plain
+  transpose that XLA folds into the neighbouring dot."""
+  barrier = jax.lax.optimization_barrier
+  return jax.lax.platform_dependent(x, cpu=lambda x: barrier(jnp.transpose(barrier(x), perm)),
+                                    default=lambda x: jnp.transpose(x, perm))
 
 
 def _plain_matmul(x: Array, kernel: Array) -> Array:

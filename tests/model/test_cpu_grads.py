@@ -60,3 +60,14 @@ def test_weight_gradient_dots_run_in_ynnpack_on_cpu():
   if 'eigen' not in backends['plain']:
     pytest.skip(f'this XLA:CPU runs the plain weight-gradient dot in YNNPACK already: {backends["plain"]}')
   assert backends['custom'] == ['ynnpack'] * 3, backends
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='YNNPACK is XLA:CPU')
+def test_attention_gradient_dots_run_in_ynnpack_on_cpu():
+  q, k, v = _random((2, 3, 32, 16), 0), _random((2, 3, 48, 16), 1), _random((2, 3, 48, 16), 2)
+
+  def f(q, k, v):
+    return jnp.sum(jnp.tanh(network.attention_values(jax.nn.softmax(network.attention_scores(q, k)), v)))
+
+  found = hlo_dots.dots(jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(q, k, v).compile().as_text())
+  assert [d['backend'] for d in found] == ['ynnpack'] * 6, [(d['lhs_shape'], d['backend']) for d in found]
