@@ -183,7 +183,9 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
     if num_microbatches == 1:
       grads, aux = grad_fn(params, state.frozen, batch, weights, key)
     else:
-      split = lambda x: x.reshape((num_microbatches, -1) + x.shape[1:])
+      # Microbatch i takes rows i, i + n, i + 2n, ...: every data shard holds its share of each microbatch, so
+      # microbatches split the per-device work (contiguous blocks would each live on a few devices only).
+      split = lambda x: x.reshape((-1, num_microbatches) + x.shape[1:]).swapaxes(0, 1)
       micro, micro_weights = jax.tree.map(split, dict(batch)), split(weights)
 
       def accumulate(carry, inputs):
