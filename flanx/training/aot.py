@@ -312,7 +312,7 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
   state = steps.abstract_state(config, tx, shardings)
   if shardings.frozen is not None:  # PEFT: the frozen base rides along in the state, in its storage dtype
     base = steps.trained_part(config, network.abstract_params(config))[1]
-    dtype = jnp.dtype(config.lora.base_dtype)
+    dtype = jnp.dtype(peft_lib.base_dtype(config))  # LoRA or prompt tuning
     state = state.replace(frozen=jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), base, shardings.frozen))
   batch = abstract_batch(batch_size, lengths, values.get('pack', True), shardings.batch)
