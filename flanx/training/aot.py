@@ -497,11 +497,11 @@ def main(mode: str, argv: Sequence[str], description: str = '') -> int:
   except Exception as e:  # pylint: disable=broad-except  # exit 1 with the error, never a partial report
     print(f'compile-only check failed: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
     return EXIT_ERROR
-  print(report.text(), flush=True)
-  if args.compile_report:
+  if args.compile_report:  # first: the JSON survives a closed stdout
     path = args.compile_report
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
       json.dump(report.to_json(), f, indent=2)
     os.replace(path + '.tmp', path)
+  print(report.text(), flush=True)
   return EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT
