@@ -104,72 +104,28 @@ def train(*,
   """
   arguments = dict(locals())
   stop_signal.install()  # from here a SIGTERM means "stop cleanly" (the command line installs it even earlier)
-  config = peft_lib.configure(model_config or T5Config(), peft)
-  run_checks.check_args(arguments, run_checks.TRAIN_ARG_RULES)
-  data.import_task_modules(mixture_or_task_module)
-  run_checks.check_task_name(mixture_or_task_name)
-  settings = DataSettings(mixture_or_task_name, task_feature_lengths, batch_size, pack, shuffle, data_seed,
-                          use_cached_tasks, peft_lib.prompt_length(config))
-  schedule = learning_rate_schedule or schedules.constant()
-  start = start_step.plan_start(initial_checkpoint_path, train_steps, relative_steps, continue_step,
-                                restore_optimizer_state, gin_config.binding_source('train', 'train_steps'))
-  train_steps = start.train_steps  # absolute
-  if initial_adapter_path and (config.lora is None or not initial_checkpoint_path):
-    raise run_checks.RunConfigError(
-        f'train.initial_adapter_path={initial_adapter_path!r} continues a PEFT LoRA adapter: it needs PEFT = \'lora\' '
-        'and INITIAL_CHECKPOINT_PATH = the base the adapter was trained on (its base_model_name_or_path)')
-  if start.restore_optimizer_state and peft_lib.is_peft(config):
-    raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
-                                    'params; a PEFT run trains adapters only (leave it False)')
-
-  def make_optimizer(schedule_offset: int) -> Optimizer:
-    # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
-    return (optimizer or adafactor.adafactor)(learning_rate=start_step.shifted_schedule(schedule, schedule_offset),
-                                              param_axes=steps.trained_part(config, network.logical_axes(config))[0])
-
-  tx = make_optimizer(0)  # for shapes and shardings; rebuilt below once the schedule offset is known
+  plan = _plan(arguments)
+  tx = plan.optimizer(0)  # for shapes and shardings; rebuilt once the schedule offset is known
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
   run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
-  shardings = steps.make_shardings(config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
+  shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
   folder = _RunFolder(model_dir, take_over_stale_lease)
   ckpts = writer = None
   try:
     ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
-    signature = run_checks.run_signature(config, batch_size, task_feature_lengths, mixture_or_task_name, pack)
-    _check_existing_run(ckpts, signature, train_steps, restore_data, already_done_ok)
-    state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, initial_checkpoint_path, seed,
-                                                    _log, start, _prompt_vocabulary(config, mixture_or_task_name),
-                                                    initial_adapter_path)
-    # A fresh optimizer's count lags the absolute step by the start step; the schedule sees the absolute step.
-    schedule_offset = ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None else (
-        start.schedule_offset)
-    tx = make_optimizer(schedule_offset) if schedule_offset else tx
-    iterator = data.CheckpointableIterator(settings.dataset('train'))
-    if batches_read:
-      ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=restore_data)
+    state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
     if runtime.PreemptionFlag().is_set():
       _log(f'SIGTERM during setup: stopping cleanly before training, at step {int(state.step)} (nothing to save).')
       return {'step': int(state.step), 'status': 'preempted'}
     if runtime.is_first_host():
       gin_config.write_config(model_dir)  # only now: a start that failed its checks leaves the old one intact
-    writer = MetricsWriter(model_dir, run_name, total_steps=train_steps, progress=progress_bar,
-                           resume_step=-1 if resumed is None else resumed)  # fresh: drop all earlier rows
+    writer = MetricsWriter(model_dir, run_name, total_steps=plan.train_steps, progress=progress_bar,
+                           resume_step=resumed or 0)
     if resumed is None and truncation_examples:
-      _report_truncation(writer, settings, int(state.step), truncation_examples)
-    meta = {'seed': seed, 'data_seed': data_seed, 'run': signature, 'config_gin': gin.config_str(),
-            'schedule_offset': schedule_offset, 'peft': peft, 'base': initial_checkpoint_path,
-            'initial_adapter': initial_adapter_path}
+      _report_truncation(writer, plan.settings, int(state.step), truncation_examples)
     saver = _Saver(ckpts, iterator, meta, resumed, folder)
-    loss_config = steps.LossConfig(z_loss, label_smoothing, loss_normalizing_factor)
     with mesh, steps.activation_rules(shardings):
-      train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches, dropout_seed=seed,
-                                         inject_nan_at_step=inject_nan_at_step)
-      eval_fn = _make_eval(config, shardings, settings, eval_split, eval_batches) if eval_period else None
-      lengths = (settings.task_feature_lengths['inputs'], settings.task_feature_lengths['targets'])
-      timing = train_metrics.IntervalMetrics(config, settings.batch_size, lengths, schedule)
-      periods = {'train_steps': train_steps, 'log_every': log_every, 'eval_period': eval_period,
-                 'checkpoint_period': checkpoint_period}
-      return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, model_dir)
+      return _train_loop(plan, state, tx, shardings, iterator, saver, writer)
   finally:
     try:
       if ckpts is not None:
@@ -178,6 +134,88 @@ def train(*,
       if writer is not None:
         writer.close()
       folder.release(started=writer is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """A run's checked settings: train()'s arguments, the model config, the data, and where its steps start."""
+  arguments: Mapping[str, Any]
+  config: T5Config
+  settings: DataSettings
+  schedule: Callable[[int], Any]
+  start: start_step.StartPlan
+
+  @property
+  def train_steps(self) -> int:
+    return self.start.train_steps  # absolute
+
+  def optimizer(self, schedule_offset: int) -> Optimizer:
+    """The optimizer, its schedule seeing the absolute step (a fresh optimizer's count lags it by the offset)."""
+    factory = self.arguments['optimizer'] or adafactor.adafactor
+    # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
+    return factory(learning_rate=start_step.shifted_schedule(self.schedule, schedule_offset),
+                   param_axes=steps.trained_part(self.config, network.logical_axes(self.config))[0])
+
+
+def _plan(a: Mapping[str, Any]) -> _Plan:
+  """Checks train()'s arguments, the task and the PEFT/step settings before anything is read or written."""
+  config = peft_lib.configure(a['model_config'] or T5Config(), a['peft'])
+  run_checks.check_args(a, run_checks.TRAIN_ARG_RULES)
+  data.import_task_modules(a['mixture_or_task_module'])
+  run_checks.check_task_name(a['mixture_or_task_name'])
+  settings = DataSettings(a['mixture_or_task_name'], a['task_feature_lengths'], a['batch_size'], a['pack'],
+                          a['shuffle'], a['data_seed'], a['use_cached_tasks'], peft_lib.prompt_length(config))
+  start = start_step.plan_start(a['initial_checkpoint_path'], a['train_steps'], a['relative_steps'],
+                                a['continue_step'], a['restore_optimizer_state'],
+                                gin_config.binding_source('train', 'train_steps'))
+  if a['initial_adapter_path'] and (config.lora is None or not a['initial_checkpoint_path']):
+    raise run_checks.RunConfigError(
+        f'train.initial_adapter_path={a["initial_adapter_path"]!r} continues a PEFT LoRA adapter: it needs PEFT = '
+        '\'lora\' and INITIAL_CHECKPOINT_PATH = the base the adapter was trained on (its base_model_name_or_path)')
+  if start.restore_optimizer_state and peft_lib.is_peft(config):
+    raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
+                                    'params; a PEFT run trains adapters only (leave it False)')
+  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start)
+
+
+def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
+           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, dict]:
+  """Restores or initialises the state: (state, optimizer with the schedule offset of the run, positioned data
+  iterator, step resumed from or None, checkpoint metadata to save)."""
+  a, config = plan.arguments, plan.config
+  signature = run_checks.run_signature(config, a['batch_size'], a['task_feature_lengths'], a['mixture_or_task_name'],
+                                       a['pack'])
+  _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'])
+  state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, a['initial_checkpoint_path'],
+                                                  a['seed'], _log, plan.start,
+                                                  _prompt_vocabulary(config, a['mixture_or_task_name']),
+                                                  a['initial_adapter_path'])
+  schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
+                     else plan.start.schedule_offset)
+  tx = plan.optimizer(schedule_offset) if schedule_offset else tx
+  iterator = data.CheckpointableIterator(plan.settings.dataset('train'))
+  if batches_read:
+    ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
+  meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
+          'schedule_offset': schedule_offset, 'peft': a['peft'], 'base': a['initial_checkpoint_path'],
+          'initial_adapter': a['initial_adapter_path']}
+  return state, tx, iterator, resumed, meta
+
+
+def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: steps.Shardings,
+                iterator: data.CheckpointableIterator, saver: '_Saver', writer: MetricsWriter) -> dict:
+  """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
+  a, config = plan.arguments, plan.config
+  loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
+  train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
+                                     inject_nan_at_step=a['inject_nan_at_step'])
+  eval_fn = (_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches'])
+             if a['eval_period'] else None)
+  lengths = (plan.settings.task_feature_lengths['inputs'], plan.settings.task_feature_lengths['targets'])
+  timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
+  periods = {'train_steps': plan.train_steps, 'log_every': a['log_every'], 'eval_period': a['eval_period'],
+             'checkpoint_period': a['checkpoint_period']}
+  return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, a['model_dir'])
 
 
 def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
