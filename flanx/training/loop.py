@@ -120,7 +120,7 @@ def train(*,
     if runtime.is_first_host():
       gin_config.write_config(model_dir)  # only now: a start that failed its checks leaves the old one intact
     writer = MetricsWriter(model_dir, run_name, total_steps=plan.train_steps, progress=progress_bar,
-                           resume_step=resumed or 0)
+                           resume_step=-1 if resumed is None else resumed)  # fresh: drop all earlier rows
     if resumed is None and truncation_examples:
       _report_truncation(writer, plan.settings, int(state.step), truncation_examples)
     saver = _Saver(ckpts, iterator, meta, resumed, folder)
