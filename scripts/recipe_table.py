@@ -56,6 +56,9 @@ def compile_recipe(path: pathlib.Path, accelerator: str, workdir: pathlib.Path) 
   sys.stdout.write(proc.stdout)
   if proc.returncode not in (0, 3) or not report.exists():
     error = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+    if proc.returncode < 0:  # killed by a signal: the TPU compiler itself crashed (or the run was stopped)
+      error = f'the compile process died of signal {-proc.returncode}' + (
+          ' (the TPU compiler overflowed its stack)' if 'STACK OVERFLOW' in proc.stderr else '')
     print(f'{path.name} on {accelerator}: error (exit {proc.returncode}): {error}', file=sys.stderr)
     return {'recipe': path.name, 'accelerator': accelerator, 'error': error, **stamp()}
   result = json.loads(report.read_text())
@@ -164,8 +167,11 @@ def save(rows: list[dict], replace_all: bool) -> None:
   fresh = {(r['recipe'], r['accelerator']): r for r in rows if r.get('error') != 'not compiled yet'}
   existing = {p.name for p in RECIPES.glob('*.gin')}
   kept = [r for r in old if (r['recipe'], r['accelerator']) not in fresh and r['recipe'] in existing]
-  merged = sorted(kept + list(fresh.values()) + [r for r in rows if r.get('error') == 'not compiled yet'],
-                  key=lambda r: (_size_rank(RECIPES / r['recipe']), r['accelerator']))
+  merged = kept + list(fresh.values())
+  done = {(r['recipe'], r['accelerator']) for r in merged}
+  merged += [{'recipe': p.name, 'accelerator': a, 'error': 'not compiled yet'} for p in RECIPES.glob('*.gin')
+             for a in recipe_targets(p) if (p.name, a) not in done]
+  merged.sort(key=lambda r: (_size_rank(RECIPES / r['recipe']), r['accelerator']))
   RESULTS.write_text(json.dumps({'rows': [r for r in merged if r.get('error') != 'not compiled yet']}, indent=1)
                      + '\n', encoding='utf-8')
   write_readme(f'{provenance()}\n\n{table(merged)}')
