@@ -16,4 +16,16 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
   assert (run / 'model' / 'checkpoint_3').is_dir() and (run / 'logs' / 'train.log').exists()
   metrics = json.loads((run / 'eval' / 'model' / 'validation_metrics.json').read_text())
   assert 'exact_match' in metrics['metrics']['flanx_demo']
-  assert sorted(p.name for p in run.iterdir()) == ['eval', 'hf', 'infer', 'logs', 'model', 'prompts.jsonl']
+  assert sorted(p.name for p in run.iterdir()) == ['base', 'eval', 'hf', 'infer', 'logs', 'model', 'prompts.jsonl']
+
+
+def test_lora_demo_exports_an_adapter_peft_reproduces(tmp_path, capsys):
+  code = demo.main(['--peft', 'lora', '--run_dir', str(tmp_path / 'demo'), '--train_steps', '3', '--eval_examples', '8',
+                    '--prompts', '3', '--min_exact_match', '0'])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert '| peft ' in out and '| yes ' in out and '| NO ' not in out
+  hf = tmp_path / 'demo' / 'hf'
+  settings = json.loads((hf / 'adapter_config.json').read_text())
+  assert settings['peft_type'] == 'LORA' and settings['r'] == 16 and settings['base_model_name_or_path'] == str(hf / 'base')
+  assert (hf / 'base' / 'model.safetensors').exists() and not (hf / 'model.safetensors').exists()
