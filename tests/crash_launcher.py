@@ -10,13 +10,21 @@ The kill is a real SIGKILL of this process: nothing after it runs (no finally, n
 import os
 import signal
 import sys
+import time
 
 
 def die() -> None:
   os.kill(os.getpid(), signal.SIGKILL)
 
 
-def arm(point: str, step: int) -> None:
+def wait_for_commit(model_dir: str, step: int) -> None:
+  """Waits (up to 10 minutes) until checkpoint_<step> is committed: a kill between checkpoints must find one."""
+  deadline = time.time() + 600
+  while not os.path.isdir(os.path.join(model_dir, f'checkpoint_{step}')) and time.time() < deadline:
+    time.sleep(0.05)
+
+
+def arm(point: str, step: int, model_dir: str, period: int) -> None:
   """Patches the one place where the process must die."""
   if point == 'setup':
     from flanx.training import run_lease
@@ -32,6 +40,8 @@ def arm(point: str, step: int) -> None:
 
     def write_or_die(self, at_step, scalars):
       if at_step == step:
+        if step >= period:  # async saves commit in the background: die after the last one is visible
+          wait_for_commit(model_dir, step // period * period)
         die()
       write(self, at_step, scalars)
     metrics_writer.MetricsWriter.write = write_or_die
@@ -72,5 +82,6 @@ if __name__ == '__main__':
   point, step, separator, *train_args = sys.argv[1:]
   assert separator == '--', sys.argv
   from flanx import train  # installs the SIGTERM handler first, as `python -m flanx.train` does
-  arm(point, int(step))
+  values = dict(a[len('--gin.'):].split('=', 1) for a in train_args if a.startswith('--gin.') and '=' in a)
+  arm(point, int(step), values['MODEL_DIR'].strip('"\''), int(values.get('CHECKPOINT_PERIOD', 1000)))
   sys.exit(train.main(train_args))
