@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from flanx.model.config import T5Config
 
-# bf16 dense peak TFLOP/s per device, by jax device_kind substring (lower case).
+# bf16 dense peak TFLOP/s per JAX device, by device_kind substring (lower case). A v3 chip (123) is two devices
+# (one per TensorCore); v4 and later run megacore, one device per chip.
 PEAK_TFLOPS = {
-    'h100': 989.0, 'h200': 989.0, 'a100': 312.0, 'tpu v3': 123.0, 'tpu v4': 275.0, 'tpu v5 lite': 197.0,
+    'h100': 989.0, 'h200': 989.0, 'a100': 312.0, 'tpu v3': 61.5, 'tpu v4': 275.0, 'tpu v5 lite': 197.0,
     'tpu v5e': 197.0, 'tpu v5p': 459.0, 'tpu v5': 459.0, 'tpu v6 lite': 918.0,
 }
 
