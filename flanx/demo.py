@@ -130,8 +130,8 @@ def _quiet_libraries() -> None:
   hf_logging.disable_progress_bar()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the demo end to end and prints a summary."""
+def flag_parser() -> argparse.ArgumentParser:
+  """The demo's command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--run_dir', default=None, help='new folder for everything the demo writes '
                       '(default: runs/demo-<timestamp> under the current directory)')
@@ -143,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       '10, or 5 with --peft=lora: adapters on a frozen fresh model learn less, 7.8%% after 800 steps)')
   parser.add_argument('--peft', choices=('lora',), default=None,
                       help='lora: train LoRA adapters on the frozen fresh model and export a PEFT adapter folder')
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the demo end to end and prints a summary."""
+  parser = flag_parser()
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   from flanx import export as export_main, infer as infer_main, train as train_main
 

@@ -14,7 +14,7 @@ import shlex
 import gin
 import pytest
 
-from flanx import export, gin_config, import_t5x
+from flanx import demo, export, gin_config, import_t5x
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _ENTRY_MODULES = {'flanx.train': 'flanx.training.loop', 'flanx.eval': 'flanx.inference.evaluate',
@@ -48,6 +48,9 @@ def test_readme_command_parses_verbatim(argv, monkeypatch):
   if module == 'flanx.export':
     flags, rest = export._flag_parser().parse_known_args(args)  # pylint: disable=protected-access
     assert flags.checkpoint_dir and flags.output_dir and not rest
+    return
+  if module == 'flanx.demo':  # its flags here; the whole demo runs in tests/e2e/test_demo.py
+    demo.flag_parser().parse_args(args)
     return
   if module == 'flanx.import_t5x':
     flags, rest = import_t5x._flag_parser().parse_known_args(args)  # pylint: disable=protected-access
