@@ -6,9 +6,14 @@ Greedy, sampled or beam-search predictions for a task split or a JSONL file of p
 import sys
 from typing import Sequence
 
-from flanx import gin_config as gin_utils
-from flanx.inference import infer as inference
-from flanx.training import aot, runtime
+from flanx.training import aot
+
+if __name__ == '__main__':
+  aot.restart_with_compiler_stack(sys.argv[1:])  # compile-only: restart with a larger stack, before heavy imports
+
+from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.inference import infer as inference  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.training import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,16 @@ data position); SIGTERM checkpoints and exits 0; a non-finite loss exits 1 with 
 import sys
 from typing import Sequence
 
-from flanx.training import stop_signal
+from flanx.training import aot, stop_signal
 
 if __name__ == '__main__':
-  stop_signal.install()  # before the heavy imports: a SIGTERM while starting up means "stop cleanly"
+  # Before the heavy imports: a compile-only check restarts with a larger stack; a SIGTERM while starting up
+  # means "stop cleanly".
+  aot.restart_with_compiler_stack(sys.argv[1:])
+  stop_signal.install()
 
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
-from flanx.training import aot, checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
+from flanx.training import checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

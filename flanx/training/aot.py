@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import sys
 import threading
@@ -290,11 +291,9 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
   Mirrors the set-up of flanx/training/loop.py's `train` up to its jitted step: the PEFT config, the run's
   argument checks, the optimizer over the trained part, the mesh, the batch checks and the shardings.
   """
-  import jax
-  import jax.numpy as jnp
-  from flanx.model import flops, network
+  from flanx.model import flops
   from flanx.model import peft as peft_lib
-  from flanx.training import adafactor, loop, run_checks, schedules, steps
+  from flanx.training import loop, run_checks, schedules, steps
   values = bound_arguments(loop.train)
   if levers.num_microbatches is not None:
     values['num_microbatches'] = levers.num_microbatches
@@ -304,18 +303,12 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
   lengths = dict(_required(values, 'task_feature_lengths', 'train'))
   num_microbatches = int(values.get('num_microbatches') or 1)
   schedule = values.get('learning_rate_schedule') or schedules.constant()
-  tx = (values.get('optimizer') or adafactor.adafactor)(
-      learning_rate=schedule, param_axes=steps.trained_part(config, network.logical_axes(config))[0])
+  tx = steps.make_optimizer(config, values.get('optimizer'), schedule)
   mesh, rules = _mesh_and_rules(devices, levers)
   run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], tpu.hosts)
   shardings = steps.make_shardings(config, tx, mesh, rules)
   per_host = check_host_batches(batch_size, shardings.batch, tpu.hosts)
-  state = steps.abstract_state(config, tx, shardings)
-  if shardings.frozen is not None:  # PEFT: the frozen base rides along in the state, in its storage dtype
-    base = steps.trained_part(config, network.abstract_params(config))[1]
-    dtype = jnp.dtype(peft_lib.base_dtype(config))  # LoRA or prompt tuning
-    state = state.replace(frozen=jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), base, shardings.frozen))
+  state = steps.abstract_state(config, tx, shardings, with_frozen=True)  # PEFT: with the frozen base
   batch = abstract_batch(batch_size, lengths, values.get('pack', True), shardings.batch)
   loss_config = steps.LossConfig(values.get('z_loss', 1e-4), values.get('label_smoothing', 0.0),
                                  values.get('loss_normalizing_factor'))
@@ -465,6 +458,29 @@ def requested(argv: Sequence[str]) -> bool:
   """Whether a command line asks for the compile-only check (or passes one of its flags)."""
   names = ('--compile_only', '--topology', '--compile_report', '--suggest', '--step_time')
   return any(a == n or a.startswith(n + '=') for a in argv for n in names)
+
+
+_STACK_RAISED = 'FLANX_COMPILE_STACK_RAISED'
+
+
+def restart_with_compiler_stack(argv: Sequence[str]) -> None:
+  """For a compile-only command line: restarts the process with the stack limit raised (as `ulimit -s unlimited`).
+
+  libtpu's compiler works in threads whose stacks glibc sizes from the RLIMIT_STACK the process started with; at
+  the usual 8 MiB its convolution emitter overflows (SIGSEGV) on the XXL and UL2 train steps of v4 pods. The
+  limit must be raised before the process starts, hence the exec. Nothing happens when the limit is already
+  unlimited, cannot be raised, or this is the restarted process.
+  """
+  if not requested(argv) or os.environ.get(_STACK_RAISED):
+    return
+  soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+  if soft == resource.RLIM_INFINITY or soft == hard:
+    return
+  resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
+  os.environ[_STACK_RAISED] = '1'
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, sys.orig_argv)
 
 
 def force_cpu_backend() -> None:

@@ -20,7 +20,7 @@ from flanx import gin_config
 from flanx.interop import load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
-from flanx.training import adafactor, checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
@@ -151,10 +151,8 @@ class _Plan:
 
   def optimizer(self, schedule_offset: int) -> Optimizer:
     """The optimizer, its schedule seeing the absolute step (a fresh optimizer's count lags it by the offset)."""
-    factory = self.arguments['optimizer'] or adafactor.adafactor
-    # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
-    return factory(learning_rate=start_step.shifted_schedule(self.schedule, schedule_offset),
-                   param_axes=steps.trained_part(self.config, network.logical_axes(self.config))[0])
+    return steps.make_optimizer(self.config, self.arguments['optimizer'],
+                                start_step.shifted_schedule(self.schedule, schedule_offset))
 
 
 def _plan(a: Mapping[str, Any]) -> _Plan:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from flanx.model import network, peft
 from flanx.model.config import T5Config
-from flanx.training import losses, partitioning
+from flanx.training import adafactor, losses, partitioning
 from flanx.training.optimizer import Optimizer
 
 PyTree = Any
@@ -95,12 +95,26 @@ def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def abstract_state(config: T5Config, optimizer: Optimizer, shardings: Shardings) -> TrainState:
-  """The train state as sharded ShapeDtypeStructs (nothing allocated): the checkpoint restore target."""
-  params, _ = trained_part(config, network.abstract_params(config))
+def make_optimizer(config: T5Config, factory: Callable[..., Optimizer] | None, schedule: Any) -> Optimizer:
+  """The run's optimizer over its trained part (default: t5x's Adafactor); `factory` is gin's train.optimizer."""
+  # Logical axes keep Adafactor's factoring/RMS per layer when layers are scanned (stacked kernels).
+  return (factory or adafactor.adafactor)(learning_rate=schedule,
+                                          param_axes=trained_part(config, network.logical_axes(config))[0])
+
+
+def abstract_state(config: T5Config, optimizer: Optimizer, shardings: Shardings, with_frozen: bool = False
+                   ) -> TrainState:
+  """The train state as sharded ShapeDtypeStructs (nothing allocated): the checkpoint restore target, or with
+  `with_frozen` the whole step argument (a PEFT run's frozen base in its storage dtype; never checkpointed)."""
+  params, base = trained_part(config, network.abstract_params(config))
+  frozen = None
+  if with_frozen and shardings.frozen is not None:
+    dtype = jnp.dtype(peft.base_dtype(config))
+    frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s), base, shardings.frozen)
   return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(shardings.mesh)),
                     params=with_shardings(params, shardings.params),
-                    opt_state=with_shardings(jax.eval_shape(optimizer.init, params), shardings.opt_state))
+                    opt_state=with_shardings(jax.eval_shape(optimizer.init, params), shardings.opt_state),
+                    frozen=frozen)
 
 
 def init_params(config: T5Config, seed: int, shardings: Shardings) -> PyTree:

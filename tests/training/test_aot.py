@@ -170,3 +170,24 @@ def test_mfu_follows_from_model_flops_and_step_time():
   assert report.mfu == pytest.approx(5.5e14 / (4 * 275e12))  # 50%
   assert 'MFU = 50.0%' in report.text() and report.to_json()['mfu'] == pytest.approx(0.5)
   assert tpu_topology.parse('v3-8').peak_flops_per_device == pytest.approx(61.5e12)  # one TensorCore
+
+
+def test_compile_only_command_lines_restart_with_a_larger_stack():
+  # libtpu's compiler threads take their stack size from the limit the process started with; the XXL/UL2 train
+  # steps of v4 pods overflowed 8 MiB. The command line restarts itself (same argv) with the limit raised.
+  import resource
+  soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+  if soft == hard:
+    pytest.skip(f'the stack limit cannot be raised here (soft = hard = {soft})')
+  code = ('import resource, sys; from flanx.training import aot; aot.restart_with_compiler_stack(sys.argv[1:]); '
+          'print(resource.getrlimit(resource.RLIMIT_STACK)[0], flush=True)')
+  env = {k: v for k, v in os.environ.items() if k != 'FLANX_COMPILE_STACK_RAISED'}
+
+  def run(*args):
+    limit = lambda: resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, hard))
+    proc = subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=120,
+                          env=env, preexec_fn=limit, check=True)
+    return int(proc.stdout.split()[-1])
+
+  assert run('--topology=v4-8', '--compile_only') == hard  # restarted once, with the hard limit
+  assert run('--gin_file=runs/finetune.gin') == 8 << 20  # a real run keeps its limit
