@@ -64,6 +64,7 @@ def test_mmlu_table_categories_and_partial_suite():
   assert "split 'validation': the paper reports the test split" in table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (BBH_DIR.is_dir() and DEV_VOCAB.exists()),
                     reason=f'BBH data or dev vocabulary absent ({SHARED}); they live beside the repo')
 def test_one_command_on_a_tiny_model_prints_the_bbh_table(tmp_path, capsys, monkeypatch):

@@ -48,6 +48,7 @@ def test_non_utf8_bytes_name_file_line_and_column(tmp_path):
   assert infer.read_prompts(str(path)) == [{'inputs': 'a', 'line': 1}, {'inputs': 'b', 'line': 3, 'targets': 'c'}]
 
 
+@pytest.mark.slow
 def test_long_prompts_are_counted_and_reported(tmp_path, random_params, capsys):
   config = T5Config(**CONFIG)
   run = tmp_path / 'run'

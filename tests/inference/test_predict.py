@@ -58,6 +58,7 @@ def teacher_forced_log_prob(forward, row, sequence, skip=0):
   return sum(log_probs[j, t] for j, t in enumerate(seq) if j >= skip), len(seq)
 
 
+@pytest.mark.slow
 def test_greedy_with_cache_equals_argmax_of_full_forwards(setup, forward):
   params, tokens = setup
   max_len = 7
@@ -65,6 +66,7 @@ def test_greedy_with_cache_equals_argmax_of_full_forwards(setup, forward):
   np.testing.assert_array_equal(np.asarray(got), full_forward_argmax(forward, 3, max_len))
 
 
+@pytest.mark.slow
 def test_greedy_continues_a_decoder_prompt(setup, forward):
   params, tokens = setup
   prompt = np.array([[7, 9, 0], [0, 0, 0], [12, 0, 0]], np.int32)
@@ -77,6 +79,7 @@ def test_greedy_continues_a_decoder_prompt(setup, forward):
     np.testing.assert_allclose(scores[r], want, rtol=1e-4)  # the prompt scores nothing
 
 
+@pytest.mark.slow
 def test_beam_one_hf_rule_without_length_penalty_equals_greedy(setup):
   params, tokens = setup
   greedy, _ = predict.make_predict_fn(CONFIG, mode='greedy', max_decode_length=7)(params, tokens, 0)
@@ -85,6 +88,7 @@ def test_beam_one_hf_rule_without_length_penalty_equals_greedy(setup):
   np.testing.assert_array_equal(np.asarray(beam), np.asarray(greedy))
 
 
+@pytest.mark.slow
 def test_all_beams_best_first_with_t5x_scores(setup, forward):
   """Every returned beam's score is its teacher-forced log-prob / ((5 + length) / 6)^alpha, best first."""
   params, tokens = setup
@@ -109,6 +113,7 @@ def test_all_beams_best_first_with_t5x_scores(setup, forward):
   assert checked >= 3
 
 
+@pytest.mark.slow
 def test_sampling_seeded_several_decodes_with_model_scores(setup, forward):
   params, tokens = setup
   sample = predict.make_predict_fn(CONFIG, mode='sample', top_k=0, temperature=1.0, seed=5, max_decode_length=7,
@@ -126,6 +131,7 @@ def test_sampling_seeded_several_decodes_with_model_scores(setup, forward):
       np.testing.assert_allclose(scores[r, j], want, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampling_defaults_follow_t5x(setup):
   params, tokens = setup
   default, scores = predict.make_predict_fn(CONFIG, mode='sample', max_decode_length=7)(params, tokens, 0)
@@ -152,6 +158,7 @@ def test_trim_at_eos():
   assert predict.trim_at_eos(np.array([[[5, 1, 0], [6, 7, 1]]])) == [[[5], [6, 7]]]
 
 
+@pytest.mark.slow
 def test_infer_lines_hold_every_decode_with_scores_and_continue_target_prompts(tmp_path):
   import json
   import gin

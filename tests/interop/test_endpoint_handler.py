@@ -88,6 +88,7 @@ def _crafted_generate(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Pat
   return code.parent, marker
 
 
+@pytest.mark.slow
 def test_valid_requests_generate(handler, reference):
   _, generate = reference
   prompts = ['first\nprompt', 'second prompt']

@@ -61,6 +61,7 @@ def _is_untied(model) -> bool:
   return model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_flanx_to_hf_logits(case, tiny_config, random_params, forward, tmp_path):
   config = tiny_config(**CASES[case])
@@ -158,6 +159,7 @@ def test_bfloat16_export(tiny_config, random_params, forward, tmp_path):
   np.testing.assert_array_equal(params2['token_embedder']['embedding'], rounded)
 
 
+@pytest.mark.slow
 def test_scanned_params_export_like_canonical(tiny_config, random_params):
   config = tiny_config(**CASES['gated_gelu_untied'])
   params = random_params(config, 5)

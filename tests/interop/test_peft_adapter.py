@@ -30,6 +30,7 @@ def _reference(config, params):
   return hf_verify.flanx_reference(params, config, enc, dec)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('lora', [
     peft.LoraConfig(rank=4, alpha=8.0),
     peft.LoraConfig(rank=2, alpha=2.0, target_modules=('k', 'o', 'wi_1', 'wo'), blocks=('cross', 'mlp')),
@@ -59,6 +60,7 @@ def test_adapter_folder_reproduces_flanx_through_peft(tiny_config, random_params
   jax.tree.map(np.testing.assert_array_equal, restored, peft.split_trainable(params)[0])
 
 
+@pytest.mark.slow
 def test_scanned_adapters_export_like_unscanned(tiny_config, random_params, tmp_path):
   lora = peft.LoraConfig(rank=4)
   _, config, params = _lora_model(tiny_config, random_params, lora)
@@ -68,6 +70,7 @@ def test_scanned_adapters_export_like_unscanned(tiny_config, random_params, tmp_
     np.testing.assert_array_equal(value, peft_adapter.adapter_tensors(params, config)[key])
 
 
+@pytest.mark.slow
 def test_a_wrong_adapter_fails_verification(tiny_config, random_params, tmp_path):
   base, config, params = _lora_model(tiny_config, random_params, peft.LoraConfig(rank=4))
   base_folder = hf_format.write_hf_model(tmp_path / 'base', peft.split_trainable(params)[1], base)

@@ -199,6 +199,7 @@ def test_orbax_state_variant(tiny_config, random_params, tmp_path):
   _assert_trees_equal(checkpoint_import.load_params(str(tmp_path), config), params)
 
 
+@pytest.mark.slow
 def test_import_cli_writes_flanx_and_verified_hf(tiny_config, random_params, tmp_path):
   config = tiny_config(**CONFIG)
   params = random_params(config, 17)

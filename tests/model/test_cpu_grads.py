@@ -27,6 +27,7 @@ def test_matmul_gradient_equals_autodiff(x_shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_dot_gradients_equal_autodiff():
   q, k, v = _random((2, 3, 5, 8), 0), _random((2, 3, 7, 8), 1), _random((2, 3, 7, 8), 2)
   weights = jax.nn.softmax(_random((2, 3, 5, 7), 3))
@@ -39,6 +40,7 @@ def test_attention_dot_gradients_equal_autodiff():
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_keep_their_dtypes():
   x, kernel = _random((4, 6, 16), 0, jnp.bfloat16), _random((16, 8), 1, jnp.bfloat16)
   dx, dk = _grads(network.matmul, x, kernel)

@@ -163,6 +163,7 @@ def _check_against_reference(out, toy, batch, beam, max_len, alpha, rule, prompt
     assert np.all(np.asarray(out.all_scores[r, len(want):]) < -1e6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', [10, 11, 12])
 def test_beam_search_reproduces_t5x_rule_and_scores_on_random_tables(seed):
   """Random tables where sequences end at different steps: the t5x rule (EOS candidates ranked up to
@@ -178,6 +179,7 @@ def test_beam_search_reproduces_t5x_rule_and_scores_on_random_tables(seed):
   assert np.any(np.asarray(t5x.tokens) != np.asarray(hf.tokens))  # the rules differ on these tables
 
 
+@pytest.mark.slow
 def test_beam_search_with_prompts_and_max_decode_steps_matches_reference():
   batch, vocab, max_len, beam = 4, 10, 7, 3
   toy = Toy(vocab, max_len, batch, seed=13, scale=1.5)
@@ -277,6 +279,7 @@ def test_sampling_draws_and_scores_follow_t5x_rng_scheme(top_k, top_p):
   assert len({tuple(t) for t in np.asarray(out.all_tokens).reshape(-1, max_len).tolist()}) > batch  # varied
 
 
+@pytest.mark.slow
 def test_zero_temperature_python_float_and_traced_agree_with_t5x_zero_scores():
   batch, vocab, max_len = 5, 7, 6
   toy = Toy(vocab, max_len, batch, seed=8, scale=1.0, eos_shift=0.5)
@@ -325,6 +328,7 @@ def test_masks_follow_their_definitions():
   np.testing.assert_array_equal(np.asarray(decoding.topp_mask(jnp.asarray(logits), jnp.float32(0.0))), logits)
 
 
+@pytest.mark.slow
 def test_sampled_frequencies_match_the_filtered_softmax():
   n = 20000
   logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0], np.float32)

@@ -75,6 +75,7 @@ def _packed_forward(config):
   return jax.jit(run)
 
 
+@pytest.mark.slow
 def test_packing_equals_separate_examples(config, params, forward):
   examples = _examples()
   row = _hand_packed(examples)
@@ -116,6 +117,7 @@ def _decode_all(config, params, enc, dec):
   return np.asarray(run(params, enc, dec))
 
 
+@pytest.mark.slow
 def test_incremental_decoding_equals_full_forward(config, params, forward):
   rng = np.random.default_rng(1)
   enc = rng.integers(2, 96, (2, INPUT_LENGTH)).astype(np.int32)
@@ -135,6 +137,7 @@ def _loss(config, params, enc, dec, targets):
   return -jnp.sum(jnp.take_along_axis(logp, targets[..., None], axis=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers,remat', [(True, 'dots'), (False, 'full')])
 def test_scan_and_remat_match_plain(config, params, scan_layers, remat):
   rng = np.random.default_rng(2)
@@ -158,6 +161,7 @@ def _plain_value_and_grad(config):
   return jax.jit(jax.value_and_grad(functools.partial(_loss, config)))
 
 
+@pytest.mark.slow
 def test_dropout_only_when_not_deterministic(config, params, forward):
   dropped = config.replace(dropout_rate=0.3)
   rng = np.random.default_rng(3)

@@ -50,6 +50,7 @@ def test_attention_dropout_is_shared_by_all_queries(tiny_config):
   assert all(np.abs(out[b] - deterministic[b]).max() > 1e-3 for b in range(batch))
 
 
+@pytest.mark.slow
 def test_encoder_output_dropout_is_elementwise(tiny_config, random_params):
   """t5x's network drops the final encoder output element-wise (the other dropouts broadcast over length)."""
   config = tiny_config(dropout_rate=0.5)
@@ -71,6 +72,7 @@ def test_encoder_output_dropout_is_elementwise(tiny_config, random_params):
   assert ((per_column > 0) & (per_column < 1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tied', [False, True])
 def test_bfloat16_model_computes_logits_in_float32(tiny_config, random_params, tied):
   """t5x: logits_dense runs in float32; the tied head attends in float32 (then scales by d_model**-0.5)."""
@@ -98,6 +100,7 @@ def _truncated_normal_std_factor():
   return math.sqrt(1 - 2 * 2 * phi / mass)
 
 
+@pytest.mark.slow
 def test_initialisation_follows_t5x(tiny_config):
   """t5x's examples/t5 network: embedding N(0, 1); attention variance-scaling normal (fan_in, query /sqrt(d_kv));
   MLP and logits variance-scaling truncated normal (fan_in); relative-position table uniform (fan_avg)."""

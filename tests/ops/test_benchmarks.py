@@ -11,6 +11,8 @@ import pytest
 from benchmarks import common
 from flanx.model import flops
 
+pytestmark = pytest.mark.slow  # runs the benchmark suite in a subprocess (tens of seconds)
+
 
 @pytest.fixture(scope='module')
 def quick_d1(tmp_path_factory):

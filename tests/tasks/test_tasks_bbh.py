@@ -131,6 +131,7 @@ def test_prompts_match_the_official_ones():
   assert total == 6511  # as the data README says
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize('length', [512, 2048])
 def test_prompts_fit_the_inputs_length_and_keep_the_query(length):
@@ -160,6 +161,7 @@ def test_prompts_fit_the_inputs_length_and_keep_the_query(length):
   assert length == 2048 or dropped > 0  # at 512 the dyck prompts are too long for all three exemplars
 
 
+@pytest.mark.slow
 @needs_data
 def test_prompt_that_cannot_fit_fails_clearly():
   vocabulary = vocab_lib.get_vocabulary(str(DEV_VOCAB), 'lossless')

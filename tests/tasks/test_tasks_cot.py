@@ -53,6 +53,7 @@ def test_zero_shot_answer_and_reasoning(names):
   assert sum(any(i.startswith(u) for u in used if u) for i, _ in reasoning[:200]) > 50
 
 
+@pytest.mark.slow
 def test_few_shot_within_budget_never_self(names, vocabulary):
   source = seqio.get_mixture_or_task('t_cot_gsm8k_fs_reasoning').source
   zero = seqio.get_mixture_or_task('t_cot_gsm8k_zs_reasoning').source.render('train')
@@ -91,6 +92,7 @@ def test_few_shot_trims_for_non_additive_vocabulary():
   assert all(len(plain.encode(few[i][0])) <= 300 for i in range(30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dataset', ['aqua', 'gsm8k'])
 def test_few_shot_fits_the_run_inputs_length_and_keeps_the_question(vocabulary, dataset):
   # Default budget (1920 tokens, Flan's few-shot cap) at a 512-token run: the prompt used to be filled
@@ -110,6 +112,7 @@ def test_few_shot_fits_the_run_inputs_length_and_keeps_the_question(vocabulary, 
     assert np.mean(shots) >= 3  # exemplars still fill the room left
 
 
+@pytest.mark.slow
 def test_mixture_rates_are_capped_counts(names):
   mixture = seqio.get_mixture_or_task('t_cot_native')
   sizes = {d: len(file_rows(d)) for d in DATASETS}
@@ -122,6 +125,7 @@ def test_mixture_rates_are_capped_counts(names):
       assert mixture.get_rate(task) / mixture.total_rate == pytest.approx(c / total)
 
 
+@pytest.mark.slow
 def test_packed_cot_batches(names, vocabulary):
   ds = seqio.get_dataset('t_cot_aqua_zs_reasoning', {'inputs': 128, 'targets': 64},
                          feature_converter=seqio.EncDecFeatureConverter(pack=True),

@@ -91,6 +91,7 @@ def test_category_tasks_and_mixture_rates(dolly_file):
   assert len(targets) == 25
 
 
+@pytest.mark.slow
 def test_packed_batches_have_trainer_fields(dolly_file):
   if not DEV_VOCAB.exists():
     pytest.skip(f'shared dev vocabulary absent ({DEV_VOCAB})')

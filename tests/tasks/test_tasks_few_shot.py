@@ -42,6 +42,7 @@ def _inputs(name, length):
   return [BYTES.decode(list(ex['inputs'])) for ex in ds.as_numpy_iterator()]
 
 
+@pytest.mark.slow
 def test_exemplars_follow_the_run_length():
   name = _task('t_fit_bytes')
   fixed = len('Task.\n\n') + len('Q: 4+4\nA:')  # 16 bytes; each exemplar 13; EOS takes one more

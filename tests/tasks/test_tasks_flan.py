@@ -161,6 +161,7 @@ def test_dolly_flan_replay_fraction_from_gin(registered, tmp_path):
   assert flan.flattened_rates(mixture)['t_fdolly'] == pytest.approx(0.9)  # default 0.1
 
 
+@pytest.mark.slow
 def test_mixture_packs_into_trainer_fields(registered):
   ds = seqio.get_dataset('t_cot_submix', {'inputs': 48, 'targets': 16},
                          feature_converter=seqio.EncDecFeatureConverter(pack=True),

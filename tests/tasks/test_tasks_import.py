@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 PROBE = r'''
@@ -29,6 +31,7 @@ print(json.dumps({
 '''
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_touches_only_python_modules(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
              FLANX_DOLLY_PATH=str(tmp_path / 'absent.jsonl'),

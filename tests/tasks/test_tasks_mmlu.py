@@ -94,6 +94,7 @@ def test_categories_are_the_standard_grouping():
   assert sorted(t.name for t in mixture.tasks) == sorted(f'mmlu_direct_{s}' for s in mmlu.SUBJECTS)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEV_VOCAB.exists(), reason=f'dev vocabulary absent ({DEV_VOCAB}); it lives beside the repo')
 def test_exemplars_dropped_from_the_end_to_fit(data_dir):
   vocabulary = vocab_lib.get_vocabulary(str(DEV_VOCAB), 'lossless')

@@ -59,6 +59,7 @@ def test_lossless_ids_and_size(which):
   assert vocab.eos_id == 1 and vocab.pad_id == 0 and vocab.unk_id == 2
 
 
+@pytest.mark.slow
 def test_lossless_round_trip_python_and_tf():
   needs_dev_vocab()
   vocab = vocab_lib.get_vocabulary(str(DEV_VOCAB), 'lossless')

@@ -92,6 +92,7 @@ def test_matches_paper_algorithm_over_several_steps():
   assert state.v['w'].shape == (1,) and state.v_row['b'].shape == (1,)  # t5x-style placeholders
 
 
+@pytest.mark.slow
 def test_default_min_dim_factors_large_matrix():
   rng = np.random.default_rng(1)
   x = rng.standard_normal((128, 160)).astype(np.float32)
@@ -104,6 +105,7 @@ def test_default_min_dim_factors_large_matrix():
   np.testing.assert_allclose(u['k'], want - x, rtol=1e-5)  # compare updates: x + u cancels in float32
 
 
+@pytest.mark.slow
 def test_scanned_layers_are_independent_blocks():
   """A 'layers' axis is a batch axis: each layer is updated exactly like its own unscanned matrix."""
   rng = np.random.default_rng(2)
@@ -125,6 +127,7 @@ def test_scanned_layers_are_independent_blocks():
   assert axes.v['k'] == P() and axes.count == P()
 
 
+@pytest.mark.slow
 def test_rank3_uses_logical_rules():
   """'embed' rows x ('heads', 'kv') columns factor like the [embed, heads*kv] matrix."""
   rng = np.random.default_rng(3)
@@ -199,6 +202,7 @@ def test_schedules_match_t5x_formulas():
   np.testing.assert_allclose(float(shifted(1400)), 1 / 20, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_scanned_state_follows_logical_names_and_converts_from_unscanned():
   """[layers, embed, joined_kv] with embed > joined_kv: t5x factors by names (rows = embed) where the unscanned
   layers use the size heuristic (rows = joined_kv); the updates agree and convert_state maps one to the other."""

@@ -236,6 +236,7 @@ def _stack(tree):
   return network.stack_layers(tree)
 
 
+@pytest.mark.slow
 def test_canonical_state_converts_exactly_to_the_scanned_layout():
   """t5x checkpoints hold per-layer state (size heuristic); a scanned flanx model keeps t5x's rule-based one."""
   layer_shapes = {'wi': ((64, 96), ('embed', 'mlp')), 'out': ((128, 128), ('joined_kv', 'embed')),

@@ -70,6 +70,7 @@ def _bindings(flags):
   return [f[len('--gin.'):].replace('=', ' = ', 1) for f in flags if f.startswith('--gin.')]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('accelerator, mesh, per_host', [('v4-8', {'data': 4, 'model': 1}, 32),
                                                         ('v3-32', {'data': 16, 'model': 2}, 8)])
 def test_train_step_report_is_xla_memory_analysis(gin_run, accelerator, mesh, per_host):
@@ -123,6 +124,7 @@ def _cli(mode, *flags, tmp_path):
   return proc, (json.loads(report.read_text()) if report.exists() else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode, run_gin, accelerator, steps', [
     ('infer', 'runs/infer.gin', 'v4-8', 1),  # decode
     ('eval', 'runs/eval.gin', 'v3-32', 2),  # decode and teacher-forced scoring, 4 hosts
@@ -138,6 +140,7 @@ def test_decode_step_compiles_from_the_command_line(tmp_path, mode, run_gin, acc
   assert 'fits:' in proc.stdout and tpu_topology.parse(accelerator).topology in proc.stdout
 
 
+@pytest.mark.slow
 def test_oversized_config_does_not_fit_exits_3_and_suggests_fsdp(tmp_path):
   # 50M-row embedding and output head: about 24 GiB of float32 params on each of a v4-8's 4 devices, plus
   # the decode step's logits. Sharding the params' embed axis over the 4 devices (fsdp) brings them to a quarter.
@@ -152,6 +155,7 @@ def test_oversized_config_does_not_fit_exits_3_and_suggests_fsdp(tmp_path):
   assert fsdp['total_bytes'] < doc['usable_hbm_bytes_per_device'] < doc['per_device_bytes']['total']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flags, message', [
     (['--topology=v3-16', '--compile_only'], "unknown TPU accelerator type 'v3-16'"),
     (['--topology=v4-8'], 'needs both --topology=ACCELERATOR_TYPE and --compile_only'),

@@ -27,6 +27,7 @@ def flip_bytes(checkpoint: pathlib.Path, item: str = 'params') -> pathlib.Path:
   return target
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   train_in_process(tmp_path / 'reference', 6, CHECKPOINT_PERIOD=2)
   run = tmp_path / 'run'
@@ -51,6 +52,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   assert sorted(p.name for p in run.iterdir()) == before  # nothing moved, nothing written, lease released
 
 
+@pytest.mark.slow
 def test_garbage_data_position_names_its_file_and_the_way_out(tmp_path):
   train_in_process(tmp_path, 2, CHECKPOINT_PERIOD=2)
   index = tmp_path / 'data_state' / 'checkpoint_2' / 'process_0.index'
@@ -62,6 +64,7 @@ def test_garbage_data_position_names_its_file_and_the_way_out(tmp_path):
   assert train_in_process(tmp_path, 4, CHECKPOINT_PERIOD=2, **{'train.restore_data': False})['step'] == 4
 
 
+@pytest.mark.slow
 def test_failed_background_save_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
   commit = atomicity.AtomicRenameTemporaryPath.finalize

@@ -23,6 +23,7 @@ def _logits(config, params, batch):
                                                       batch['decoder_input_tokens']))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan', [False, True])
 def test_zero_adapters_give_the_base_model_exactly(tiny_config, random_params, scan):
   base = tiny_config(scan_layers=scan)
@@ -46,6 +47,7 @@ def test_targets_follow_blocks_and_module_names():
     peft.LoraConfig(target_modules=('query',))
 
 
+@pytest.mark.slow
 def test_training_moves_only_adapters_and_merging_keeps_the_logits(tiny_config):
   base = tiny_config()
   config = base.replace(lora=peft.LoraConfig(rank=4, alpha=8.0, target_modules=('q', 'v', 'wi_0', 'wo')))

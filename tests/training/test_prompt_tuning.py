@@ -28,6 +28,7 @@ def _batches(pack: bool, lengths: dict):
   return next(iter(ds.as_numpy_iterator()))
 
 
+@pytest.mark.slow
 def test_packed_and_unpacked_examples_get_the_same_logits(tiny_config, random_params):
   _, config, params = _prompt_model(tiny_config, random_params)
   lengths = {'inputs': 64, 'targets': 24}
@@ -62,6 +63,7 @@ def test_packed_and_unpacked_examples_get_the_same_logits(tiny_config, random_pa
   assert compared >= 8
 
 
+@pytest.mark.slow
 def test_prompt_replaces_only_positions_below_n(tiny_config, random_params):
   base, config, params = _prompt_model(tiny_config, random_params)
   tokens = np.array([[5, 6, 7, 8, 9, 1, 0]], np.int32)
@@ -89,6 +91,7 @@ def test_prompt_init_ids():
     peft.PromptConfig(init='text')
 
 
+@pytest.mark.slow
 def test_exported_prompt_reproduces_flanx_through_peft(tiny_config, random_params, tmp_path):
   from flanx.interop import hf_format, peft_adapter  # pylint: disable=g-import-not-at-top
   base, config, params = _prompt_model(tiny_config, random_params)

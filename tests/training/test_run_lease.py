@@ -97,6 +97,7 @@ except run_lease.LeaseHeldError as e:
 '''
 
 
+@pytest.mark.slow
 def test_processes_started_together_exactly_one_wins(tmp_path):
   go = tmp_path / 'go'
   env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -24,6 +24,7 @@ def loss_steps(model_dir) -> list[int]:
   return [m['step'] for m in read_metrics(model_dir) if 'loss' in m]
 
 
+@pytest.mark.slow
 def test_failed_starts_leave_the_run_folder_untouched(tmp_path):
   run = tmp_path / 'run'
   with pytest.raises(run_checks.RunConfigError, match="flanx_test_cpy.*did you mean flanx_test_copy"):
@@ -52,6 +53,7 @@ def test_failed_starts_leave_the_run_folder_untouched(tmp_path):
   assert 'BATCH_SIZE = 4' in checkpoints.saved_config(str(run / 'checkpoint_6'))
 
 
+@pytest.mark.slow
 def test_metrics_and_tensorboard_scalars_are_not_repeated_after_a_resume(tmp_path):
   from flanx.training import loop  # pylint: disable=g-import-not-at-top
   with pytest.raises(loop.NonFiniteLossError):  # a crash after step 4 with checkpoint_3 the newest
@@ -68,6 +70,7 @@ def test_metrics_and_tensorboard_scalars_are_not_repeated_after_a_resume(tmp_pat
   assert [e.step for e in events.Scalars('loss')] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_stale_lease_is_taken_over_only_when_asked(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top

@@ -39,6 +39,7 @@ def _run_steps(config, params, batches, num_microbatches):
   return losses, jax.tree.map(np.asarray, state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('num_microbatches', [2, 4])
 def test_microbatching_gives_the_same_run(tiny_config, random_params, num_microbatches):
   config = tiny_config(dropout_rate=0.0)
@@ -51,6 +52,7 @@ def test_microbatching_gives_the_same_run(tiny_config, random_params, num_microb
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), micro, whole)
 
 
+@pytest.mark.slow
 def test_eval_and_scores_are_the_cross_entropy_of_the_same_forward(tiny_config, random_params, forward):
   config = tiny_config()
   params = random_params(config)

@@ -98,6 +98,7 @@ def test_plan_follows_t5x_and_refuses_relative_looking_train_steps(t5x_run, tmp_
   assert float(schedule(0)) == pytest.approx(0.5)  # the absolute step 1000 of a 2000-step warmup
 
 
+@pytest.mark.slow
 def test_step_continues_from_the_t5x_checkpoint_with_fresh_optimizer_state(t5x_run, tmp_path):
   folder, slots = t5x_run
   model_dir = tmp_path / 'run'
@@ -125,6 +126,7 @@ def test_step_continues_from_the_t5x_checkpoint_with_fresh_optimizer_state(t5x_r
   assert _steps_logged(model_dir)[-2:] == [1004, 1005]
 
 
+@pytest.mark.slow
 def test_restore_optimizer_state_continues_the_checkpoints_second_moments(t5x_run, tmp_path):
   folder, slots = t5x_run
   restored_dir, fresh_dir = tmp_path / 'restored', tmp_path / 'fresh'
