@@ -47,6 +47,17 @@ def _cpu_transpose(x: Array, perm: tuple[int, ...]) -> Array:
                                     default=lambda x: jnp.transpose(x, perm))
 
 
+def _dot(a: Array, b: Array, dims: Any) -> Array:
+  """dot_general in the operands' dtype. On CPU a bfloat16 dot accumulates into float32 and rounds once at the
+  end: XLA:CPU runs that in YNNPACK at bf16 speed, while a bf16-output dot is rewritten into a float32 dot with
+  converts around it (no faster than float32). Elsewhere the plain dot (the TPU/GPU units accumulate in fp32)."""
+  plain = lambda a, b: jax.lax.dot_general(a, b, dims)
+  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+    return plain(a, b)
+  f32_accumulated = lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
+  return jax.lax.platform_dependent(a, b, cpu=f32_accumulated, default=plain)
+
+
 def _plain_matmul(x: Array, kernel: Array) -> Array:
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
@@ -54,19 +65,19 @@ def _plain_matmul(x: Array, kernel: Array) -> Array:
 @jax.custom_vjp
 def matmul(x: Array, kernel: Array) -> Array:
   """x [..., d] · kernel [d, f] -> [..., f]; the kernel gradient is a plain [d, N] · [N, f] GEMM on CPU."""
-  return _plain_matmul(x, kernel)
+  return _dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def _matmul_fwd(x, kernel):
-  return _plain_matmul(x, kernel), (x, kernel)
+  return matmul(x, kernel), (x, kernel)
 
 
 def _matmul_bwd(residuals, g):
   x, kernel = residuals
   n = x.ndim - 1
-  dx = jax.lax.dot_general(g, kernel, (((n,), (1,)), ((), ())))
-  dk = jax.lax.dot_general(_cpu_transpose(x, (n,) + tuple(range(n))), g, ((tuple(range(1, n + 1)), tuple(range(n))),
-                                                                          ((), ())))
+  g = g.astype(x.dtype)
+  dx = _dot(g, kernel, (((n,), (1,)), ((), ())))
+  dk = _dot(_cpu_transpose(x, (n,) + tuple(range(n))), g, ((tuple(range(1, n + 1)), tuple(range(n))), ((), ())))
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -104,7 +115,7 @@ attention_scores.defvjp(_scores_fwd, _scores_bwd)
 @jax.custom_vjp
 def attention_values(weights: Array, v: Array) -> Array:
   """weights [b, h, q, k] · v [b, h, k, d] -> [b, h, q, d]."""
-  return jnp.einsum('bhqk,bhkd->bhqd', weights, v)
+  return _dot(weights.astype(v.dtype), v, (((3,), (2,)), ((0, 1), (0, 1))))
 
 
 def _values_fwd(weights, v):

@@ -1,5 +1,7 @@
 """The network's hand-written gradients (matmul, attention dots) equal autodiff's, and on CPU run in YNNPACK."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,47 @@ def test_attention_gradient_dots_run_in_ynnpack_on_cpu():
 
   found = hlo_dots.dots(jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(q, k, v).compile().as_text())
   assert [d['backend'] for d in found] == ['ynnpack'] * 6, [(d['lhs_shape'], d['backend']) for d in found]
+
+
+def test_bfloat16_matmul_accumulates_in_float32_and_rounds_once():
+  # Reference: numpy's float32 product of the bf16 values, rounded to bf16 once.
+  x, kernel = _random((64, 96), 0, jnp.bfloat16), _random((96, 32), 1, jnp.bfloat16)
+  want = (np.asarray(x, np.float32) @ np.asarray(kernel, np.float32)).astype(jnp.bfloat16)
+  got = jax.jit(network.matmul)(x, kernel)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the bf16 rewrite is XLA:CPU')
+def test_bfloat16_projections_and_their_gradients_stay_bf16_dots_on_cpu(tiny_config):
+  """XLA:CPU turns a bf16-output dot into a float32 dot (converts around it, float32 speed); every projection of
+  a bf16 model (forward, input and weight gradients) reads bf16 operands and accumulates into float32."""
+  config = tiny_config(dtype='bfloat16', vocab_size=256, d_model=64, d_kv=16, d_ff=128)
+  params = network.init_params(config, jax.random.key(0))
+  enc, dec = jnp.ones((2, 32), jnp.int32), jnp.ones((2, 16), jnp.int32)
+
+  def loss(p):
+    logits = network.Transformer(config).apply({'params': p}, enc, dec)
+    return jnp.sum(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 3])
+
+  found = _dots(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  projections = [(lhs, rhs) for lhs, rhs, name in found
+                 if re.search(r'/(query|key|value|out|wi_0|wi_1|wo)/', name)]
+  layers = config.num_encoder_layers * 7 + config.num_decoder_layers * 11  # Dense layers of the gated-gelu model
+  assert projections == [('bf16', 'bf16')] * (3 * layers), projections
+
+
+def _dots(hlo_text):
+  """(lhs dtype, rhs dtype, op name) of every dot in compiled HLO text (a dot reads its fusion's parameters)."""
+  found, params = [], {}
+  for line in hlo_text.splitlines():
+    head = re.match(r'^(?:ENTRY )?%\S+ \((.*)\) -> .* \{$', line)
+    if head:
+      params = dict(re.findall(r'(\S+): (\w+)\[', head.group(1)))
+      continue
+    dot = re.match(r'\s*(?:ROOT )?%\S+ = \w+\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)', line)
+    if dot:
+      name = re.search(r'op_name="([^"]*)"', dot.group(3))
+      found.append((params.get(dot.group(1), '?'), params.get(dot.group(2), '?'), name.group(1) if name else ''))
+  return found
