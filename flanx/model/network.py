@@ -35,71 +35,79 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
 # ----------------------------------------------------------------------------------------------------------------
 # Dots whose gradients XLA:CPU runs in YNNPACK. XLA:CPU hands a dot to YNNPACK only when its lhs contracts its
 # trailing dims; the weight-gradient dots Xᵀ·dY that autodiff writes contract the leading (token / query) dims and
-# fall back to Eigen at a fraction of the speed (benchmarks/hlo_dots.py lists them). These custom gradients
-# transpose the narrow operand in memory first, on CPU only: on TPU/GPU the transpose stays a plain one that XLA
-# folds into the dot, so their HLO is what autodiff would give.
+# fall back to Eigen at a fraction of the speed (benchmarks/hlo_dots.py lists them). The custom gradients below
+# transpose the narrow operand in memory first, and compute bf16 dots with float32 accumulation (XLA:CPU turns a
+# bf16-output dot into a float32 one). They are the CPU lowering only (`lax.platform_dependent`, decided when a
+# step is lowered): TPU and GPU get the plain dots and autodiff's gradients, which their compilers plan best (the
+# custom gradients' explicit residuals cost a v4-8 train step 1.7% more temporaries).
 
-def _cpu_transpose(x: Array, perm: tuple[int, ...]) -> Array:
-  """x transposed in memory on CPU (folded into neither the dot before nor the dot after it); elsewhere a plain
-  transpose that XLA folds into the neighbouring dot."""
+def _in_memory_transpose(x: Array, perm: tuple[int, ...]) -> Array:
+  """x transposed in memory (folded into neither the dot before nor the dot after it)."""
   barrier = jax.lax.optimization_barrier
-  return jax.lax.platform_dependent(x, cpu=lambda x: barrier(jnp.transpose(barrier(x), perm)),
-                                    default=lambda x: jnp.transpose(x, perm))
+  return barrier(jnp.transpose(barrier(x), perm))
 
 
-def _dot(a: Array, b: Array, dims: Any) -> Array:
-  """dot_general in the operands' dtype. On CPU a bfloat16 dot accumulates into float32 and rounds once at the
-  end: XLA:CPU runs that in YNNPACK at bf16 speed, while a bf16-output dot is rewritten into a float32 dot with
-  converts around it (no faster than float32). Elsewhere the plain dot (the TPU/GPU units accumulate in fp32)."""
-  plain = lambda a, b: jax.lax.dot_general(a, b, dims)
+def _cpu_dot(a: Array, b: Array, dims: Any) -> Array:
+  """dot_general in the operands' dtype; a bf16 dot accumulates into float32 and rounds once, which XLA:CPU runs
+  in YNNPACK at bf16 speed (a bf16-output dot becomes a float32 dot with converts around it)."""
   if a.dtype == jnp.float32 and b.dtype == jnp.float32:
-    return plain(a, b)
-  f32_accumulated = lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
-  return jax.lax.platform_dependent(a, b, cpu=f32_accumulated, default=plain)
+    return jax.lax.dot_general(a, b, dims)
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+_MATMUL_DIMS = lambda x: (((x.ndim - 1,), (0,)), ((), ()))
 
 
 def _plain_matmul(x: Array, kernel: Array) -> Array:
-  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return jax.lax.dot_general(x, kernel, _MATMUL_DIMS(x))
 
 
 @jax.custom_vjp
-def matmul(x: Array, kernel: Array) -> Array:
-  """x [..., d] · kernel [d, f] -> [..., f]; the kernel gradient is a plain [d, N] · [N, f] GEMM on CPU."""
-  return _dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+def _cpu_matmul(x: Array, kernel: Array) -> Array:
+  return _cpu_dot(x, kernel, _MATMUL_DIMS(x))
 
 
 def _matmul_fwd(x, kernel):
-  return matmul(x, kernel), (x, kernel)
+  return _cpu_dot(x, kernel, _MATMUL_DIMS(x)), (x, kernel)
 
 
 def _matmul_bwd(residuals, g):
   x, kernel = residuals
   n = x.ndim - 1
   g = g.astype(x.dtype)
-  dx = _dot(g, kernel, (((n,), (1,)), ((), ())))
-  dk = _dot(_cpu_transpose(x, (n,) + tuple(range(n))), g, ((tuple(range(1, n + 1)), tuple(range(n))), ((), ())))
+  dx = _cpu_dot(g, kernel, (((n,), (1,)), ((), ())))
+  dk = _cpu_dot(_in_memory_transpose(x, (n,) + tuple(range(n))), g,
+                ((tuple(range(1, n + 1)), tuple(range(n))), ((), ())))
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_cpu_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(x: Array, kernel: Array) -> Array:
+  """x [..., d] · kernel [d, f] -> [..., f]; on CPU the kernel gradient is a plain [d, N] · [N, f] GEMM."""
+  return jax.lax.platform_dependent(x, kernel, cpu=_cpu_matmul, default=_plain_matmul)
 
 
 def _tn(a: Array, b: Array) -> Array:
-  """aᵀ·b over the last two axes ([..., n, m], [..., n, p] -> [..., m, p]) as (bᵀ·a)ᵀ: on CPU only the narrow b
+  """aᵀ·b over the last two axes ([..., n, m], [..., n, p] -> [..., m, p]) as (bᵀ·a)ᵀ: only the narrow b
   ([..., n, d_kv]) and the result are transposed in memory, and the dot is a plain batched GEMM."""
   swap = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
-  out_t = jnp.einsum('...pn,...nm->...pm', _cpu_transpose(b, swap), a, preferred_element_type=jnp.float32)
-  return _cpu_transpose(out_t, swap)
+  out_t = jnp.einsum('...pn,...nm->...pm', _in_memory_transpose(b, swap), a, preferred_element_type=jnp.float32)
+  return _in_memory_transpose(out_t, swap)
 
 
-@jax.custom_vjp
-def attention_scores(q: Array, k: Array) -> Array:
-  """q [b, h, q, d] · k [b, h, k, d] -> float32 scores [b, h, q, k]."""
+def _plain_scores(q: Array, k: Array) -> Array:
   return jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
 
 
+@jax.custom_vjp
+def _cpu_scores(q: Array, k: Array) -> Array:
+  return _plain_scores(q, k)
+
+
 def _scores_fwd(q, k):
-  return attention_scores(q, k), (q, k)
+  return _plain_scores(q, k), (q, k)
 
 
 def _scores_bwd(residuals, g):
@@ -109,17 +117,28 @@ def _scores_bwd(residuals, g):
   return dq.astype(q.dtype), _tn(g, q).astype(k.dtype)
 
 
-attention_scores.defvjp(_scores_fwd, _scores_bwd)
+_cpu_scores.defvjp(_scores_fwd, _scores_bwd)
+
+
+def attention_scores(q: Array, k: Array) -> Array:
+  """q [b, h, q, d] · k [b, h, k, d] -> float32 scores [b, h, q, k]."""
+  return jax.lax.platform_dependent(q, k, cpu=_cpu_scores, default=_plain_scores)
+
+
+_VALUES_DIMS = (((3,), (2,)), ((0, 1), (0, 1)))
+
+
+def _plain_values(weights: Array, v: Array) -> Array:
+  return jnp.einsum('bhqk,bhkd->bhqd', weights, v)
 
 
 @jax.custom_vjp
-def attention_values(weights: Array, v: Array) -> Array:
-  """weights [b, h, q, k] · v [b, h, k, d] -> [b, h, q, d]."""
-  return _dot(weights.astype(v.dtype), v, (((3,), (2,)), ((0, 1), (0, 1))))
+def _cpu_values(weights: Array, v: Array) -> Array:
+  return _cpu_dot(weights.astype(v.dtype), v, _VALUES_DIMS)
 
 
 def _values_fwd(weights, v):
-  return attention_values(weights, v), (weights, v)
+  return _cpu_dot(weights.astype(v.dtype), v, _VALUES_DIMS), (weights, v)
 
 
 def _values_bwd(residuals, g):
@@ -128,7 +147,12 @@ def _values_bwd(residuals, g):
   return dw.astype(weights.dtype), _tn(weights, g).astype(v.dtype)
 
 
-attention_values.defvjp(_values_fwd, _values_bwd)
+_cpu_values.defvjp(_values_fwd, _values_bwd)
+
+
+def attention_values(weights: Array, v: Array) -> Array:
+  """weights [b, h, q, k] · v [b, h, k, d] -> [b, h, q, d]."""
+  return jax.lax.platform_dependent(weights, v, cpu=_cpu_values, default=_plain_values)
 
 
 class LayerNorm(nn.Module):
