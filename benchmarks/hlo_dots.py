@@ -25,8 +25,10 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def dots(hlo_text: str) -> list[dict]:
-  """Every dot of compiled HLO text: backend ('ynnpack' | 'eigen' | 'fused-loop'), shapes, dims, GFLOP, op."""
+  """Every dot of compiled HLO text: backend ('ynnpack' | 'eigen' | 'fused-loop'), shapes, operand dtypes, dims,
+  GFLOP, op."""
   shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+  dtypes: dict[str, dict[str, str]] = {}
   caller_kind: dict[str, str] = {}
   found = []
   current = None
@@ -34,13 +36,16 @@ def dots(hlo_text: str) -> list[dict]:
     m = _COMPUTATION.match(line)
     if m:
       current = m.group(1)
-      shapes[current] = {p: _dims(d) for p, _, d in _PARAM.findall(m.group(2))}
+      params = _PARAM.findall(m.group(2))
+      shapes[current] = {p: _dims(d) for p, _, d in params}
+      dtypes[current] = {p: t for p, t, _ in params}
       continue
     m = _INSTR.match(line)
     if not m or current is None:
       continue
     name, dtype, dims, op, operands, rest = m.groups()
     shapes[current][name] = _dims(dims)
+    dtypes[current][name] = dtype
     if op == 'fusion':
       callee = _CALLS.search(rest)
       if callee:
@@ -56,6 +61,7 @@ def dots(hlo_text: str) -> list[dict]:
   for d in found:
     lhs_shape = shapes[d['computation']].get(d['lhs'], ())
     d['lhs_shape'], d['rhs_shape'] = lhs_shape, shapes[d['computation']].get(d['rhs'], ())
+    d['lhs_dtype'], d['rhs_dtype'] = (dtypes[d['computation']].get(d[k], '?') for k in ('lhs', 'rhs'))
     contracted = math.prod(lhs_shape[i] for i in d['lhs_contracting']) if lhs_shape else 0
     d['gflop'] = 2 * math.prod(d['out']) * contracted / 1e9
     d['backend'] = caller_kind.get(d['computation'], 'eigen')

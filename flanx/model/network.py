@@ -55,20 +55,21 @@ def _cpu_dot(a: Array, b: Array, dims: Any) -> Array:
   return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
-_MATMUL_DIMS = lambda x: (((x.ndim - 1,), (0,)), ((), ()))
+def _matmul_dims(x: Array) -> Any:
+  return ((x.ndim - 1,), (0,)), ((), ())
 
 
 def _plain_matmul(x: Array, kernel: Array) -> Array:
-  return jax.lax.dot_general(x, kernel, _MATMUL_DIMS(x))
+  return jax.lax.dot_general(x, kernel, _matmul_dims(x))
 
 
 @jax.custom_vjp
 def _cpu_matmul(x: Array, kernel: Array) -> Array:
-  return _cpu_dot(x, kernel, _MATMUL_DIMS(x))
+  return _cpu_dot(x, kernel, _matmul_dims(x))
 
 
 def _matmul_fwd(x, kernel):
-  return _cpu_dot(x, kernel, _MATMUL_DIMS(x)), (x, kernel)
+  return _cpu_matmul(x, kernel), (x, kernel)
 
 
 def _matmul_bwd(residuals, g):
@@ -107,7 +108,7 @@ def _cpu_scores(q: Array, k: Array) -> Array:
 
 
 def _scores_fwd(q, k):
-  return _plain_scores(q, k), (q, k)
+  return _cpu_scores(q, k), (q, k)
 
 
 def _scores_bwd(residuals, g):
@@ -138,7 +139,7 @@ def _cpu_values(weights: Array, v: Array) -> Array:
 
 
 def _values_fwd(weights, v):
-  return _cpu_dot(weights.astype(v.dtype), v, _VALUES_DIMS), (weights, v)
+  return _cpu_values(weights, v), (weights, v)
 
 
 def _values_bwd(residuals, g):

@@ -99,23 +99,9 @@ def test_bfloat16_projections_and_their_gradients_stay_bf16_dots_on_cpu(tiny_con
     logits = network.Transformer(config).apply({'params': p}, enc, dec)
     return jnp.sum(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 3])
 
-  found = _dots(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
-  projections = [(lhs, rhs) for lhs, rhs, name in found
-                 if re.search(r'/(query|key|value|out|wi_0|wi_1|wo)/', name)]
+  found = hlo_dots.dots(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  projections = [(d['lhs_dtype'], d['rhs_dtype']) for d in found
+                 if re.search(r'/(query|key|value|out|wi_0|wi_1|wo)/', d['op_name'])]
   layers = config.num_encoder_layers * 7 + config.num_decoder_layers * 11  # Dense layers of the gated-gelu model
   assert projections == [('bf16', 'bf16')] * (3 * layers), projections
 
-
-def _dots(hlo_text):
-  """(lhs dtype, rhs dtype, op name) of every dot in compiled HLO text (a dot reads its fusion's parameters)."""
-  found, params = [], {}
-  for line in hlo_text.splitlines():
-    head = re.match(r'^(?:ENTRY )?%\S+ \((.*)\) -> .* \{$', line)
-    if head:
-      params = dict(re.findall(r'(\S+): (\w+)\[', head.group(1)))
-      continue
-    dot = re.match(r'\s*(?:ROOT )?%\S+ = \w+\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)', line)
-    if dot:
-      name = re.search(r'op_name="([^"]*)"', dot.group(3))
-      found.append((params.get(dot.group(1), '?'), params.get(dot.group(2), '?'), name.group(1) if name else ''))
-  return found
