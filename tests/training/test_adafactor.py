@@ -105,6 +105,23 @@ def test_default_min_dim_factors_large_matrix():
   np.testing.assert_allclose(u['k'], want - x, rtol=1e-5)  # compare updates: x + u cancels in float32
 
 
+@pytest.mark.parametrize('shape', [(128, 9000), (9000, 128)])
+def test_wide_matrices_match_the_paper(shape):
+  """On CPU the means over a leading axis of a wide g² are summed slice by slice (adafactor._mean): same update."""
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal(shape).astype(np.float32)
+  g = rng.standard_normal(shape).astype(np.float32)
+  tx = adafactor(0.01)
+  state = tx.init({'k': x})
+  u, state = jax.jit(tx.update)({'k': g}, state, {'k': x})
+  r, c = np.zeros(shape[0]), np.zeros(shape[1])
+  want, want_r, want_c = paper_matrix_step(x.astype(np.float64), g.astype(np.float64), r, c, 1, 0.01)
+  np.testing.assert_allclose(u['k'], want - x, rtol=1e-5, atol=1e-7)
+  small, wide = (0, 1) if shape[0] < shape[1] else (1, 0)
+  np.testing.assert_allclose(state.v_row['k'], (want_r, want_c)[small] / shape[wide], rtol=1e-5)
+  np.testing.assert_allclose(state.v_col['k'], (want_r, want_c)[wide] / shape[small], rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_scanned_layers_are_independent_blocks():
   """A 'layers' axis is a batch axis: each layer is updated exactly like its own unscanned matrix."""
