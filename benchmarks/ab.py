@@ -9,6 +9,10 @@
 Both sides live in this process and alternate (benchmarks/interleave.py): every ratio is the median of
 per-round paired ratios, printed with its spread and refused when the spread exceeds --bound. Each
 measurement records the load average. Results go to --out (JSON) and stdout (markdown lines).
+
+The command line restarts itself once with glibc malloc keeping freed memory (REUSING_MALLOC), for both sides:
+otherwise every call maps fresh pages for its temporaries (1.4M page faults per flanx train step, 5.3 GB), whose
+cost in this VM swings a call by up to 1.5x. --system_malloc measures with the default allocator.
 """
 
 from __future__ import annotations
@@ -33,6 +37,21 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import common, interleave, sides  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CACHE = common.REPO / 'runs' / 'ab_cache'
+# glibc: one arena, never mmap (freed blocks return to the heap), never trim the heap: freed memory is reused.
+REUSING_MALLOC = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(1 << 40)}
+
+
+def malloc_mode() -> str:
+  """'reusing' when this process runs with REUSING_MALLOC, else 'system'."""
+  return 'reusing' if all(os.environ.get(k) == v for k, v in REUSING_MALLOC.items()) else 'system'
+
+
+def restart_with_reusing_malloc(argv: list[str]) -> None:
+  """Re-executes `python -m benchmarks.ab argv` once under REUSING_MALLOC (glibc reads it at start-up only)."""
+  if '--system_malloc' in argv or malloc_mode() == 'reusing':
+    return
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, '-m', 'benchmarks.ab', *argv], {**os.environ, **REUSING_MALLOC})
 
 
 def batches(data: str, batch: int, inputs: int, targets: int, count: int, pack: bool, variants: str) -> list[dict]:
@@ -81,7 +100,7 @@ def _header(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {'command': ' '.join(sys.argv), 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
           'commit': common.git_commit(), 'host': common.host_facts(), 'jax_device': str(jax.devices()[0]),
-          'load_start': common.load_average(), 'args': vars(args)}
+          'load_start': common.load_average(), 'malloc': malloc_mode(), 'args': vars(args)}
 
 
 def _line(*cells) -> str:
@@ -234,6 +253,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--new_network', default=None, help='lever: new network.py file (default: the working tree)')
   parser.add_argument('--new_losses', default=None, help='lever: new losses.py file (default: the working tree)')
   parser.add_argument('--out', default=None, help='JSON result (default runs/ab/<command>_<dtype>.json)')
+  parser.add_argument('--system_malloc', action='store_true', help='keep glibc malloc defaults (see above)')
   args = parser.parse_args(argv)
   if args.data == 'cot':
     from benchmarks import batches as batches_lib  # pylint: disable=g-import-not-at-top
@@ -244,9 +264,10 @@ def main(argv=None) -> dict:
   out = pathlib.Path(args.out or common.REPO / 'runs' / 'ab' / f'{args.command}_{args.dtype}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1, default=str) + '\n')
-  print(f'[ab] wrote {out}')
+  print(f'[ab] wrote {out} (malloc: {malloc_mode()})')
   return result
 
 
 if __name__ == '__main__':
+  restart_with_reusing_malloc(sys.argv[1:])
   main()
