@@ -244,7 +244,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--new_tokens', type=int, default=128)
   parser.add_argument('--steps', type=int, default=16, help='decode steps per measurement (step, lever)')
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--warmup', type=int, default=1)
+  parser.add_argument('--warmup', type=int, default=2, help='untimed calls per side, alternating')
   parser.add_argument('--bound', type=float, default=interleave.DEFAULT_SPREAD_BOUND)
   parser.add_argument('--baseline', default='HEAD', help='lever: git revision of the old network/losses')
   parser.add_argument('--what', default='parts,step', help='lever: parts and/or step')

@@ -21,8 +21,8 @@ def _fake(times, log, name):
 def test_sides_alternate_and_reverse_every_round():
   log = []
   run = interleave.interleave({'a': _fake(itertools.repeat(1.0), log, 'a'),
-                               'b': _fake(itertools.repeat(2.0), log, 'b')}, rounds=3, warmup=1)
-  assert log == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']  # warm-up a, b; then a b | b a | a b
+                               'b': _fake(itertools.repeat(2.0), log, 'b')}, rounds=3, warmup=2)
+  assert log == ['a', 'b', 'a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']  # warm-up a b, a b; then a b | b a | a b
   assert run['order'] == ['a', 'b', 'b', 'a', 'a', 'b']
   assert run['sides']['a']['wall']['median'] == 1.0 and run['sides']['b']['wall']['n'] == 3
   assert all('load' in m for m in run['sides']['a']['runs'])
