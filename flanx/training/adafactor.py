@@ -175,21 +175,17 @@ def _rms(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 _WIDE = 8192
 
 
-def _plain_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  return jnp.mean(x, axis=axes)
-
-
-def _cpu_mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  if len(axes) != 1 or axes[0] == x.ndim - 1 or np.prod(x.shape[axes[0] + 1:]) < _WIDE:
-    return _plain_mean(x, axes)
-  axis, n = axes[0], x.shape[axes[0]]
-  add_slice = lambda i, total: total + jax.lax.dynamic_index_in_dim(x, i, axis, keepdims=False)
-  return jax.lax.fori_loop(0, n, add_slice, jnp.zeros(_without(x.shape, axes), x.dtype)) / n
-
-
 def _mean(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """jnp.mean(x, axes); on CPU a mean over a leading axis of a wide array sums it slice by slice."""
-  return jax.lax.platform_dependent(x, cpu=lambda x: _cpu_mean(x, axes), default=lambda x: _plain_mean(x, axes))
+  if len(axes) != 1 or axes[0] == x.ndim - 1 or np.prod(x.shape[axes[0] + 1:]) < _WIDE:
+    return jnp.mean(x, axis=axes)
+  axis, n = axes[0], x.shape[axes[0]]
+
+  def slice_by_slice(x):
+    add_slice = lambda i, total: total + jax.lax.dynamic_index_in_dim(x, i, axis, keepdims=False)
+    return jax.lax.fori_loop(0, n, add_slice, jnp.zeros(_without(x.shape, axes), x.dtype)) / n
+
+  return jax.lax.platform_dependent(x, cpu=slice_by_slice, default=lambda x: jnp.mean(x, axis=axes))
 
 
 @dataclasses.dataclass(frozen=True)

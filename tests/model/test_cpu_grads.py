@@ -104,4 +104,3 @@ def test_bfloat16_projections_and_their_gradients_stay_bf16_dots_on_cpu(tiny_con
                  if re.search(r'/(query|key|value|out|wi_0|wi_1|wo)/', d['op_name'])]
   layers = config.num_encoder_layers * 7 + config.num_decoder_layers * 11  # Dense layers of the gated-gelu model
   assert projections == [('bf16', 'bf16')] * (3 * layers), projections
-
