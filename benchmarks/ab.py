@@ -119,9 +119,26 @@ def cmd_train(args, config) -> dict:
   real = {'flanx': _real_tokens(packed, True), 'hf': _real_tokens(padded, False)}
   out = {'run': run, 'slots_per_step': slots, 'real_tokens_per_step': real,
          'ratio_slot_tokens': interleave.ratio(run, 'hf', 'flanx', args.bound),
-         'ratio_useful_tokens': interleave.ratio(run, 'hf', 'flanx', args.bound, real['hf'], real['flanx'])}
+         'ratio_useful_tokens': interleave.ratio(run, 'hf', 'flanx', args.bound, real['hf'], real['flanx']),
+         **_utilization(run, rows * _train_flops(config, args.inputs, args.targets), args.peak_gflops)}
   print(_line('train', config.dtype, interleave.format_side(run, 'flanx'), interleave.format_side(run, 'hf'),
               interleave.format_ratio(out['ratio_slot_tokens']), interleave.format_ratio(out['ratio_useful_tokens'])))
+  print(_line('model GFLOP/s (MFU)', *(f"{name} {out['model_gflops_per_s'][name]:.0f}"
+                                       + (f" ({out['mfu'][name]:.1%})" if 'mfu' in out else '') for name in run['sides'])))
+  return out
+
+
+def _train_flops(config, inputs: int, targets: int) -> float:
+  from flanx.model import flops  # pylint: disable=g-import-not-at-top
+  return flops.train_flops(config, inputs, targets)
+
+
+def _utilization(run: dict, model_flops: float, peak_gflops: float | None) -> dict:
+  """Model GFLOP/s of each side's median call, and its fraction of the peak when one is given (MFU)."""
+  rates = {name: model_flops / side['wall']['median'] / 1e9 for name, side in run['sides'].items()}
+  out = {'model_gflop_per_step': model_flops / 1e9, 'model_gflops_per_s': rates, 'peak_gflops': peak_gflops}
+  if peak_gflops:
+    out['mfu'] = {name: rate / peak_gflops for name, rate in rates.items()}
   return out
 
 
@@ -254,6 +271,8 @@ def main(argv=None) -> dict:
   parser.add_argument('--new_losses', default=None, help='lever: new losses.py file (default: the working tree)')
   parser.add_argument('--out', default=None, help='JSON result (default runs/ab/<command>_<dtype>.json)')
   parser.add_argument('--system_malloc', action='store_true', help='keep glibc malloc defaults (see above)')
+  parser.add_argument('--peak_gflops', type=float, default=None,
+                      help='train: peak GFLOP/s of this machine for MFU (python -m benchmarks.cpu_peak measures it)')
   args = parser.parse_args(argv)
   if args.data == 'cot':
     from benchmarks import batches as batches_lib  # pylint: disable=g-import-not-at-top
