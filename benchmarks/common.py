@@ -66,12 +66,12 @@ def load_average() -> list[float]:
 
 
 def git_commit() -> str:
-  """HEAD's commit, with '+dirty' when the working tree has uncommitted changes."""
+  """HEAD's commit, with '+dirty' when tracked files other than Markdown (notes, results) have changed."""
   try:
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)*.md'],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     return head + ('+dirty' if dirty else '')
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'

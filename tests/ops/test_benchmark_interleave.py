@@ -1,10 +1,12 @@
-"""The interleaved A/B harness (benchmarks/interleave.py): alternation, paired ratios, refusal of noisy ratios."""
+"""The interleaved A/B harness (benchmarks/interleave.py): alternation, paired ratios, refusal of noisy ratios;
+the commit stamp results carry."""
 
 import itertools
+import subprocess
 
 import pytest
 
-from benchmarks import hlo_dots, interleave
+from benchmarks import common, hlo_dots, interleave
 
 
 def _fake(times, log, name):
@@ -68,3 +70,21 @@ ENTRY %main (x: f32[8,4], w: f32[4,3], g: f32[8,3]) -> f32[4,3] {
   assert found['dot.1']['backend'] == 'ynnpack' and found['dot']['backend'] == 'eigen'
   assert found['dot']['gflop'] == pytest.approx(2 * 4 * 3 * 8 / 1e9)
   assert hlo_dots.summary(list(found.values()))['eigen']['count'] == 1
+
+
+def test_commit_stamp_is_dirty_for_code_changes_not_for_notes(tmp_path, monkeypatch):
+  def git(*args):
+    subprocess.run(['git', *args], cwd=tmp_path, check=True, capture_output=True)
+
+  git('init', '-q')
+  (tmp_path / 'step.py').write_text('x = 1\n')
+  (tmp_path / 'BENCHMARKS.md').write_text('results\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'one')
+  monkeypatch.setattr(common, 'REPO', tmp_path)
+  clean = common.git_commit()
+  assert len(clean) == 40 and not clean.endswith('+dirty')
+  (tmp_path / 'BENCHMARKS.md').write_text('new results\n')  # recording numbers does not change the code
+  assert common.git_commit() == clean
+  (tmp_path / 'step.py').write_text('x = 2\n')
+  assert common.git_commit() == clean + '+dirty'
