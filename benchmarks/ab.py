@@ -35,6 +35,7 @@ import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from benchmarks import common, interleave, sides  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flanx.model import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CACHE = common.REPO / 'runs' / 'ab_cache'
 # glibc: one arena, never mmap (freed blocks return to the heap), never trim the heap: freed memory is reused.
@@ -120,17 +121,12 @@ def cmd_train(args, config) -> dict:
   out = {'run': run, 'slots_per_step': slots, 'real_tokens_per_step': real,
          'ratio_slot_tokens': interleave.ratio(run, 'hf', 'flanx', args.bound),
          'ratio_useful_tokens': interleave.ratio(run, 'hf', 'flanx', args.bound, real['hf'], real['flanx']),
-         **_utilization(run, rows * _train_flops(config, args.inputs, args.targets), args.peak_gflops)}
+         **_utilization(run, rows * flops.train_flops(config, args.inputs, args.targets), args.peak_gflops)}
   print(_line('train', config.dtype, interleave.format_side(run, 'flanx'), interleave.format_side(run, 'hf'),
               interleave.format_ratio(out['ratio_slot_tokens']), interleave.format_ratio(out['ratio_useful_tokens'])))
   print(_line('model GFLOP/s (MFU)', *(f"{name} {out['model_gflops_per_s'][name]:.0f}"
                                        + (f" ({out['mfu'][name]:.1%})" if 'mfu' in out else '') for name in run['sides'])))
   return out
-
-
-def _train_flops(config, inputs: int, targets: int) -> float:
-  from flanx.model import flops  # pylint: disable=g-import-not-at-top
-  return flops.train_flops(config, inputs, targets)
 
 
 def _utilization(run: dict, model_flops: float, peak_gflops: float | None) -> dict:
