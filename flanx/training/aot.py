@@ -289,16 +289,18 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
   """Compiles the real train step of the gin-configured run for the slice.
 
   Mirrors the set-up of flanx/training/loop.py's `train` up to its jitted step: the PEFT config, the run's
-  argument checks, the optimizer over the trained part, the mesh, the batch checks and the shardings.
+  argument checks, the task name (before any compile), the optimizer over the trained part, the mesh, the batch checks and the shardings.
   """
   from flanx.model import flops
   from flanx.model import peft as peft_lib
-  from flanx.training import loop, run_checks, schedules, steps
+  from flanx.training import data, loop, run_checks, schedules, steps
   values = bound_arguments(loop.train)
   if levers.num_microbatches is not None:
     values['num_microbatches'] = levers.num_microbatches
   config = peft_lib.configure(_config(values, levers), values.get('peft'))
   run_checks.check_args(values, run_checks.TRAIN_ARG_RULES)
+  data.import_task_modules(values.get('mixture_or_task_module'))  # as the real run: an unknown task fails at once
+  run_checks.check_task_name(_required(values, 'mixture_or_task_name', 'train'))
   batch_size = int(_required(values, 'batch_size', 'train'))
   lengths = dict(_required(values, 'task_feature_lengths', 'train'))
   num_microbatches = int(values.get('num_microbatches') or 1)
