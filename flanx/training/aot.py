@@ -456,6 +456,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
   group.add_argument('--step_time', type=float, default=None, help='seconds per step, for the MFU it implies')
 
 
+def flag_parser() -> argparse.ArgumentParser:
+  """The compile-only flags as a parent parser (the commands' --help lists them)."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  add_flags(parser)
+  return parser
+
+
 def requested(argv: Sequence[str]) -> bool:
   """Whether a command line asks for the compile-only check (or passes one of its flags)."""
   names = ('--compile_only', '--topology', '--compile_report', '--suggest', '--step_time')
@@ -498,11 +505,10 @@ def main(mode: str, argv: Sequence[str], description: str = '') -> int:
   from flanx import gin_config
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to save: a SIGTERM ends the check at once
-  own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  add_flags(own)
+  own = flag_parser()
   try:
     args, rest = own.parse_known_args(list(argv))
-    run_args, files, bindings = gin_config.parse_args(rest, description)
+    run_args, files, bindings = gin_config.parse_args(rest, description, [own])
     if not (args.compile_only and args.topology):
       raise CompileCheckError('the compile-only check needs both --topology=ACCELERATOR_TYPE and --compile_only')
     tpu_topology.parse(args.topology)  # bad names fail before any import work
