@@ -325,9 +325,9 @@ def check_model_family(t5x: T5xGin) -> None:
   """
   def refuse(binding: Binding, what: str, follow: bool = True) -> None:
     b = t5x.origin(binding) if follow else binding
-    raise T5xGinError(f'{b.where}: {b.key} = {_text(b.value)}: {what}; flanx trains and decodes t5x\'s encoder-'
-                      'decoder T5 (models.EncoderDecoderModel over network.Transformer with network.T5Config), '
-                      'so this cannot be converted without changing the model')
+    raise T5xGinError(f'{b.where}: {b.key} = {_text(b.value)}: {what}; converting it would change what trains: '
+                      "flanx trains and decodes t5x's encoder-decoder T5 (models.EncoderDecoderModel over "
+                      'network.Transformer with network.T5Config)')
 
   for binding in t5x.bindings.values():
     names = [binding.selector] + [r.name for r in _refs(binding.value)]
