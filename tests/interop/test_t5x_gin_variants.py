@@ -299,6 +299,39 @@ def _assert_same(flanx_tx, reference_tx):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12), got, want)
 
 
+# What flanx's gin binds after conversion: optimizer, its hyperparameters (optax's defaults where t5x's gin leaves
+# them unbound) and the schedule.
+CARRIED = {
+    'small_adamw': ('adamw_optimizer', dict(update_clip=0.05, b1=0.9, b2=0.98, eps=1e-8, eps_root=0.0, weight_decay=0.05,
+                                            nesterov=False),
+                    'warmup_cosine_decay', dict(peak_value=0.002, init_value=0.0, warmup_steps=2, decay_steps=10,
+                                                end_value=0.0001, exponent=1.0, step_offset=0)),
+    'small_lion': ('lion_optimizer', dict(global_norm_clip=0.5, b1=0.95, b2=0.99, weight_decay=1e-3),
+                   'linear_warmup', dict(learning_rate=0.0003, warmup_steps=4, step_offset=0, min_learning_rate=1e-8)),
+    'small_finetune_adam': ('adamw_optimizer', dict(global_norm_clip=1.0, weight_decay=0.01, b2=0.999),
+                            'constant', dict(learning_rate=0.0001, min_learning_rate=0.0)),
+    'small_adam': ('adam_optimizer', dict(eps=1e-6, b1=0.9, b2=0.999),
+                   'warmup_cosine_decay', dict(peak_value=0.001, warmup_steps=3, decay_steps=10, step_offset=1_000_000)),
+}
+
+
+@pytest.mark.parametrize('name', CARRIED)
+def test_optimizer_type_and_hyperparameters_carry_over(converted, name):
+  args, _ = converted(name)
+  factory, hyper, schedule, schedule_args = CARRIED[name]
+  assert args['optimizer'].__name__ == factory
+  bound = gin.get_bindings(factory)
+  assert {k: bound[k] for k in hyper} == hyper
+  assert 'learning_rate' not in bound  # the schedule is train.learning_rate_schedule, as flanx's loop passes it
+  assert gin.query_parameter('train.learning_rate_schedule').selector.endswith(f'schedules.{schedule}')
+  got = {k: gin.query_parameter(f'schedules.{schedule}.{k}') for k in schedule_args}
+  for key, value in got.items():  # LEARNING_RATE / peak_value go through the macro
+    if isinstance(value, gin.config.ConfigurableReference):
+      got[key] = gin.query_parameter('LEARNING_RATE/macro.value')
+  assert got == schedule_args
+
+
+@pytest.mark.slow  # optax updates op by op: seconds on a busy CPU
 def test_adamw_with_clip_and_warmup_cosine_trains_as_t5x_builds_it(converted):
   args, text = converted('small_adamw')
   assert args['optimizer'].__name__ == 'adamw_optimizer' and 'unused by the t5x run: its optimizer is optax' in text
@@ -308,6 +341,7 @@ def test_adamw_with_clip_and_warmup_cosine_trains_as_t5x_builds_it(converted):
   assert T5Config().d_model == 512 and T5Config().num_encoder_layers == 8  # the model carries over too
 
 
+@pytest.mark.slow  # optax updates op by op: seconds on a busy CPU
 def test_lion_with_global_norm_clip_and_t5x_scheduler(converted):
   args, _ = converted('small_lion')
   assert args['optimizer'].__name__ == 'lion_optimizer'
@@ -317,6 +351,7 @@ def test_lion_with_global_norm_clip_and_t5x_scheduler(converted):
   _assert_same(_flanx_optimizer(args), reference)
 
 
+@pytest.mark.slow  # optax updates op by op: seconds on a busy CPU
 def test_gpu_finetune_adam_constant_rate_from_a_checkpoint(converted):
   args, text = converted('small_finetune_adam')
   reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.0001, weight_decay=0.01))
@@ -326,6 +361,7 @@ def test_gpu_finetune_adam_constant_rate_from_a_checkpoint(converted):
   assert "factors = 'linear_decay'" in text and 'only feeds the logged learning_rate' in text
 
 
+@pytest.mark.slow  # optax updates op by op: seconds on a busy CPU
 def test_wrapped_adam_schedule_counts_the_fresh_optimizer_updates(converted):
   args, text = converted('small_adam')
   assert args['optimizer'].__name__ == 'adam_optimizer'
