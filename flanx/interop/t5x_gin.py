@@ -12,8 +12,10 @@ decoder. What carries over for training (the t5x name -> the flanx binding): the
 `network.T5Config` -> `T5Config`), task, feature lengths, batch size, packing, steps, learning-rate schedule,
 Adafactor settings, dropout, z-loss, label smoothing, loss normalizing factor, checkpoint period and retention,
 initial checkpoint, microbatches, partitioning and decoding settings. Where the t5x gin leaves a setting
-unbound, t5x's default is written (t5x's defaults are not always flanx's: e.g. z_loss 0 and no packing). Every
-other binding, and every value flanx cannot express, is listed at the end as a comment with its file and line.
+unbound, t5x's default is written (t5x's defaults are not always flanx's: e.g. z_loss 0 and no packing). t5x's
+optax optimizers are converted by t5x_gin_optax.py. Every other binding, and every value flanx cannot express, is
+listed at the end as a comment with its file and line, unless it would change what trains (another model family,
+optimizer or schedule, nothing to train): then T5xGinError names its file and line.
 """
 
 from __future__ import annotations
