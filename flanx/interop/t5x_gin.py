@@ -390,9 +390,10 @@ def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   _bind(lines, 'DROPOUT_RATE', dropout if dropout == REQUIRED else float(dropout), '' if where else 't5x default')
   dtype, where = value('dtype')
   _bind(lines, 'ACTIVATION_DTYPE', str(dtype), '' if where else 't5x default')
-  for arg in T5X_NETWORK_LAYOUT_ARGS + ('scale_attn_logits',):
+  t5x.find('T5Config', 'scale_attn_logits')  # False (t5x's T5) when it gets here: check_model_family refuses True
+  for arg in T5X_NETWORK_LAYOUT_ARGS:
     binding = t5x.find('T5Config', arg)
-    if binding is not None and arg != 'scale_attn_logits':  # scale_attn_logits = False: t5x's T5 (else refused)
+    if binding is not None:
       conv.drop(binding.where, binding.key, t5x.resolve(binding.value), 'layer scan / rematerialisation: the same '
                 'numbers; flanx sets them with T5Config.scan_layers / T5Config.remat (gin/hardware/*.gin)')
   float32_logits, where = t5x.get('T5Config', 'float32_attention_logits', default=False)
