@@ -345,7 +345,9 @@ def check_model_family(t5x: T5xGin) -> None:
     if binding.arg == 'module':
       module = t5x.resolve(binding.value, binding.where)
       if isinstance(module, Ref) and _short(module.name) != 'Transformer':
-        refuse(binding, f'the network {module!r} (flaxformer architectures are not read)')
+        refuse(binding, f'the network {module!r} (flaxformer architectures are not read: convert with t5x\'s '
+               'examples/t5 model gin of the same size instead, e.g. t5x/examples/t5/t5_1_1/xl.gin, or start '
+               "from flanx's gin/models/*.gin)")
   for binding in t5x.bindings_of('T5Config', mark=False):
     value = t5x.resolve(binding.value, binding.where)
     known = binding.arg in T5X_NETWORK_DEFAULTS or binding.arg in ('vocab_size', 'float32_attention_logits')
