@@ -44,8 +44,9 @@ def _resolved(tmp_path, *args):
 def test_options_alone_run_the_whole_tests_folder(tmp_path, args):
   found = _resolved(tmp_path, *args)
   assert found['args'] == ['tests'], found
-  if '-m' in args:
-    assert found['markexpr'] == args[args.index('-m') + 1]
+  for flag, option in (('-m', 'markexpr'), ('-k', 'keyword')):  # the option values reach pytest as options
+    if flag in args:
+      assert found[option] == args[args.index(flag) + 1]
 
 
 @pytest.mark.slow  # a subprocess each (about 1.5 s)
