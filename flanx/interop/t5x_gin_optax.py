@@ -1,7 +1,7 @@
 """t5x's optax optimizers in a t5x gin -> flanx's (part of `python -m flanx.from_t5x_gin`, see t5x_gin.py).
 
 t5x wraps optax (t5x/optimizers.py): `OPTIMIZER = @optimizers.chain()` with `transformations = [@optax.clip(),
-@optax.adamw()]`, or `@optimizers.adamw()` alone. The optax optimizer's own `learning_rate` (a number, an optax
+@optax.adamw()]`, `@optimizers.adamw()` alone, or `@optimizers.OptaxWrapper()` with `optax_optimizer = @optax.adamw()`. The optax optimizer's own `learning_rate` (a number, an optax
 schedule or t5x's utils.create_learning_rate_scheduler) is what trains: t5x's OptaxWrapper ignores the learning
 rate the Trainer passes (Trainer.learning_rate_fn then only feeds the logged `learning_rate`).
 
@@ -65,6 +65,11 @@ def convert(t5x: T5xGin, conv: Conversion, lines: list[str], restored_step: Opti
       _refuse(t5x, binding, 'optimizers.chain without transformations')
     steps = t5x.resolve(chain.value, chain.where)
     where_steps = chain
+  elif name == 'OptaxWrapper':  # optimizers.OptaxWrapper.optax_optimizer = @optax.adamw()
+    inner = _args(t5x, optimizer).get('optax_optimizer')
+    if inner is None:
+      _refuse(t5x, binding, 'optimizers.OptaxWrapper without optax_optimizer')
+    steps, where_steps = [t5x.resolve(inner.value, inner.where)], inner
   elif name in OPTIMIZERS:
     steps, where_steps = [optimizer], binding
   else:

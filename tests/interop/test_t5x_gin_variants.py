@@ -185,6 +185,15 @@ optax.warmup_cosine_decay_schedule:
   decay_steps = 10
 """
 
+# t5x's OptaxWrapper around an optax optimizer, as gin can also spell it.
+WRAPPER = HEADER + """
+TRAIN_STEPS = 10
+OPTIMIZER = @optimizers.OptaxWrapper()
+optimizers.OptaxWrapper.optax_optimizer = @optax.adamw()
+optax.adamw.learning_rate = 0.0003
+optax.adamw.b1 = 0.8
+"""
+
 DECODER_ONLY = """\
 from __gin__ import dynamic_registration
 from t5x import models
@@ -242,7 +251,7 @@ train_script.train:
 FILES = {'t5x/examples/t5/t5_1_1/small.gin': MODEL, 't5x/configs/runs/pretrain.gin': RUN,
          't5x/contrib/gpu/t5/t5_1_1/adamw_opt.gin': GPU_ADAMW_OPT,
          'runs/small_adamw.gin': ADAMW, 'runs/small_lion.gin': LION, 'runs/small_finetune_adam.gin': GPU_FINETUNE_ADAM,
-         'runs/small_finetune_adam_scaled.gin': GPU_SCALED, 'runs/small_adam.gin': ADAM,
+         'runs/small_finetune_adam_scaled.gin': GPU_SCALED, 'runs/small_adam.gin': ADAM, 'runs/wrapper.gin': WRAPPER,
          'runs/decoder_only.gin': DECODER_ONLY, 'runs/moe.gin': MOE, 'runs/flaxformer.gin': FLAXFORMER,
          'runs/sgd.gin': OTHER_OPTIMIZER, 'runs/linear_schedule.gin': OTHER_SCHEDULE, 'runs/masked.gin': MASKED,
          'runs/eval_only.gin': EVAL_ONLY}
@@ -310,6 +319,8 @@ CARRIED = {
                    'linear_warmup', dict(learning_rate=0.0003, warmup_steps=4, step_offset=0, min_learning_rate=1e-8)),
     'small_finetune_adam': ('adamw_optimizer', dict(global_norm_clip=1.0, weight_decay=0.01, b2=0.999),
                             'constant', dict(learning_rate=0.0001, min_learning_rate=0.0)),
+    'wrapper': ('adamw_optimizer', dict(b1=0.8, b2=0.999, weight_decay=1e-4),
+                'constant', dict(learning_rate=0.0003, min_learning_rate=0.0)),
     'small_adam': ('adam_optimizer', dict(eps=1e-6, b1=0.9, b2=0.999),
                    'warmup_cosine_decay', dict(peak_value=0.001, warmup_steps=3, decay_steps=10, step_offset=1_000_000)),
 }
