@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('eval', argv, __doc__.splitlines()[0])
-  results = gin_utils.run(evaluation.evaluate, __doc__.splitlines()[0], argv)
+  results = gin_utils.run(evaluation.evaluate, __doc__.splitlines()[0], argv, [aot.flag_parser()])
   if runtime.is_first_host():
     print(json.dumps(results, indent=2), flush=True)
   return 0

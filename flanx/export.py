@@ -51,8 +51,9 @@ def _flag_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (export flags plus t5x-style gin flags)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  flags, rest = _flag_parser().parse_known_args(argv)
-  args, gin_files, bindings = gin_config.parse_args(rest, __doc__.splitlines()[0])
+  own = _flag_parser()
+  args, gin_files, bindings = gin_config.parse_args(argv, __doc__.splitlines()[0], [own])  # --help lists both
+  flags, _ = own.parse_known_args(argv)
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
   else:

@@ -2,8 +2,10 @@
 
 Reads a t5x run's config.gin (or t5x-style gins with includes) without importing t5x and prints the flanx gin
 that trains the same model on the same task with the same lengths, batch, steps, learning-rate schedule,
-Adafactor settings, dropout, loss normalization, checkpointing and partitioning. Bindings flanx cannot carry
-over are listed as comments at the end. Then: `python -m flanx.train --gin_file=run.gin --gin.MODEL_DIR=...`.
+optimizer (Adafactor, or t5x's optax adamw / adam / lion), dropout, loss normalization, checkpointing and
+partitioning. Bindings flanx cannot carry over are listed as comments at the end; one that would change what
+trains (a decoder-only or MoE model, another optimizer or schedule) exits 2 naming its file and line.
+Then: `python -m flanx.train --gin_file=run.gin --gin.MODEL_DIR=...`.
 """
 
 import argparse

@@ -26,9 +26,15 @@ class GinConfigError(ValueError):
   """A gin file or override that cannot be applied (typo, unknown key, missing file)."""
 
 
-def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespace, list[str], list[str]]:
-  """Splits a command line into flags, gin files and gin bindings (from --gin.KEY=VALUE)."""
-  parser = argparse.ArgumentParser(description=description)
+def parse_args(argv: Sequence[str], description: str, parents: Sequence[argparse.ArgumentParser] = ()
+               ) -> tuple[argparse.Namespace, list[str], list[str]]:
+  """Splits a command line into flags, gin files and gin bindings (from --gin.KEY=VALUE).
+
+  `parents`: the command's own flags (parsers made with add_help=False), so that --help lists them too.
+  """
+  parser = argparse.ArgumentParser(description=description, parents=list(parents), allow_abbrev=False,
+                                   epilog='--gin.KEY=VALUE  a gin binding (t5x style), e.g. --gin.BATCH_SIZE=64 or '
+                                   "--gin.MODEL_DIR=\\\"gs://bucket/run\\\"; repeatable, applied after the gin files")
   parser.add_argument('--gin_file', action='append', default=[], help='gin file; repeat, later files win')
   parser.add_argument('--gin_bindings', action='append', default=[], help='a gin binding string; repeatable')
   parser.add_argument('--gin_search_paths', action='append', default=[],
@@ -283,10 +289,11 @@ def write_config(model_dir: str, filename: str = 'config.gin') -> str:
   return path
 
 
-def run(entry: Callable[[], Any], description: str, argv: Sequence[str] | None = None) -> Any:
+def run(entry: Callable[[], Any], description: str, argv: Sequence[str] | None = None,
+        parents: Sequence[argparse.ArgumentParser] = ()) -> Any:
   """Parses the command line, starts the multi-host runtime, parses gin, then calls `entry()`."""
   from flanx.training import runtime
-  args, files, bindings = parse_args(sys.argv[1:] if argv is None else argv, description)
+  args, files, bindings = parse_args(sys.argv[1:] if argv is None else argv, description, parents)
   runtime.initialize_distributed(args.coordinator_address, args.process_count, args.process_index,
                                  args.initialization_timeout)
   parse_gin(files, bindings, args.gin_search_paths)

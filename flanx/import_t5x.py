@@ -29,7 +29,7 @@ from flanx.model.config import T5Config
 
 
 def _flag_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False, add_help=False)
   parser.add_argument('--t5x_checkpoint', required=True, help='checkpoint file, checkpoint_<step> or run folder')
   parser.add_argument('--output_dir', required=True)
   parser.add_argument('--format', choices=('hf', 'flanx'), default='hf')
@@ -48,8 +48,9 @@ def _flag_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (import flags plus optional t5x-style gin flags for the model config)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  flags, rest = _flag_parser().parse_known_args(argv)
-  args, gin_files, bindings = gin_config.parse_args(rest, __doc__.splitlines()[0])
+  own = _flag_parser()
+  args, gin_files, bindings = gin_config.parse_args(argv, __doc__.splitlines()[0], [own])  # --help lists both
+  flags, _ = own.parse_known_args(argv)
   overrides = {}
   if gin_files or bindings:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('infer', argv, __doc__.splitlines()[0])
-  path = gin_utils.run(inference.infer, __doc__.splitlines()[0], argv)
+  path = gin_utils.run(inference.infer, __doc__.splitlines()[0], argv, [aot.flag_parser()])
   if runtime.is_first_host():
     print(f'Wrote {path}', flush=True)
   return 0

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('train', argv, __doc__.splitlines()[0])
   try:
-    result = gin_utils.run(trainer.train, __doc__.splitlines()[0], argv)
+    result = gin_utils.run(trainer.train, __doc__.splitlines()[0], argv, [aot.flag_parser()])
   except (trainer.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     return 1

@@ -12,8 +12,10 @@ decoder. What carries over for training (the t5x name -> the flanx binding): the
 `network.T5Config` -> `T5Config`), task, feature lengths, batch size, packing, steps, learning-rate schedule,
 Adafactor settings, dropout, z-loss, label smoothing, loss normalizing factor, checkpoint period and retention,
 initial checkpoint, microbatches, partitioning and decoding settings. Where the t5x gin leaves a setting
-unbound, t5x's default is written (t5x's defaults are not always flanx's: e.g. z_loss 0 and no packing). Every
-other binding, and every value flanx cannot express, is listed at the end as a comment with its file and line.
+unbound, t5x's default is written (t5x's defaults are not always flanx's: e.g. z_loss 0 and no packing). t5x's
+optax optimizers are converted by t5x_gin_optax.py. Every other binding, and every value flanx cannot express, is
+listed at the end as a comment with its file and line, unless it would change what trains (another model family,
+optimizer or schedule, nothing to train): then T5xGinError names its file and line.
 """
 
 from __future__ import annotations
@@ -182,6 +184,24 @@ class T5xGin:
       return default, ''
     return value, binding.where
 
+  def origin(self, binding: Binding) -> Binding:
+    """The binding that finally defines `binding`'s value (following `%MACRO`s), for messages naming it."""
+    seen = set()
+    while isinstance(binding.value, Macro) and binding.value != REQUIRED and binding.value.name not in seen:
+      seen.add(binding.value.name)
+      definition = self.macro(binding.value.name)
+      if definition is None:
+        break
+      binding = definition
+    return binding
+
+  def bindings_of(self, name: str, scope: str = '', mark: bool = True) -> list[Binding]:
+    """Every `name.arg` binding in `scope` (marked as read unless `mark` is False), in file order."""
+    found = [b for key, b in self.bindings.items() if key[0] == scope and key[2] and self._matches(key[1], name)]
+    if mark:
+      self.used.update((b.scope, b.selector, b.arg) for b in found)
+    return found
+
   def unused(self) -> list[Binding]:
     """Bindings no conversion rule read, in file order."""
     return [b for key, b in self.bindings.items() if key not in self.used]
@@ -208,6 +228,11 @@ T5X_ADAFACTOR_ARGS = ('factored', 'multiply_by_parameter_scale', 'beta1', 'decay
 SCHEDULES = {('constant',): 'constant', ('constant', 'linear_warmup'): 'linear_warmup',
              ('constant', 'rsqrt_decay'): 'rsqrt_decay'}
 _CHECKPOINT_STEP = re.compile(r'checkpoint_(\d+)/?$')
+# network.T5Config arguments that only lay out or rematerialise the same computation (scalable_t5's network).
+T5X_NETWORK_LAYOUT_ARGS = ('remat_policy', 'scan_layers', 'param_scan_axis')
+# Mixture-of-Experts plumbing (t5x/contrib/moe: moe_trainer.MoeTrainer, moe_partitioning.MoePjitPartitioner,
+# NUM_EXPERTS, flaxformer's moe layers).
+_MOE = re.compile(r'(?:^|[^A-Za-z])(?:moe|Moe|MoE|MOE)|EXPERT')
 
 
 @dataclasses.dataclass
@@ -278,6 +303,59 @@ def _module_line(lines: list[str], module: Any) -> None:
     _bind(lines, 'MIXTURE_OR_TASK_MODULE', module if names else None)
 
 
+def _refs(value: Any) -> list[Ref]:
+  if isinstance(value, Ref):
+    return [value]
+  if isinstance(value, (list, tuple)) and not isinstance(value, Macro):
+    return [r for v in value for r in _refs(v)]
+  if isinstance(value, dict):
+    return [r for v in value.values() for r in _refs(v)]
+  return []
+
+
+def _short(name: str) -> str:
+  """'train/optax.adamw' -> 'adamw'."""
+  return name.rsplit('/', 1)[-1].rsplit('.', 1)[-1]
+
+
+def check_model_family(t5x: T5xGin) -> None:
+  """Raises T5xGinError, naming the binding, for a model flanx cannot train or decode as the t5x gin would.
+
+  flanx is t5x's encoder-decoder T5 (models.EncoderDecoderModel over the examples/t5 network.Transformer);
+  a decoder-only model, Mixture-of-Experts, a flaxformer architecture or a T5Config option flanx lacks would
+  silently become a different model.
+  """
+  def refuse(binding: Binding, what: str, follow: bool = True) -> None:
+    b = t5x.origin(binding) if follow else binding
+    raise T5xGinError(f'{b.where}: {b.key} = {_text(b.value)}: {what}; converting it would change what trains: '
+                      "flanx trains and decodes t5x's encoder-decoder T5 (models.EncoderDecoderModel over "
+                      'network.Transformer with network.T5Config)')
+
+  for binding in t5x.bindings.values():
+    names = [binding.selector] + [r.name for r in _refs(binding.value)]
+    if any(_MOE.search(n) for n in names):
+      refuse(binding, 'a Mixture-of-Experts setting (t5x/contrib/moe)', follow=False)
+    for name in names:
+      configurable = _short(name)
+      if configurable.endswith('Model') and configurable != 'EncoderDecoderModel':
+        refuse(binding, f'the model class {configurable}')
+      if configurable in ('DecoderWrapper', 'TransformerConfig'):
+        refuse(binding, 'a decoder-only network (t5x/examples/decoder_only)')
+  for binding in t5x.bindings_of('EncoderDecoderModel', mark=False):
+    if binding.arg == 'module':
+      module = t5x.resolve(binding.value, binding.where)
+      if isinstance(module, Ref) and _short(module.name) != 'Transformer':
+        refuse(binding, f'the network {module!r} (flaxformer architectures are not read: convert with t5x\'s '
+               'examples/t5 model gin of the same size instead, e.g. t5x/examples/t5/t5_1_1/xl.gin, or start '
+               "from flanx's gin/models/*.gin)")
+  for binding in t5x.bindings_of('T5Config', mark=False):
+    value = t5x.resolve(binding.value, binding.where)
+    known = binding.arg in T5X_NETWORK_DEFAULTS or binding.arg in ('vocab_size', 'float32_attention_logits')
+    if not known and binding.arg not in T5X_NETWORK_LAYOUT_ARGS and not (
+        binding.arg == 'scale_attn_logits' and value is False):
+      refuse(binding, f'network.T5Config.{binding.arg} has no flanx counterpart')
+
+
 def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   """t5x's network.T5Config -> flanx T5Config (plus DROPOUT_RATE / ACTIVATION_DTYPE macros)."""
   lines = conv.section('Model (t5x network.T5Config)')
@@ -314,6 +392,12 @@ def _model(t5x: T5xGin, conv: Conversion, kind: str) -> None:
   _bind(lines, 'DROPOUT_RATE', dropout if dropout == REQUIRED else float(dropout), '' if where else 't5x default')
   dtype, where = value('dtype')
   _bind(lines, 'ACTIVATION_DTYPE', str(dtype), '' if where else 't5x default')
+  t5x.find('T5Config', 'scale_attn_logits')  # False (t5x's T5) when it gets here: check_model_family refuses True
+  for arg in T5X_NETWORK_LAYOUT_ARGS:
+    binding = t5x.find('T5Config', arg)
+    if binding is not None:
+      conv.drop(binding.where, binding.key, t5x.resolve(binding.value), 'layer scan / rematerialisation: the same '
+                'numbers; flanx sets them with T5Config.scan_layers / T5Config.remat (gin/hardware/*.gin)')
   float32_logits, where = t5x.get('T5Config', 'float32_attention_logits', default=False)
   if float32_logits:
     conv.drop(where, 'network.T5Config.float32_attention_logits', True, 'flanx has no such switch')
@@ -357,6 +441,13 @@ def _steps(t5x: T5xGin, conv: Conversion, lines: list[str], train_params: set[st
   match = _CHECKPOINT_STEP.search(initial_checkpoint or '')
   restored = int(match.group(1)) if match else None
   absolute_steps = 'continue_step' in train_params
+  if not relative and isinstance(total, int) and total <= (restored or 0):
+    b = t5x.origin(t5x.find('train', 'total_steps'))
+    past = f" (the initial checkpoint's step is {restored})" if restored else ''
+    raise T5xGinError(f'{b.where}: {b.key} = {total}: the t5x run trains no steps{past}; it only evaluates when '
+                      'train.run_eval_before_training is set. flanx.train refuses such a TRAIN_STEPS: evaluate with '
+                      'python -m flanx.eval (convert a t5x eval gin, or use runs/eval.gin with --gin.CHECKPOINT_PATH), '
+                      'or give the t5x gin the number of steps to train')
   if relative:
     if absolute_steps:
       _bind(lines, 'TRAIN_STEPS_RELATIVE', int(relative), 'fine-tuning steps past the initial checkpoint\'s step')
@@ -374,15 +465,24 @@ def _steps(t5x: T5xGin, conv: Conversion, lines: list[str], train_params: set[st
 
 
 def _schedule(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
-  """utils.create_learning_rate_scheduler -> a flanx schedule (constant, linear_warmup, rsqrt_decay)."""
-  fn_ref, where = t5x.get('Trainer', 'learning_rate_fn', default=None)
+  """Trainer.learning_rate_fn (what t5x's Adafactor reads) -> a flanx schedule."""
+  binding = t5x.find('Trainer', 'learning_rate_fn')
+  fn_ref = t5x.resolve(binding.value, binding.where) if binding else None
   if fn_ref is None and t5x.find('create_learning_rate_scheduler', 'factors') is None:
     lines.append('# learning rate: the t5x gin binds no Trainer.learning_rate_fn; flanx default schedule kept')
     return
   if isinstance(fn_ref, Ref) and not fn_ref.name.endswith('create_learning_rate_scheduler'):
-    conv.drop(where, 'trainer.Trainer.learning_rate_fn', fn_ref, 'only utils.create_learning_rate_scheduler '
-              'is converted; flanx default schedule kept')
-    return
+    b = t5x.origin(binding)
+    raise T5xGinError(f'{b.where}: {b.key} = {_text(b.value)}: only utils.create_learning_rate_scheduler is '
+                      'converted; another schedule would change what trains')
+  t5x_scheduler(t5x, lines)
+
+
+def t5x_scheduler(t5x: T5xGin, lines: list[str], extra_offset: int = 0, note: str = '') -> None:
+  """utils.create_learning_rate_scheduler -> a flanx schedule (constant, linear_warmup, rsqrt_decay).
+
+  `extra_offset` is added to its step_offset (an optax optimizer's schedule counts the optimizer's updates).
+  """
   get = lambda arg, default: t5x.get('create_learning_rate_scheduler', arg, default=default)
   factors, fwhere = get('factors', 'constant * linear_warmup * rsqrt_decay')  # t5x defaults
   base, _ = get('base_learning_rate', 0.5)
@@ -392,35 +492,31 @@ def _schedule(t5x: T5xGin, conv: Conversion, lines: list[str]) -> None:
   names = tuple(sorted(f.strip() for f in factors.split('*')))
   kind = SCHEDULES.get(names)
   if kind is None:
-    conv.drop(fwhere or t5x.path, 'utils.create_learning_rate_scheduler.factors', factors,
-              'flanx schedules are constant, constant * linear_warmup and constant * rsqrt_decay; flanx '
-              'default schedule kept')
-    return
-  _bind(lines, 'train.learning_rate_schedule', Ref(f'schedules.{kind}', True))
+    raise T5xGinError(f'{fwhere or t5x.path}: utils.create_learning_rate_scheduler.factors = {factors!r}: flanx '
+                      "converts 'constant', 'constant * linear_warmup' and 'constant * rsqrt_decay'; another "
+                      'schedule would change what trains')
+  _bind(lines, 'train.learning_rate_schedule', Ref(f'schedules.{kind}', True), note)
   lines.append(f'schedules.{kind}.learning_rate = %LEARNING_RATE')
   _bind(lines, 'LEARNING_RATE', float(base))
   _bind(lines, f'schedules.{kind}.min_learning_rate', float(floor))
   if kind != 'constant':
     _bind(lines, f'schedules.{kind}.warmup_steps', int(warmup))
-    _bind(lines, f'schedules.{kind}.step_offset', int(offset))
+    _bind(lines, f'schedules.{kind}.step_offset', int(offset) + extra_offset,
+          f"t5x's step_offset {offset} + the restored step {extra_offset}" if extra_offset else '')
   for arg in ('decay_factor', 'steps_per_decay', 'steps_per_cycle'):
     t5x.find('create_learning_rate_scheduler', arg)  # unused by these factors
 
 
 def _optimizer(t5x: T5xGin, conv: Conversion, lines: list[str], restored_step: Optional[int],
                fresh_state_default: bool) -> None:
-  """t5x adafactor.Adafactor -> flanx adafactor (same defaults); other optimizers are reported.
+  """t5x adafactor.Adafactor -> flanx adafactor (same defaults).
 
   From a t5x checkpoint flanx starts a fresh Adafactor state whose count restarts at 0 (train.
   restore_optimizer_state=False): t5x's `step_offset = <checkpoint step>` (restart the decay there) is then
   flanx's step_offset 0.
   """
   from flanx.training import adafactor  # pylint: disable=g-import-not-at-top
-  optimizer, where = t5x.get('EncoderDecoderModel', 'optimizer_def', default=None)
-  if isinstance(optimizer, Ref) and not optimizer.name.endswith('Adafactor'):
-    conv.drop(where, 'models.EncoderDecoderModel.optimizer_def', optimizer,
-              'flanx trains with Adafactor only; flanx Adafactor defaults kept')
-    return
+  t5x.find('EncoderDecoderModel', 'optimizer_def')  # Adafactor (t5x_gin_optax converts the optax ones)
   accepted = _flanx_params(adafactor.adafactor)
   for arg in T5X_ADAFACTOR_ARGS:
     binding = t5x.find('Adafactor', arg)
@@ -644,6 +740,7 @@ def convert(t5x: T5xGin) -> Conversion:
   from flanx.training import loop  # pylint: disable=g-import-not-at-top
   train_params = _flanx_params(loop.train)
   conv = Conversion(source=t5x.path)
+  check_model_family(t5x)
   kind = _script_kind(t5x)
   if kind == 'model':
     conv.imports.append('flanx.model.config')
@@ -716,9 +813,12 @@ def convert(t5x: T5xGin) -> Conversion:
       continue
     _bind(loss_lines, target, value, '' if where else 't5x default')
 
-  opt_lines = conv.section('Learning rate and optimizer (t5x Trainer.learning_rate_fn, adafactor.Adafactor)')
-  _schedule(t5x, conv, opt_lines)
-  _optimizer(t5x, conv, opt_lines, restored_step, 'restore_optimizer_state' in train_params)
+  opt_lines = conv.section('Learning rate and optimizer (t5x EncoderDecoderModel.optimizer_def, '
+                           'Trainer.learning_rate_fn)')
+  from flanx.interop import t5x_gin_optax  # pylint: disable=g-import-not-at-top
+  if not t5x_gin_optax.convert(t5x, conv, opt_lines, restored_step):  # t5x's Adafactor
+    _schedule(t5x, conv, opt_lines)
+    _optimizer(t5x, conv, opt_lines, restored_step, 'restore_optimizer_state' in train_params)
   _partitioning(t5x, conv, conv.section('Partitioning (t5x PjitPartitioner)'))
   _decoding(t5x, conv, kind)
   return _finish(t5x, conv, kind)

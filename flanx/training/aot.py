@@ -289,16 +289,18 @@ def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Leve
   """Compiles the real train step of the gin-configured run for the slice.
 
   Mirrors the set-up of flanx/training/loop.py's `train` up to its jitted step: the PEFT config, the run's
-  argument checks, the optimizer over the trained part, the mesh, the batch checks and the shardings.
+  argument checks, the task name (before any compile), the optimizer over the trained part, the mesh, the batch checks and the shardings.
   """
   from flanx.model import flops
   from flanx.model import peft as peft_lib
-  from flanx.training import loop, run_checks, schedules, steps
+  from flanx.training import data, loop, run_checks, schedules, steps
   values = bound_arguments(loop.train)
   if levers.num_microbatches is not None:
     values['num_microbatches'] = levers.num_microbatches
   config = peft_lib.configure(_config(values, levers), values.get('peft'))
   run_checks.check_args(values, run_checks.TRAIN_ARG_RULES)
+  data.import_task_modules(values.get('mixture_or_task_module'))  # as the real run: an unknown task fails at once
+  run_checks.check_task_name(_required(values, 'mixture_or_task_name', 'train'))
   batch_size = int(_required(values, 'batch_size', 'train'))
   lengths = dict(_required(values, 'task_feature_lengths', 'train'))
   num_microbatches = int(values.get('num_microbatches') or 1)
@@ -454,6 +456,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
   group.add_argument('--step_time', type=float, default=None, help='seconds per step, for the MFU it implies')
 
 
+def flag_parser() -> argparse.ArgumentParser:
+  """The compile-only flags as a parent parser (the commands' --help lists them)."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  add_flags(parser)
+  return parser
+
+
 def requested(argv: Sequence[str]) -> bool:
   """Whether a command line asks for the compile-only check (or passes one of its flags)."""
   names = ('--compile_only', '--topology', '--compile_report', '--suggest', '--step_time')
@@ -496,11 +505,10 @@ def main(mode: str, argv: Sequence[str], description: str = '') -> int:
   from flanx import gin_config
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to save: a SIGTERM ends the check at once
-  own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  add_flags(own)
+  own = flag_parser()
   try:
     args, rest = own.parse_known_args(list(argv))
-    run_args, files, bindings = gin_config.parse_args(rest, description)
+    run_args, files, bindings = gin_config.parse_args(rest, description, [own])
     if not (args.compile_only and args.topology):
       raise CompileCheckError('the compile-only check needs both --topology=ACCELERATOR_TYPE and --compile_only')
     tpu_topology.parse(args.topology)  # bad names fail before any import work

@@ -6,7 +6,7 @@ plugs in through `from_optax`: state subtrees shaped like the params (Adam's mu/
 axes, everything else (counts, scalars) is replicated. flanx's Adafactor supplies its own (factored) axes.
 
 gin: `train.optimizer` is a factory `(learning_rate=schedule, param_axes=axes) -> Optimizer`, e.g.
-`train.optimizer = @adafactor` (default) or `train.optimizer = @adamw_optimizer`.
+`train.optimizer = @adafactor` (default), `@adamw_optimizer`, `@adam_optimizer` or `@lion_optimizer` (optax's).
 """
 
 from __future__ import annotations
@@ -70,9 +70,50 @@ def from_optax(transformation: optax.GradientTransformation) -> Optimizer:
   return Optimizer(transformation, mirror_param_axes(transformation))
 
 
+def _clipped(transformation: optax.GradientTransformation, global_norm_clip: float | None,
+             update_clip: float | None) -> optax.GradientTransformation:
+  """Gradients clipped first, as t5x's `optimizers.chain([optax.clip_by_global_norm(N) / optax.clip(D), …])`."""
+  clips = []
+  if global_norm_clip is not None:
+    clips.append(optax.clip_by_global_norm(global_norm_clip))
+  if update_clip is not None:
+    clips.append(optax.clip(update_clip))
+  return optax.chain(*clips, transformation) if clips else transformation
+
+
 @gin.configurable
 def adamw_optimizer(learning_rate: float | optax.Schedule = 1e-4, *, b1: float = 0.9, b2: float = 0.999,
-                    eps: float = 1e-8, weight_decay: float = 0.0, param_axes: PyTree | None = None) -> Optimizer:
-  """optax.adamw as a flanx Optimizer (LoRA users often expect Adam); state sharded like the params."""
+                    eps: float = 1e-8, eps_root: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                    global_norm_clip: float | None = None, update_clip: float | None = None,
+                    param_axes: PyTree | None = None) -> Optimizer:
+  """optax.adamw as a flanx Optimizer (LoRA users often expect Adam); state sharded like the params.
+
+  weight_decay defaults to 0 here (optax.adamw's default is 1e-4; `python -m flanx.from_t5x_gin` writes the value
+  a t5x gin gives, or optax's default). `global_norm_clip` / `update_clip` clip the gradients first, like
+  `optax.clip_by_global_norm` / `optax.clip` ahead of the optimizer in an optax chain.
+  """
   del param_axes  # axes come from the params at sharding time
-  return from_optax(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  return from_optax(_clipped(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                                         weight_decay=weight_decay, nesterov=nesterov),
+                             global_norm_clip, update_clip))
+
+
+@gin.configurable
+def adam_optimizer(learning_rate: float | optax.Schedule = 1e-4, *, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, eps_root: float = 0.0, nesterov: bool = False,
+                   global_norm_clip: float | None = None, update_clip: float | None = None,
+                   param_axes: PyTree | None = None) -> Optimizer:
+  """optax.adam (optax's defaults) as a flanx Optimizer; clipping as in adamw_optimizer."""
+  del param_axes
+  return from_optax(_clipped(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
+                             global_norm_clip, update_clip))
+
+
+@gin.configurable
+def lion_optimizer(learning_rate: float | optax.Schedule = 1e-4, *, b1: float = 0.9, b2: float = 0.99,
+                   weight_decay: float = 1e-3, global_norm_clip: float | None = None, update_clip: float | None = None,
+                   param_axes: PyTree | None = None) -> Optimizer:
+  """optax.lion (Chen et al. 2023; optax's defaults, weight decay 1e-3) as a flanx Optimizer; clipping as above."""
+  del param_axes
+  return from_optax(_clipped(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay),
+                             global_norm_clip, update_clip))

@@ -49,3 +49,18 @@ def rsqrt_decay(learning_rate: float = 1.0, warmup_steps: int = 10000, step_offs
     return jnp.maximum(value, min_learning_rate).astype(jnp.float32)
 
   return schedule
+
+
+@gin.configurable
+def warmup_cosine_decay(init_value: float = 0.0, peak_value: float = 1e-4, warmup_steps: int = 1000,
+                        decay_steps: int = 10000, end_value: float = 0.0, exponent: float = 1.0,
+                        step_offset: int = 0) -> optax.Schedule:
+  """optax.warmup_cosine_decay_schedule (t5x's optax-optimizer examples use it), from `step_offset` on.
+
+  An optax schedule counts the optimizer's own updates; flanx's schedules see the train step, so a fresh optimizer
+  started at a restored step N needs step_offset = N to give what optax would. No min_learning_rate floor (optax
+  has none).
+  """
+  schedule = optax.warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_steps, end_value,
+                                                exponent)
+  return lambda step: jnp.asarray(schedule(_relative_step(step, step_offset)), jnp.float32)

@@ -437,17 +437,24 @@ def test_decoding_settings_carry_over(tmp_path, flanx_gin):
   assert value('decode_options.temperature') == 0.7 and value('decode_options.top_k') == 40
 
 
-def test_special_loss_normalizing_factor_and_unsupported_schedule(tmp_path, flanx_gin):
-  text = CONFIG_GIN.replace("'constant * rsqrt_decay'", "'constant * linear_warmup * cosine_decay'") + (
-      'models.EncoderDecoderModel.loss_normalizing_factor = '
-      '@losses.SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS\n')
+def test_special_loss_normalizing_factor(tmp_path, flanx_gin):
+  text = CONFIG_GIN + ('models.EncoderDecoderModel.loss_normalizing_factor = '
+                       '@losses.SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS\n')
   (tmp_path / 'config.gin').write_text(text)
-  run = _convert(tmp_path / 'config.gin', tmp_path)
-  value = flanx_gin(run)
+  value = flanx_gin(_convert(tmp_path / 'config.gin', tmp_path))
   assert value('train.loss_normalizing_factor') == 'NUM_REAL_TARGET_TOKENS'
-  converted = run.read_text()
-  assert "factors = 'constant * linear_warmup * cosine_decay'" in converted  # reported, flanx default kept
-  assert 'train.learning_rate_schedule' not in converted
+
+
+def test_a_schedule_flanx_lacks_exits_naming_the_binding(tmp_path, capsys):
+  # Keeping flanx's default schedule would train with another learning rate: refused, nothing written.
+  text = CONFIG_GIN.replace("'constant * rsqrt_decay'", "'constant * linear_warmup * cosine_decay'")
+  (tmp_path / 'config.gin').write_text(text)
+  line = text.splitlines().index("utils.create_learning_rate_scheduler.factors = 'constant * linear_warmup * "
+                                 "cosine_decay'") + 1
+  out = tmp_path / 'run.gin'
+  assert from_t5x_gin.main([str(tmp_path / 'config.gin'), '--output', str(out)]) == 2
+  err = capsys.readouterr().err
+  assert f'config.gin:{line}: utils.create_learning_rate_scheduler.factors' in err and not out.exists()
 
 
 EVAL_RUN = """\

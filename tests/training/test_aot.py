@@ -21,6 +21,8 @@ GIB = 2 ** 30
 # seconds to a minute on a busy CPU).
 SMALL = ['--gin_file=models/tiny.gin', '--gin.T5Config.vocab_size=256',
          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", '--gin.BATCH_SIZE=32']
+# A registered task: the check refuses an unknown one, as the real run does.
+DEMO_TASK = ["MIXTURE_OR_TASK_MODULE = 'tasks.demo'", "MIXTURE_OR_TASK_NAME = 'flanx_demo'"]
 
 
 # Google's published figures: (accelerator, chips, JAX devices, hosts, GiB of HBM per device).
@@ -77,7 +79,7 @@ def test_train_step_report_is_xla_memory_analysis(gin_run, accelerator, mesh, pe
   from flanx.training import aot
   extra = ['--gin.make_mesh.model=2'] if mesh['model'] == 2 else []
   gin_run(['models/tiny.gin', 'runs/finetune.gin'],
-          _bindings(SMALL + extra) + ["MODEL_DIR = '/nonexistent'", "MIXTURE_OR_TASK_NAME = 'unused'"])
+          _bindings(SMALL + extra) + ["MODEL_DIR = '/nonexistent'"] + DEMO_TASK)
   report = aot.check('train', accelerator)
   (step,) = report.steps
   analysis = step.compiled.memory_analysis()
@@ -112,9 +114,24 @@ def _tiled_bytes(tree):
 def test_batch_the_hosts_cannot_split_is_an_error(gin_run):
   from flanx.training import aot
   gin_run(['models/tiny.gin', 'runs/finetune.gin'],
-          _bindings(SMALL) + ['BATCH_SIZE = 6', "MODEL_DIR = '/nonexistent'", "MIXTURE_OR_TASK_NAME = 'unused'"])
+          _bindings(SMALL) + ['BATCH_SIZE = 6', "MODEL_DIR = '/nonexistent'"] + DEMO_TASK)
   with pytest.raises(ValueError, match=r'= 6 is not divisible by the 4 processes \(hosts\)'):  # as the pod says
     aot.check('train', 'v3-32')
+
+
+def test_unregistered_task_fails_before_any_compile(gin_run, monkeypatch):
+  from flanx.training import aot, run_checks
+
+  def no_compile(*args):
+    raise AssertionError('compiled before checking the task name')
+
+  monkeypatch.setattr(aot, 'compile_step', no_compile)
+  gin_run(['models/tiny.gin', 'runs/finetune.gin'],
+          _bindings(SMALL) + ["MODEL_DIR = '/nonexistent'", "MIXTURE_OR_TASK_MODULE = 'tasks.demo'",
+                              "MIXTURE_OR_TASK_NAME = 'flanx_dem'"])
+  with pytest.raises(run_checks.RunConfigError, match=r"'flanx_dem': no seqio task or mixture of that name is "
+                     r'registered; did you mean flanx_demo\?'):
+    aot.check('train', 'v4-8')
 
 
 def _cli(mode, *flags, tmp_path):
