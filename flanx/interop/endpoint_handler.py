@@ -15,9 +15,9 @@ or environment variables FLANX_HANDLER_<NAME> (e.g. FLANX_HANDLER_MAX_NEW_TOKENS
 tokens than max_input_tokens (default: the tokenizer's model_max_length, the export's input length) is refused
 unless the request sets "truncation": true, which cuts it to that length, EOS kept, as flanx does in training.
 
-Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`):
-'lossless' removes the space the tokenizer's Metaspace decoder puts after each newline/tab/space-run token; 'dolly'
-writes newlines/tabs as ` <_LB_> ` / ` <_T_> ` markers on input and maps them back on output.
+Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`): 'dolly'
+writes newlines/tabs as ` <_LB_> ` / ` <_T_> ` markers on input and maps them back on output; 'lossless' needs
+nothing here (the exported tokenizer encodes and decodes newlines, tabs and space runs itself).
 Needs only torch and transformers (no flanx on the endpoint).
 """
 
@@ -78,18 +78,9 @@ def prepare_text(text: str, mode: str) -> str:
 
 def clean_decoded(text: str, mode: str) -> str:
   """Response text for decoded model output."""
-  if mode == 'lossless':
-    return re.sub('[ ]+(?=[^ \n\t])', lambda m: _drop_metaspace_space(text, m), text)
   if mode == 'dolly':
     return re.sub(_TAB_OUT, '\t', re.sub(_LINE_BREAK_OUT, '\n', text))
   return text
-
-
-def _drop_metaspace_space(text: str, run: Any) -> str:
-  # Metaspace writes a space before the first piece after each added token (newline, tab, space run):
-  # in a run of spaces before a character that follows a newline/tab or is 2+ long, one space is that one.
-  before = text[run.start() - 1] if run.start() else ''
-  return run.group(0)[1:] if before in ('\n', '\t') or len(run.group(0)) >= 2 else run.group(0)
 
 
 def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -> dict[str, int]:

@@ -69,8 +69,7 @@ def reference(folder, module):
     with torch.no_grad():
       ids = model.generate(**batch, **kwargs).tolist()
     size = len(tokenizer)  # as the handler: rows past the tokenizer have no text
-    return [module.clean_decoded(tokenizer.decode([i for i in row if i < size], skip_special_tokens=True), 'lossless')
-            for row in ids]
+    return [tokenizer.decode([i for i in row if i < size], skip_special_tokens=True) for row in ids]
 
   return tokenizer, generate
 
