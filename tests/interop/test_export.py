@@ -139,6 +139,20 @@ def test_folder_files_config_and_card(run, exported):
     assert fact in card, fact
 
 
+def _umask() -> int:
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
+def test_files_are_readable_like_the_rest(exported):
+  # safetensors' save_file writes 0600; an exported folder is shared or uploaded: every file gets what open() gives.
+  umask = _umask()
+  modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
+  assert {n for n in modes if n.endswith('.safetensors')} and set(modes.values()) == {0o666 & ~umask}, modes
+  assert exported.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_transformers_reload_matches_flanx(run, exported):
   _, config, params = run
   vocabulary = _register_task()
