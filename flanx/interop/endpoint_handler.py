@@ -21,11 +21,13 @@ nothing here (the exported tokenizer encodes and decodes newlines, tabs and spac
 Needs only torch and transformers (no flanx on the endpoint).
 """
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 EXPORT_INFO_FILE = 'flanx_export.json'
 ENV_PREFIX = 'FLANX_HANDLER_'
@@ -81,6 +83,34 @@ def clean_decoded(text: str, mode: str) -> str:
   if mode == 'dolly':
     return re.sub(_TAB_OUT, '\t', re.sub(_LINE_BREAK_OUT, '\n', text))
   return text
+
+
+class _UntiedHeadAdvice(logging.Filter):
+  """Drops transformers' advice to set `tie_word_embeddings=False` about lm_head.weight and shared.weight."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('lm_head.weight' in message and 'tie_word_embeddings=False' in message)
+
+
+@contextlib.contextmanager
+def untied_head_advice_silenced(folder: str) -> Iterator[None]:
+  """While loading a T5 whose config.json says `"tie_word_embeddings": false`, without transformers' advice to say so.
+
+  transformers 5's T5Config reads that key as `scale_decoder_outputs` and then sets `tie_word_embeddings` to true
+  (it also ties the input embeddings), so every T5 v1.1 / Flan-T5 checkpoint with its own lm_head (Google's too)
+  loads with a warning to set the flag false, and the head untied: what the config says. Passing
+  `tie_word_embeddings=False` to from_pretrained instead would leave the input embeddings untied and random.
+  """
+  path = os.path.join(folder, 'config.json')
+  untied = os.path.exists(path) and json.load(open(path, encoding='utf-8')).get('tie_word_embeddings') is False
+  logger, advice = logging.getLogger('transformers.modeling_utils'), _UntiedHeadAdvice()
+  if untied:
+    logger.addFilter(advice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(advice)
 
 
 def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -> dict[str, int]:
@@ -179,7 +209,8 @@ class EndpointHandler:
   def __init__(self, path: str = '', **limits: int):
     import transformers  # pylint: disable=g-import-not-at-top
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=False).eval()
+    with untied_head_advice_silenced(path):
+      self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=False).eval()
     self.limits = resolve_limits(limits, getattr(self.tokenizer, 'model_max_length', None))
     info_path = os.path.join(path, EXPORT_INFO_FILE)
     info = json.load(open(info_path, encoding='utf-8')) if os.path.exists(info_path) else {}

@@ -186,6 +186,8 @@ def hf_config_dict(config: T5Config, dtype: str = 'float32', **overrides) -> dic
       'initializer_factor': 1.0,
       # false: separate lm_head, no output rescale (v1.1/Flan-T5); true: lm_head = shared, rescaled (1.0, UL2).
       'tie_word_embeddings': bool(config.tie_embeddings),
+      # transformers 5.x's name for the rescale (its T5Config reads tie_word_embeddings as this, then sets it true).
+      'scale_decoder_outputs': bool(config.tie_embeddings),
       'decoder_start_token_id': DECODER_START_ID,
       'pad_token_id': PAD_ID,
       'eos_token_id': EOS_ID,

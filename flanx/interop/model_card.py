@@ -129,6 +129,9 @@ def render(info: Mapping[str, Any]) -> str:
   lines += ['', '## Usage', '', '```python',
             'from transformers import AutoModelForSeq2SeqLM, AutoTokenizer',
             'tokenizer = AutoTokenizer.from_pretrained(PATH)',
+            *([] if config.tie_embeddings else [
+                '# transformers 5 advises tie_word_embeddings=False here, as for any Flan-T5: config.json says so and '
+                'the head loads untied', '# (passing it to from_pretrained would untie the input embeddings too).']),
             'model = AutoModelForSeq2SeqLM.from_pretrained(PATH)',
             'ids = tokenizer(["Answer the question: ..."], return_tensors="pt").input_ids',
             'print(tokenizer.batch_decode(model.generate(ids, max_new_tokens=64), skip_special_tokens=True))',

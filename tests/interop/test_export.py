@@ -6,6 +6,7 @@ safetensors files written by transformers itself.
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import struct
@@ -135,7 +136,8 @@ def test_folder_files_config_and_card(run, exported):
   for fact in ('flan_t5_small/checkpoint_1198000', TASK, '| Checkpoint step | 100 |', '| Batch size (sequences) | 8 |',
                'learning_rate=0.0005', '"inputs": 64', '| loss | 3 |', '| accuracy | 0.5 |',
                f'| validation_metrics.json | validation | 100 | {TASK} | exact_match | 12.5 |',
-               'max |logit difference|', '"\\n" → 126', 'T5Config.d_model = 32'):
+               'max |logit difference|', '"\\n" → 126', 'T5Config.d_model = 32',
+               '`tokenizer.decode` gives them back as they were', 'advises tie_word_embeddings=False here'):
     assert fact in card, fact
 
 
@@ -151,6 +153,40 @@ def test_files_are_readable_like_the_rest(exported):
   modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
   assert {n for n in modes if n.endswith('.safetensors')} and set(modes.values()) == {0o666 & ~umask}, modes
   assert exported.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def _logged(load):
+  """(load(), the messages transformers logged meanwhile)."""
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logging.getLogger('transformers').addHandler(handler)
+  try:
+    return load(), messages
+  finally:
+    logging.getLogger('transformers').removeHandler(handler)
+
+
+def test_loading_gives_no_tie_word_embeddings_advice(exported):
+  config = json.loads((exported / 'config.json').read_text())
+  assert config['tie_word_embeddings'] is False and config['scale_decoder_outputs'] is False
+  advice = lambda messages: [m for m in messages if 'tie_word_embeddings=False' in m]
+  handler, messages = _logged(lambda: _load_handler(exported).EndpointHandler(str(exported)))
+  assert not advice(messages)
+  verified, messages = _logged(lambda: hf_verify.load_hf_model(str(exported)))
+  assert not advice(messages)
+  # transformers alone gives the advice although config.json follows it: its T5Config reads the key as
+  # scale_decoder_outputs and sets tie_word_embeddings true. The head still loads untied, as the config says.
+  plain, messages = _logged(lambda: transformers.AutoModelForSeq2SeqLM.from_pretrained(exported).eval())
+  assert advice(messages) and plain.config.tie_word_embeddings is True and not plain.config.scale_decoder_outputs
+  ids = torch.tensor([[5, 9, 14, 1]])
+  with torch.no_grad():
+    logits = [m(input_ids=ids, decoder_input_ids=torch.tensor([[0, 7, 3]])).logits
+              for m in (plain, handler.model, verified)]
+  for model in (plain, handler.model, verified):
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+  torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+  torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
 
 
 def test_transformers_reload_matches_flanx(run, exported):
