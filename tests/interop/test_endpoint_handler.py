@@ -142,6 +142,8 @@ def test_custom_generate_in_the_model_folder_is_never_loaded(module, folder, tmp
 
 @pytest.mark.parametrize('parameters, message', [
     ({'max_new_tokens': 10**6}, '"max_new_tokens" must be an integer >= 1 and <= 1024'),
+    ({'max_new_tokens': 10**400}, '"max_new_tokens" must be an integer >= 1 and <= 1024, got an integer of about 401'),
+    ({'num_beams': -10**400}, '"num_beams" must be an integer >= 1 and <= 8'),
     ({'max_new_tokens': 0}, '"max_new_tokens" must be an integer >= 1'),
     ({'max_new_tokens': 5.0}, '"max_new_tokens" must be an integer'),
     ({'max_new_tokens': True}, '"max_new_tokens" must be an integer'),
@@ -152,17 +154,28 @@ def test_custom_generate_in_the_model_folder_is_never_loaded(module, folder, tmp
     ({'do_sample': 'yes'}, '"do_sample" must be true or false'),
     ({'do_sample': 1}, '"do_sample" must be true or false'),
     ({'early_stopping': 'never'}, '"early_stopping" must be true or false'),
-    ({'temperature': 0}, '"temperature" must be a number > 0.0 and <= 100.0'),
-    ({'temperature': -1.0}, '"temperature" must be a number > 0.0'),
+    ({'temperature': 0}, '"temperature" must be a number >= 0.01 and <= 100.0'),
+    ({'temperature': -1.0}, '"temperature" must be a number >= 0.01'),
+    ({'temperature': 1e-300}, '"temperature" must be a number >= 0.01'),
+    ({'temperature': 5e-324}, '"temperature" must be a number >= 0.01'),
+    ({'temperature': '1e-320'}, '"temperature" must be a number >= 0.01'),
+    ({'temperature': 10**401}, '"temperature" must be a number >= 0.01 and <= 100.0, got an integer of about 402'),
+    ({'temperature': '9' * 401}, '"temperature" must be a number'),
     ({'temperature': 'nan'}, '"temperature" must be a number'),
     ({'temperature': float('inf')}, '"temperature" must be a number'),
     ({'temperature': [1]}, '"temperature" must be a number'),
     ({'top_k': -1}, '"top_k" must be an integer >= 0'),
     ({'top_p': 1.5}, '"top_p" must be a number > 0.0 and <= 1.0'),
     ({'typical_p': 0.0}, '"typical_p" must be a number > 0.0'),
-    ({'repetition_penalty': 0}, '"repetition_penalty" must be a number > 0.0'),
+    ({'repetition_penalty': 0}, '"repetition_penalty" must be a number >= 0.01'),
+    ({'repetition_penalty': 1e-300}, '"repetition_penalty" must be a number >= 0.01'),
+    ({'repetition_penalty': 5e-324}, '"repetition_penalty" must be a number >= 0.01'),
+    ({'repetition_penalty': '1e-320'}, '"repetition_penalty" must be a number >= 0.01'),
     ({'length_penalty': 1e9}, '"length_penalty" must be a number >= -100.0 and <= 100.0'),
     ({'no_repeat_ngram_size': -2}, '"no_repeat_ngram_size" must be an integer >= 0'),
+    ({'no_repeat_ngram_size': 9}, '"no_repeat_ngram_size" must be an integer >= 0 and <= 8'),
+    ({'min_new_tokens': 9, 'max_new_tokens': 8}, 'min_new_tokens 9 is more than max_new_tokens 8'),
+    ({'min_new_tokens': 9}, 'min_new_tokens 9 is more than max_new_tokens 8'),  # the folder's default 8
     ({'truncation': 'true'}, '"truncation" must be true or false'),
     ({'max_length': 10**6}, '"max_length" is not accepted; accepted parameters: max_new_tokens'),
     ({'streamer': 'x'}, '"streamer" is not accepted .*run code'),
@@ -212,7 +225,8 @@ def test_limits_from_environment_and_constructor(module, folder, monkeypatch):
   monkeypatch.setenv('FLANX_HANDLER_MAX_INPUTS', '2')
   handler = module.EndpointHandler(str(folder))
   assert handler.limits == {'max_inputs': 2, 'max_input_chars': 20_000, 'max_input_tokens': INPUT_LENGTH,
-                            'max_new_tokens': 4, 'max_beams': 8, 'max_return_sequences': 8}
+                            'max_new_tokens': 4, 'max_beams': 8, 'max_return_sequences': 8,
+                            'max_generated_tokens': 16_384, 'max_no_repeat_ngram_size': 8}
   with pytest.raises(ValueError, match='"max_new_tokens" must be an integer >= 1 and <= 4'):
     handler({'inputs': 'a', 'parameters': {'max_new_tokens': 5}})
   with pytest.raises(ValueError, match='3 inputs in one request; this endpoint accepts at most 2'):
@@ -227,7 +241,101 @@ def test_limits_from_environment_and_constructor(module, folder, monkeypatch):
     handler({'inputs': 'a b c d e f g h i j k l m n o p'})
   monkeypatch.setenv('FLANX_HANDLER_MAX_BEAMS', 'lots')
   with pytest.raises(ValueError, match='environment variable FLANX_HANDLER_MAX_BEAMS: max_beams must be a positive '
-                                       "integer, got 'lots'"):
+                                       "integer up to 2147483647, got 'lots'"):
     module.EndpointHandler(str(folder))
   with pytest.raises(TypeError, match='unknown handler limit'):
     module.EndpointHandler(str(folder), max_tokens=5)
+
+
+def test_work_budget(module, handler):
+  limits = handler.limits
+  assert limits['max_generated_tokens'] == 16_384
+  # The issue's request: 16 inputs x 8 beams x 8 returns x 1,024 forced tokens (196 s on a 2-layer model).
+  request = {'inputs': ['hello'] * 16, 'parameters': {'num_beams': 8, 'num_return_sequences': 8, 'max_new_tokens': 1024,
+                                                       'min_new_tokens': 1024}}
+  with pytest.raises(ValueError, match=r'16 input\(s\) x 8 beams or sequences x 1024 new tokens = 131,072 tokens; '
+                                       r'this endpoint generates at most 16,384 per request \(max_generated_tokens\)'):
+    handler(request)
+  # At the budget the settings pass (checked without generating): every single limit can still be reached.
+  for inputs, parameters in ((16, {'max_new_tokens': 1024}), (2, {'num_beams': 8, 'max_new_tokens': 1024}),
+                             (16, {'num_return_sequences': 8, 'do_sample': True, 'max_new_tokens': 128})):
+    settings = module.effective_parameters(parameters, handler.defaults, limits, inputs)
+    assert settings['max_new_tokens'] * inputs * max(settings['num_beams'], settings.get('num_return_sequences', 1)) \
+        == 16_384
+  with pytest.raises(ValueError, match='= 16,400 tokens'):
+    module.effective_parameters({'max_new_tokens': 1025}, handler.defaults, {**limits, 'max_new_tokens': 1025}, 16)
+  assert module.resolve_limits({'max_generated_tokens': 100}, 64)['max_generated_tokens'] == 100
+
+
+def test_near_zero_divisors_would_crash_generation(handler):
+  """The control for the 0.01 floor: transformers itself fails on the refused temperatures (HTTP 500 before)."""
+  batch = handler.tokenizer(['hello'], return_tensors='pt')
+  for temperature in (1e-300, 5e-324, float('1e-320')):
+    with pytest.raises(RuntimeError, match='inf'), torch.no_grad():
+      handler.model.generate(**batch, do_sample=True, temperature=temperature, max_new_tokens=2)
+  with pytest.raises(ValueError, match='"temperature" must be a number >= 0.01'):
+    handler({'inputs': 'hello', 'parameters': {'do_sample': True, 'temperature': 1e-300}})
+  out = handler({'inputs': 'hello', 'parameters': {'do_sample': True, 'temperature': 0.01, 'repetition_penalty': 0.01,
+                                                   'max_new_tokens': 3}})
+  assert len(out) == 1
+
+
+def _edited_copy(folder, tmp_path, file, **changes):
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  for path in folder.iterdir():
+    (copy / path.name).write_bytes(path.read_bytes())
+  settings = json.loads((copy / file).read_text())
+  (copy / file).write_text(json.dumps({**settings, **changes}))
+  return copy
+
+
+def test_generation_config_defaults_meet_the_limits(module, folder, tmp_path):
+  copy = _edited_copy(folder, tmp_path, 'generation_config.json', num_beams=32, num_return_sequences=32)
+  handler = module.EndpointHandler(str(copy))
+  with pytest.raises(ValueError, match=r'"num_beams" must be an integer >= 1 and <= 8, got 32 \(the model\'s default, '
+                                       r'from generation_config.json\): send "num_beams" to override it'):
+    handler({'inputs': 'hello'})
+  with pytest.raises(ValueError, match='"num_return_sequences" must be an integer >= 1 and <= 8, got 32'):
+    handler({'inputs': 'hello', 'parameters': {'num_beams': 2}})
+  out = handler({'inputs': 'hello', 'parameters': {'num_beams': 2, 'num_return_sequences': 2, 'max_new_tokens': 3}})
+  assert len(out) == 2  # a request inside the limits overrides both defaults
+  # The budget counts the defaults too: 16 inputs x the folder's 8 returned sequences x 1024 tokens.
+  handler = module.EndpointHandler(str(copy), max_return_sequences=32, max_beams=32)
+  with pytest.raises(ValueError, match=r'1 input\(s\) x 32 beams or sequences x 8 new tokens = 256'):
+    module.effective_parameters({}, handler.defaults, {**handler.limits, 'max_generated_tokens': 255}, 1)
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'penalty_alpha': 0.6, 'top_k': 4}, r'generation_config.json sets penalty_alpha = 0.6, which this endpoint cannot '
+                                         r'bound or pass on: remove it'),
+    ({'num_beam_groups': 4, 'diversity_penalty': 1.0}, 'sets diversity_penalty = 1.0, num_beam_groups = 4'),
+    ({'return_dict_in_generate': True}, 'sets return_dict_in_generate = True'),
+    ({'use_cache': False}, 'sets use_cache = False'),
+])
+def test_generation_config_settings_the_handler_cannot_bound(module, folder, tmp_path, changes, message):
+  copy = _edited_copy(folder, tmp_path, 'generation_config.json', **changes)
+  with pytest.raises(ValueError, match=message):
+    module.EndpointHandler(str(copy))
+
+
+def test_tokenizer_model_max_length_is_bounded(module, folder, tmp_path):
+  copy = _edited_copy(folder, tmp_path, 'tokenizer_config.json', model_max_length=100_000)
+  handler = module.EndpointHandler(str(copy))
+  assert handler.limits['max_input_tokens'] == 2048
+  tokens = len(handler.tokenizer('a b ' * 1250).input_ids)
+  assert 2048 < tokens < 100_000
+  with pytest.raises(ValueError, match=f'input 0 has {tokens} tokens; this endpoint accepts at most 2048'):
+    handler({'inputs': 'a b ' * 1250})
+  assert module.EndpointHandler(str(copy), max_input_tokens=4096).limits['max_input_tokens'] == 4096  # explicit
+
+
+@pytest.mark.parametrize('value', ['9' * 401, str(2**31), '0', '-3', '1e3', ' ', '٣'])
+def test_limits_are_range_checked_before_conversion(module, folder, monkeypatch, value):
+  monkeypatch.setenv('FLANX_HANDLER_MAX_NEW_TOKENS', value)
+  with pytest.raises(ValueError, match='FLANX_HANDLER_MAX_NEW_TOKENS: max_new_tokens must be a positive integer up to '
+                                       '2147483647'):
+    module.resolve_limits({}, 512)
+  monkeypatch.delenv('FLANX_HANDLER_MAX_NEW_TOKENS')
+  with pytest.raises(ValueError, match=r'EndpointHandler\(max_beams=…\): max_beams must be a positive integer'):
+    module.resolve_limits({'max_beams': 10**5000}, 512)
