@@ -19,6 +19,15 @@ FLANX_HANDLER_<NAME> (e.g. FLANX_HANDLER_MAX_NEW_TOKENS=512). An input with more
 (default: the tokenizer's model_max_length, the export's input length, at most 2048) is refused unless the
 request sets "truncation": true, which cuts it to that length, EOS kept, as flanx does in training.
 
+Placement (SERVING, FLANX_HANDLER_<NAME> or `EndpointHandler(path, dtype=…)`): the model is spread over the GPUs
+it finds with device_map="auto" (accelerate; CPU without GPUs), loaded with low_cpu_mem_usage, in the dtype its
+config.json records (the export's --dtype) where the device supports it: a bfloat16 export on a GPU without
+bfloat16 (T4, V100) runs in float32, and float16 is refused for gated-activation T5s (v1.1, Flan-T5, UL2), whose
+activations overflow in it. load_in_8bit=1 quantizes the linear layers with bitsandbytes (CUDA only). A PEFT
+adapter folder (`flanx.export --adapter_only`: adapter_config.json, and its base in base/ or where
+base_model_name_or_path points) is served as base + adapter, LoRA and (IA)³ merged into the base at load unless
+merge_adapter=0 or the base is 8-bit.
+
 Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`): 'dolly'
 writes newlines/tabs as ` <_LB_> ` / ` <_T_> ` markers on input and maps them back on output; 'lossless' needs
 nothing here (the exported tokenizer encodes and decodes newlines, tabs and space runs itself).
@@ -32,6 +41,7 @@ import math
 import os
 import re
 from typing import Any, Iterator, Mapping
+import warnings
 
 EXPORT_INFO_FILE = 'flanx_export.json'
 ENV_PREFIX = 'FLANX_HANDLER_'
@@ -87,6 +97,12 @@ _PASSED_ON = ('pad_token_id', 'eos_token_id', 'bos_token_id', 'decoder_start_tok
 _PASSED_ON_VALUES = {'use_cache': True, 'output_attentions': False, 'output_hidden_states': False,
                      'output_scores': False, 'output_logits': False, 'return_dict_in_generate': False}
 GENERATION_CONFIG_FILE = 'generation_config.json'
+ADAPTER_CONFIG_FILE = 'adapter_config.json'
+
+# How the model is placed: FLANX_HANDLER_<NAME> environment variables, then EndpointHandler(path, <name>=…).
+SERVING = {'dtype': 'auto', 'device_map': 'auto', 'load_in_8bit': False, 'merge_adapter': True}
+_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+_FLAGS = {'1': True, 'true': True, 'yes': True, '0': False, 'false': False, 'no': False}
 
 
 def prepare_text(text: str, mode: str) -> str:
@@ -132,6 +148,98 @@ def untied_head_advice_silenced(folder: str) -> Iterator[None]:
     logger.removeFilter(advice)
 
 
+def resolve_serving(overrides: Mapping[str, Any]) -> dict[str, Any]:
+  """SERVING, then FLANX_HANDLER_<NAME> environment variables, then `overrides`; checked."""
+  settings = {}
+  for name, default in SERVING.items():
+    env = ENV_PREFIX + name.upper()
+    value, source = default, None
+    if os.environ.get(env):
+      value, source = os.environ[env].strip(), f'environment variable {env}'
+    if overrides.get(name) is not None:
+      value, source = overrides[name], f'EndpointHandler({name}=…)'
+    if isinstance(default, bool) and not isinstance(value, bool):
+      if str(value).lower() not in _FLAGS:
+        raise ValueError(f'{source}: {name} must be 1 or 0 (true or false), got {_shown(value)}')
+      value = _FLAGS[str(value).lower()]
+    if name == 'dtype' and value not in _DTYPES:
+      raise ValueError(f'{source}: dtype must be one of {", ".join(_DTYPES)}, got {_shown(value)}')
+    if name == 'device_map' and not isinstance(value, str):
+      raise ValueError(f'{source}: device_map must be "auto", "none" or a device such as "cuda:0", got {_shown(value)}')
+    settings[name] = value
+  return settings
+
+
+def choose_dtype(requested: str, recorded: str | None, gated: bool, cuda: bool, cuda_bfloat16: bool) -> str:
+  """The dtype to load in: `requested`, or for 'auto' the one config.json records (float32 when the GPU lacks
+  bfloat16); ValueError for float16 on a gated-activation T5 and for bfloat16 on a GPU without it."""
+  recorded = recorded if recorded in ('float32', 'bfloat16', 'float16') else 'float32'
+  dtype = recorded if requested == 'auto' else requested
+  if dtype == 'float16' and gated:
+    raise ValueError('float16: T5 v1.1 / Flan-T5 / UL2 (gated-activation) models overflow in float16 (inf/nan '
+                     'activations); serve them in bfloat16 (a GPU since Ampere), float32, or 8-bit '
+                     f'({ENV_PREFIX}LOAD_IN_8BIT=1)')
+  if dtype == 'bfloat16' and cuda and not cuda_bfloat16:
+    if requested == 'bfloat16':
+      raise ValueError(f'{ENV_PREFIX}DTYPE=bfloat16: this GPU has no bfloat16 (before Ampere); use float32 or 8-bit')
+    dtype = 'float32'  # not float16: see above
+  return dtype
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def load_model(path: str, serving: Mapping[str, Any]) -> Any:
+  """The model of an exported folder (or base + adapter of a PEFT folder), placed and typed as `serving` says."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  adapter = _read_json(os.path.join(path, ADAPTER_CONFIG_FILE)) if os.path.exists(
+      os.path.join(path, ADAPTER_CONFIG_FILE)) else None
+  base = path
+  if adapter is not None:
+    base = os.path.join(path, 'base')
+    if not os.path.isdir(base):  # flanx writes base/ beside the adapter unless the base was a Hugging Face folder
+      base = adapter.get('base_model_name_or_path') or ''
+      if not base or (os.path.isabs(base) and not os.path.isdir(base)):
+        raise ValueError(f'{os.path.join(path, ADAPTER_CONFIG_FILE)}: its base model {base!r} is not here; put the base '
+                         f'folder at {os.path.join(path, "base")}')
+  config = _read_json(os.path.join(base, 'config.json')) if os.path.isdir(base) else {}
+  cuda = torch.cuda.is_available()
+  dtype = choose_dtype(serving['dtype'], config.get('dtype') or config.get('torch_dtype'),
+                       str(config.get('feed_forward_proj', '')).startswith('gated'), cuda,
+                       cuda and torch.cuda.is_bf16_supported())
+  options = {'dtype': getattr(torch, dtype), 'low_cpu_mem_usage': True, 'trust_remote_code': False}
+  if serving['device_map'] != 'none':
+    try:
+      import accelerate  # pylint: disable=g-import-not-at-top,unused-import
+      options['device_map'] = serving['device_map']
+    except ImportError:
+      if serving['device_map'] != 'auto':
+        raise ValueError(f'device_map={serving["device_map"]!r} needs accelerate (pip install accelerate)') from None
+  if serving['load_in_8bit']:
+    if not cuda:
+      raise ValueError(f'{ENV_PREFIX}LOAD_IN_8BIT=1 needs a CUDA GPU (bitsandbytes); none found')
+    try:
+      import bitsandbytes  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise ValueError(f'{ENV_PREFIX}LOAD_IN_8BIT=1 needs bitsandbytes (pip install bitsandbytes)') from None
+    options['quantization_config'] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+  with untied_head_advice_silenced(base):
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(base, **options)
+  if 'device_map' not in options and 'quantization_config' not in options and cuda:
+    model = model.to('cuda')  # one GPU without accelerate
+  if adapter is not None:
+    import peft  # pylint: disable=g-import-not-at-top
+    model = peft.PeftModel.from_pretrained(model, path, is_trainable=False)
+    if serving['merge_adapter'] and adapter.get('peft_type') in ('LORA', 'IA3') and not serving['load_in_8bit']:
+      with warnings.catch_warnings():  # peft meets transformers 5's tie_word_embeddings=True (untied_head_advice_silenced)
+        warnings.filterwarnings('ignore', message='Input and output embeddings are no longer tied after merging')
+        model = model.merge_and_unload()
+  return model.eval()
+
+
 def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -> dict[str, int]:
   """DEFAULT_LIMITS, then FLANX_HANDLER_<NAME> environment variables, then `overrides` (positive integers).
 
@@ -139,7 +247,7 @@ def resolve_limits(overrides: Mapping[str, Any], model_max_length: int | None) -
   """
   unknown = sorted(set(overrides) - set(DEFAULT_LIMITS))
   if unknown:
-    raise TypeError(f'unknown handler limit(s) {unknown}; known: {sorted(DEFAULT_LIMITS)}')
+    raise TypeError(f'unknown handler limit(s) {unknown}; known: {sorted(DEFAULT_LIMITS)} (and {sorted(SERVING)})')
   limits = {}
   for name, default in DEFAULT_LIMITS.items():
     env = ENV_PREFIX + name.upper()
@@ -280,11 +388,13 @@ def effective_parameters(requested: Mapping[str, Any], defaults: Mapping[str, An
 class EndpointHandler:
   """Loads the exported model and tokenizer once; each call generates for a string or a list of strings."""
 
-  def __init__(self, path: str = '', **limits: int):
+  def __init__(self, path: str = '', **options: Any):
     import transformers  # pylint: disable=g-import-not-at-top
+    serving = {k: options.pop(k) for k in list(options) if k in SERVING}
+    limits = options
+    self.serving = resolve_serving(serving)
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    with untied_head_advice_silenced(path):
-      self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=False).eval()
+    self.model = load_model(path, self.serving)
     self.limits = resolve_limits(limits, getattr(self.tokenizer, 'model_max_length', None))
     self.defaults = generation_defaults(self.model.generation_config.to_diff_dict())
     info_path = os.path.join(path, EXPORT_INFO_FILE)
@@ -306,7 +416,7 @@ class EndpointHandler:
     texts, single, requested = check_request(data, self.limits)
     truncation = requested.pop('truncation', False)
     parameters = effective_parameters(requested, self.defaults, self.limits, len(texts))
-    batch = self._tokenize(texts, truncation)
+    batch = self._tokenize(texts, truncation).to(self.model.device)  # device_map puts the embedding there
     config = self.model.config
     if config.num_decoder_layers != config.num_layers:
       # transformers 5.x sizes the default cache by the encoder depth; a deeper decoder needs its own cache.

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import warnings
 
 import pytest
 import seqio
@@ -339,3 +340,140 @@ def test_limits_are_range_checked_before_conversion(module, folder, monkeypatch,
   monkeypatch.delenv('FLANX_HANDLER_MAX_NEW_TOKENS')
   with pytest.raises(ValueError, match=r'EndpointHandler\(max_beams=…\): max_beams must be a positive integer'):
     module.resolve_limits({'max_beams': 10**5000}, 512)
+
+
+# Serving (issue 24, item 5). No GPU here: CPU placement, dtypes and adapters; the GPU choices as a pure function.
+
+def test_placed_with_device_map_on_cpu(module, folder, monkeypatch):
+  accelerate = pytest.importorskip('accelerate')
+  calls = []
+  load = transformers.AutoModelForSeq2SeqLM.from_pretrained
+
+  def spy(*args, **kwargs):  # records the placement options, then loads for real
+    calls.append(kwargs)
+    return load(*args, **kwargs)
+
+  monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, 'from_pretrained', spy)
+  handler = module.EndpointHandler(str(folder))
+  assert handler.serving == {'dtype': 'auto', 'device_map': 'auto', 'load_in_8bit': False, 'merge_adapter': True}
+  assert calls[-1] == {'dtype': torch.float32, 'low_cpu_mem_usage': True, 'trust_remote_code': False,
+                       'device_map': 'auto'}
+  # accelerate's own plan for this machine: all on the CPU (transformers then dispatches nothing).
+  assert accelerate.infer_auto_device_map(handler.model) == {'': 'cpu'}
+  assert {p.device.type for p in handler.model.parameters()} == {'cpu'} and handler.model.dtype == torch.float32
+  plain = module.EndpointHandler(str(folder), device_map='none')
+  assert 'device_map' not in calls[-1]
+  request = {'inputs': ['first\nprompt', 'second'], 'parameters': {'max_new_tokens': 5, 'num_beams': 2}}
+  assert plain(request) == handler(request)
+
+
+def test_a_bfloat16_export_loads_as_bfloat16(module, folder, tmp_path, monkeypatch):
+  from safetensors.torch import load_file, save_file  # pylint: disable=g-import-not-at-top
+  copy = _edited_copy(folder, tmp_path, 'config.json', dtype='bfloat16', torch_dtype='bfloat16')  # as hf_format writes
+  weights = {k: v.to(torch.bfloat16) for k, v in load_file(copy / 'model.safetensors').items()}
+  save_file(weights, copy / 'model.safetensors', metadata={'format': 'pt'})
+  handler = module.EndpointHandler(str(copy))
+  assert handler.model.dtype == torch.bfloat16 and handler.model.lm_head.weight.dtype == torch.bfloat16
+  tokenizer = transformers.AutoTokenizer.from_pretrained(copy)
+  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(copy, dtype=torch.bfloat16).eval()
+  with torch.no_grad():
+    ids = model.generate(**tokenizer(['a b c'], return_tensors='pt'), max_new_tokens=4).tolist()[0]
+  expected = tokenizer.decode([i for i in ids if i < len(tokenizer)], skip_special_tokens=True)
+  assert handler({'inputs': 'a b c', 'parameters': {'max_new_tokens': 4}}) == [{'generated_text': expected}]
+  monkeypatch.setenv('FLANX_HANDLER_DTYPE', 'float32')
+  assert module.EndpointHandler(str(copy)).model.dtype == torch.float32
+  with pytest.raises(ValueError, match='float16: T5 v1.1 / Flan-T5 / UL2 .* overflow in float16'):
+    module.EndpointHandler(str(copy), dtype='float16')  # the fixture is gated-gelu
+
+
+@pytest.mark.parametrize('requested, recorded, gated, cuda, bf16, expected', [
+    ('auto', 'bfloat16', True, False, False, 'bfloat16'),  # CPU: as recorded
+    ('auto', 'bfloat16', True, True, True, 'bfloat16'),  # A100/H100
+    ('auto', 'bfloat16', True, True, False, 'float32'),  # T4/V100: not float16
+    ('auto', 'float32', True, True, True, 'float32'),
+    ('auto', None, True, True, True, 'float32'),
+    ('float16', 'float32', False, True, False, 'float16'),  # T5 1.0 (relu), asked for
+    ('bfloat16', 'float32', True, True, True, 'bfloat16'),
+    ('float16', 'bfloat16', True, True, True, 'float16: T5 v1.1'),
+    ('bfloat16', 'float32', True, True, False, 'this GPU has no bfloat16'),
+])
+def test_dtype_choice(module, requested, recorded, gated, cuda, bf16, expected):
+  if expected in module._DTYPES:  # pylint: disable=protected-access
+    assert module.choose_dtype(requested, recorded, gated, cuda, bf16) == expected
+  else:
+    with pytest.raises(ValueError, match=expected):
+      module.choose_dtype(requested, recorded, gated, cuda, bf16)
+
+
+def test_serving_settings_are_checked(module, folder, monkeypatch):
+  monkeypatch.setenv('FLANX_HANDLER_LOAD_IN_8BIT', 'maybe')
+  with pytest.raises(ValueError, match='environment variable FLANX_HANDLER_LOAD_IN_8BIT: load_in_8bit must be 1 or 0'):
+    module.resolve_serving({})
+  monkeypatch.setenv('FLANX_HANDLER_LOAD_IN_8BIT', '1')
+  assert module.resolve_serving({})['load_in_8bit'] is True
+  if not torch.cuda.is_available():
+    with pytest.raises(ValueError, match='FLANX_HANDLER_LOAD_IN_8BIT=1 needs a CUDA GPU'):
+      module.EndpointHandler(str(folder))
+  monkeypatch.delenv('FLANX_HANDLER_LOAD_IN_8BIT')
+  with pytest.raises(ValueError, match=r'EndpointHandler\(dtype=…\): dtype must be one of auto, float32, bfloat16, '
+                                       'float16'):
+    module.EndpointHandler(str(folder), dtype='fp8')
+  with pytest.raises(TypeError, match='unknown handler limit'):
+    module.EndpointHandler(str(folder), device='cuda')
+
+
+def _adapter_folder(tmp_path, tiny_config, random_params):
+  """A LoRA folder as `flanx.export --adapter_only` writes it (flanx's writers), then moved: the absolute base path it
+  records no longer exists, its base/ does."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flanx.interop import hf_format, hf_tokenizer, peft_adapter  # pylint: disable=g-import-not-at-top
+  from flanx.model import network, peft  # pylint: disable=g-import-not-at-top
+  base_config = tiny_config(vocab_size=256)
+  config = base_config.replace(lora=peft.LoraConfig(rank=4, alpha=8.0, target_modules=('q', 'v', 'wo')))
+  rng = np.random.default_rng(4)
+  adapters, _ = peft.split_trainable(network.abstract_params(config))
+  adapters = jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape).astype(np.float32), adapters)
+  params = peft.combine(adapters, network.to_model_layout(config, random_params(base_config)))
+  written = tmp_path / 'written'
+  written.mkdir()
+  hf_format.write_hf_model(written / 'base', peft.split_trainable(params)[1], base_config,
+                           generation={'max_new_tokens': 8, 'do_sample': False, 'num_beams': 1})
+  peft_adapter.write_adapter(written, params, config, str(written / 'base'))
+  hf_tokenizer.write_tokenizer(written, vocab_lib.get_vocabulary(SPM, 'lossless'), INPUT_LENGTH)
+  (written / 'handler.py').write_bytes(TEMPLATE.read_bytes())
+  return written.rename(tmp_path / 'served')
+
+
+def _generated(model, tokenizer, prompts):
+  with torch.no_grad():
+    ids = model.generate(**tokenizer(prompts, return_tensors='pt', padding=True), max_new_tokens=6,
+                         do_sample=False).tolist()
+  return [{'generated_text': tokenizer.decode([i for i in row if i < len(tokenizer)], skip_special_tokens=True)}
+          for row in ids]
+
+
+@pytest.mark.slow
+def test_an_adapter_folder_is_served(module, tmp_path, tiny_config, random_params):
+  peft = pytest.importorskip('peft')
+  from flanx.interop import peft_adapter  # pylint: disable=g-import-not-at-top
+  folder = _adapter_folder(tmp_path, tiny_config, random_params)
+  settings = json.loads((folder / 'adapter_config.json').read_text())
+  assert not os.path.exists(settings['base_model_name_or_path'])  # moved: base/ is found beside the adapter
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+  prompts = ['first\nprompt', 'a b c d']
+  expected = _generated(peft_adapter.load_peft_model(str(folder), str(folder / 'base')), tokenizer, prompts)
+  assert expected != _generated(transformers.AutoModelForSeq2SeqLM.from_pretrained(folder / 'base').eval(), tokenizer,
+                                prompts)  # the adapter matters
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    merged = module.EndpointHandler(str(folder))
+  assert not [w for w in caught if 'tied' in str(w.message)]
+  assert type(merged.model).__name__ == 'T5ForConditionalGeneration'  # LoRA folded in at load
+  assert merged({'inputs': prompts, 'parameters': {'max_new_tokens': 6}}) == expected
+  separate = module.EndpointHandler(str(folder), merge_adapter=False)
+  assert isinstance(separate.model, peft.PeftModel)
+  assert separate({'inputs': prompts, 'parameters': {'max_new_tokens': 6}}) == expected
+  (folder / 'base').rename(tmp_path / 'elsewhere')
+  with pytest.raises(ValueError, match=r'adapter_config.json: its base model .* is not here; put the base folder at'):
+    module.EndpointHandler(str(folder))
