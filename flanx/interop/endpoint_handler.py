@@ -31,7 +31,8 @@ merge_adapter=0 or the base is 8-bit.
 Inputs and outputs follow the newline convention the model was trained with (`flanx_export.json`): 'dolly'
 writes newlines/tabs as ` <_LB_> ` / ` <_T_> ` markers on input and maps them back on output; 'lossless' needs
 nothing here (the exported tokenizer encodes and decodes newlines, tabs and space runs itself).
-Needs only torch and transformers (no flanx on the endpoint).
+Needs torch and transformers (accelerate to place the model, peft for adapter folders, bitsandbytes for 8-bit; no
+flanx on the endpoint).
 """
 
 import contextlib
@@ -138,7 +139,7 @@ def untied_head_advice_silenced(folder: str) -> Iterator[None]:
   `tie_word_embeddings=False` to from_pretrained instead would leave the input embeddings untied and random.
   """
   path = os.path.join(folder, 'config.json')
-  untied = os.path.exists(path) and json.load(open(path, encoding='utf-8')).get('tie_word_embeddings') is False
+  untied = os.path.exists(path) and _read_json(path).get('tie_word_embeddings') is False
   logger, advice = logging.getLogger('transformers.modeling_utils'), _UntiedHeadAdvice()
   if untied:
     logger.addFilter(advice)
@@ -394,8 +395,8 @@ class EndpointHandler:
     limits = options
     self.serving = resolve_serving(serving)
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    self.limits = resolve_limits(limits, getattr(self.tokenizer, 'model_max_length', None))  # before the model loads
     self.model = load_model(path, self.serving)
-    self.limits = resolve_limits(limits, getattr(self.tokenizer, 'model_max_length', None))
     self.defaults = generation_defaults(self.model.generation_config.to_diff_dict())
     info_path = os.path.join(path, EXPORT_INFO_FILE)
     info = json.load(open(info_path, encoding='utf-8')) if os.path.exists(info_path) else {}
