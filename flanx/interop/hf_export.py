@@ -285,7 +285,7 @@ def export_checkpoint(*,
                           _peft_base(base_source, config, checkpoints.read_meta(checkpoint_path).get('seed', 42)))
     if adapter_only:
       return export_adapter(params, config, output_dir, vocabulary, base_source, verify=verify,
-                            overwrite=overwrite, feature_lengths=lengths)
+                            overwrite=overwrite, feature_lengths=lengths, handler=handler)
     holder = {'params': peft.merge_lora(params, config.lora)}
     del params
     return export_model(lambda: holder.pop('params'), config.replace(lora=None), output_dir, vocabulary,
@@ -312,8 +312,8 @@ def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:
 
 def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLike, vocabulary: Any,
                    base_source: str | None, *, verify: bool = True, overwrite: bool = False,
-                   feature_lengths: Mapping[str, int] | None = None, log: Callable[[str], None] = print
-                   ) -> pathlib.Path:
+                   feature_lengths: Mapping[str, int] | None = None, log: Callable[[str], None] = print,
+                   handler: bool = True) -> pathlib.Path:
   """Writes a PEFT folder (LoRA or prompt-tuning adapter + tokenizer) for a PEFT model's `params`, verified
   through `peft`.
 
@@ -335,6 +335,8 @@ def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLi
       base_folder, final_base = str(folder / 'base'), str(output_dir / 'base')
     peft_adapter.write_adapter(folder, params, config, final_base)
     hf_tokenizer.write_tokenizer(folder, vocabulary, lengths.get('inputs', 512))
+    if handler:  # serves base + adapter (endpoint_handler.load_model)
+      (folder / 'handler.py').write_bytes(HANDLER_TEMPLATE.read_bytes())
     if verify:
       log('Verifying the adapter through peft against flanx (logits and greedy generation).')
       reference = peft_adapter.flanx_reference(params, config, *hf_verify.probe_batch(vocabulary, config))

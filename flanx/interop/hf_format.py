@@ -186,6 +186,8 @@ def hf_config_dict(config: T5Config, dtype: str = 'float32', **overrides) -> dic
       'initializer_factor': 1.0,
       # false: separate lm_head, no output rescale (v1.1/Flan-T5); true: lm_head = shared, rescaled (1.0, UL2).
       'tie_word_embeddings': bool(config.tie_embeddings),
+      # transformers 5.x's name for the rescale (its T5Config reads tie_word_embeddings as this, then sets it true).
+      'scale_decoder_outputs': bool(config.tie_embeddings),
       'decoder_start_token_id': DECODER_START_ID,
       'pad_token_id': PAD_ID,
       'eos_token_id': EOS_ID,
@@ -338,11 +340,17 @@ def write_hf_model(folder: str | os.PathLike, params: PyTree, config: T5Config, 
   return pathlib.Path(folder).absolute()
 
 
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
+  """A safetensors file with {"format": "pt"} in its header, readable like the folder's other files."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file(dict(tensors), path, metadata={'format': 'pt'})
+  staging.make_ordinary(path)
+
+
 def write_hf_files(folder: pathlib.Path, params: PyTree, config: T5Config, dtype: str = 'float32',
                    max_shard_bytes: float = 5e9, generation: Mapping[str, Any] | None = None) -> None:
   """Writes config.json, generation_config.json and the safetensors (one shard at a time) into `folder`."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   np_dtype = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}.get(dtype)
   if np_dtype is None:
@@ -355,7 +363,7 @@ def write_hf_files(folder: pathlib.Path, params: PyTree, config: T5Config, dtype
   weight_map = {}
   for k, names in enumerate(shards):
     file = 'model.safetensors' if len(shards) == 1 else f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
-    save_file({n: makers[n]().astype(np_dtype, copy=False) for n in names}, folder / file, metadata={'format': 'pt'})
+    save_safetensors({n: makers[n]().astype(np_dtype, copy=False) for n in names}, folder / file)
     weight_map.update({n: file for n in names})
   if len(shards) > 1:
     index = {'metadata': {'total_size': sum(s for _, s in sizes)}, 'weight_map': weight_map}

@@ -9,9 +9,11 @@ Newline modes (tasks.vocab):
 - lossless: `\\n`, `\\t` and runs of 2..16 spaces (`tasks.vocab.newline_token_map`) are added as
   `AddedToken(normalized=False, special=False)`, in that order, so they get the first ids after the sentinels, the
   ids seqio's LosslessNewlineVocabulary trains with (checked on writing); HF matches them leftmost-longest, as
-  seqio splits. HF's Metaspace decoder then puts a space after each of them ("a\\n b" for "a\\nb");
-  `clean_decoded` removes exactly that space, which gives back seqio's decoding (SentencePiece never keeps a
-  space at a piece start).
+  seqio splits. seqio decodes the text between two such tokens as its own SentencePiece text, so the `▁` that
+  starts the piece after one is no space; T5's Metaspace decoder would write it ("a\\n b" for "a\\nb"). The
+  exported tokenizer.json decodes as seqio does by itself (`LOSSLESS_DECODER`), so it is loaded as
+  `PreTrainedTokenizerFast`: transformers 5's `T5Tokenizer` rebuilds its decoder as plain Metaspace, ignoring
+  the one in tokenizer.json.
 - dolly: HF's tokenizer cannot apply the `<_LB_>` / `<_T_>` escaping itself; `prepare_text` / `clean_decoded`
   do it around the tokenizer (handler.py applies them).
 - none: plain SentencePiece; newlines and tabs become spaces in both.
@@ -84,10 +86,7 @@ def prepare_text(text: str, mode: str) -> str:
 
 
 def clean_decoded(text: str, mode: str) -> str:
-  """HF-decoded text → seqio's decoding: drops Metaspace's space after \\n/\\t (lossless), unescapes (dolly)."""
-  if mode == 'lossless':
-    from flanx.interop import endpoint_handler  # pylint: disable=g-import-not-at-top
-    return endpoint_handler.clean_decoded(text, mode)  # the rule the exported handler.py applies
+  """HF-decoded text → seqio's decoding: unescapes the dolly markers (the other modes decode as seqio already)."""
   if mode == 'dolly':
     from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     return vocab_lib.dolly_unescape(text)
@@ -105,6 +104,20 @@ def _read_bytes(path: str) -> bytes:
 def _added_token(content: str) -> dict[str, Any]:
   return {'content': content, 'lstrip': False, 'normalized': False, 'rstrip': False, 'single_word': False,
           'special': False}
+
+
+def lossless_decoder() -> Any:
+  """The `tokenizers` decoder of a lossless tokenizer.json, which decodes as seqio does.
+
+  The tokens are joined, then one `▁` is dropped at the start and after each newline/tab/space-run token (literal
+  whitespace comes only from those: pieces spell spaces as `▁`), and the other `▁`s become spaces. That is T5's
+  Metaspace decoder, except after the added whitespace tokens.
+  """
+  from tokenizers import decoders  # pylint: disable=g-import-not-at-top
+  mark = '\u2581'
+  return decoders.Sequence([decoders.Fuse(), decoders.Strip(mark, 1, 0),
+                            *(decoders.Replace(c + mark, c) for c in ('\n', '\t', ' ')),
+                            decoders.Replace(mark, ' ')])
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
@@ -141,12 +154,15 @@ def _write_sentencepiece(folder: pathlib.Path, vocabulary: Any, model_max_length
     if got != list(newline_ids.values()):
       raise ValueError(f'HF assigned ids {got} to {list(newline_ids)}, the vocabulary trains with '
                        f'{list(newline_ids.values())}')
+    tokenizer.backend_tokenizer.decoder = lossless_decoder()
   tokenizer.backend_tokenizer.save(str(folder / 'tokenizer.json'))
 
   sentinels = [f'<extra_id_{i}>' for i in range(base.extra_ids)]
   specials = {'eos_token': '</s>', 'unk_token': '<unk>', 'pad_token': '<pad>', 'additional_special_tokens': sentinels}
   config = {
-      'tokenizer_class': 'T5Tokenizer',
+      # transformers 5's T5Tokenizer replaces tokenizer.json's decoder with Metaspace: the lossless one needs the
+      # class that loads tokenizer.json as it is.
+      'tokenizer_class': 'PreTrainedTokenizerFast' if newline_ids else 'T5Tokenizer',
       **specials,
       'extra_ids': base.extra_ids,
       'model_max_length': model_max_length,
@@ -158,7 +174,7 @@ def _write_sentencepiece(folder: pathlib.Path, vocabulary: Any, model_max_length
     config['added_tokens_decoder'] = {str(i): _added_token(c) for c, i in newline_ids.items()}
   _write_json(folder / 'tokenizer_config.json', config)
   _write_json(folder / 'special_tokens_map.json', specials)
-  return {'tokenizer_class': 'T5Tokenizer', 'newline_token_ids': newline_ids, 'size': len(tokenizer)}
+  return {'tokenizer_class': config['tokenizer_class'], 'newline_token_ids': newline_ids, 'size': len(tokenizer)}
 
 
 def _write_byte(folder: pathlib.Path, vocabulary: Any, model_max_length: int) -> dict[str, Any]:

@@ -155,8 +155,10 @@ def load_hf_model(folder: str) -> Any:
   """T5ForConditionalGeneration from `folder` in float32; fails on missing/unexpected/mismatched tensors."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  model, info = transformers.T5ForConditionalGeneration.from_pretrained(
-      folder, dtype=torch.float32, output_loading_info=True, local_files_only=True)
+  from flanx.interop import endpoint_handler  # pylint: disable=g-import-not-at-top
+  with endpoint_handler.untied_head_advice_silenced(folder):  # the advice the config already follows
+    model, info = transformers.T5ForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32, output_loading_info=True, local_files_only=True)
   bad = {k: v for k, v in info.items() if v}
   if bad:
     raise VerificationError(f'transformers loaded {folder} with problems: {bad}')

@@ -119,9 +119,8 @@ def render(info: Mapping[str, Any]) -> str:
   lines.append(f'`{tokenizer.get("tokenizer_class", "?")}`, newline mode `{mode}`.')
   if mode == 'lossless':
     ids = ', '.join(f'{json.dumps(c)} → {i}' for c, i in tokenizer.get('newline_token_ids', {}).items())
-    lines += ['', f'Newlines and tabs have their own ids ({ids}). Decoding puts a space after each of them '
-              '(the Metaspace decoder); remove it to get the text back: '
-              "`re.sub('([\\n\\t]) ', r'\\1', text)` (handler.py does this)."]
+    lines += ['', f'Newlines, tabs and runs of 2-16 spaces have their own ids ({ids}); `tokenizer.decode` gives '
+              'them back as they were (indented code round-trips).']
   elif mode == 'dolly':
     lines += ['', 'The model was trained with newlines written as ` <_LB_> ` and tabs as ` <_T_> `: apply that to '
               'inputs and map the markers back on outputs (handler.py does this).']
@@ -130,6 +129,9 @@ def render(info: Mapping[str, Any]) -> str:
   lines += ['', '## Usage', '', '```python',
             'from transformers import AutoModelForSeq2SeqLM, AutoTokenizer',
             'tokenizer = AutoTokenizer.from_pretrained(PATH)',
+            *([] if config.tie_embeddings else [
+                '# transformers 5 advises tie_word_embeddings=False here, as for any Flan-T5: config.json says so and '
+                'the head loads untied', '# (passing it to from_pretrained would untie the input embeddings too).']),
             'model = AutoModelForSeq2SeqLM.from_pretrained(PATH)',
             'ids = tokenizer(["Answer the question: ..."], return_tensors="pt").input_ids',
             'print(tokenizer.batch_decode(model.generate(ids, max_new_tokens=64), skip_special_tokens=True))',

@@ -68,13 +68,12 @@ def prompt_adapter_config(config: T5Config, base_model: str) -> dict[str, Any]:
 
 def write_adapter(folder: pathlib.Path, params: PyTree, config: T5Config, base_model: str) -> None:
   """Writes adapter_config.json and adapter_model.safetensors into `folder` (LoRA or prompt tuning)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   if config.prompt is not None:
     tensors = {'prompt_embeddings': np.ascontiguousarray(np.asarray(params['encoder']['prompt_embedding'], np.float32))}
     settings = prompt_adapter_config(config, base_model)
   else:
     tensors, settings = adapter_tensors(params, config), adapter_config(config.lora, base_model)
-  save_file(tensors, folder / WEIGHTS_FILE, metadata={'format': 'pt'})
+  hf_format.save_safetensors(tensors, folder / WEIGHTS_FILE)
   (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + '\n')
 
 

@@ -148,6 +148,18 @@ def replace_folder(staged: pathlib.Path, target: pathlib.Path) -> None:
     staged.rename(target)
 
 
+def current_umask() -> int:
+  """The process umask (Python can only read it by setting it: restored at once)."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
+def make_ordinary(path: str | os.PathLike) -> None:
+  """Gives a file written private (safetensors' save_file: 0600) the mode open() would: 0666 less the umask."""
+  os.chmod(path, 0o666 & ~current_umask())
+
+
 @contextlib.contextmanager
 def staged_folder(target: str | os.PathLike, overwrite: bool = False, purpose: str = 'tmp') -> Iterator[pathlib.Path]:
   """Yields an empty hidden folder beside `target`; on success it becomes `target`, on any error it is removed."""
@@ -159,9 +171,7 @@ def staged_folder(target: str | os.PathLike, overwrite: bool = False, purpose: s
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f'{_prefix(target, purpose)}{_owner_tag()}-', dir=target.parent))
     try:
       yield staging
-      umask = os.umask(0)
-      os.umask(umask)
-      os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
+      os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
       replace_folder(staging, target)
     finally:
       shutil.rmtree(staging, ignore_errors=True)

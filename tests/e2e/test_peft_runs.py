@@ -31,6 +31,23 @@ def test_lora_run_resumes_exactly_and_exports_through_peft(tmp_path):
   settings = json.loads((out / 'adapter_config.json').read_text())
   assert settings['base_model_name_or_path'] == str(out / 'base') and settings['r'] == 4
   assert (out / 'base' / 'config.json').is_file() and (out / 'adapter_model.safetensors').is_file()
+  # The folder serves itself: its handler.py loads base + adapter (merged at load) and generates what peft does.
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from flanx.interop import peft_adapter  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('exported_handler', out / 'handler.py')
+  handler_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(handler_module)
+  served = handler_module.EndpointHandler(str(out))({'inputs': ['copy: abc', 'sort: cab'],
+                                                     'parameters': {'max_new_tokens': 8}})
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  model = peft_adapter.load_peft_model(str(out), str(out / 'base'))
+  with torch.no_grad():
+    ids = model.generate(**tokenizer(['copy: abc', 'sort: cab'], return_tensors='pt', padding=True),
+                         max_new_tokens=8, do_sample=False).tolist()
+  assert served == [{'generated_text': tokenizer.decode([i for i in row if i < len(tokenizer)],
+                                                        skip_special_tokens=True)} for row in ids]
 
   merged = tmp_path / 'merged'
   assert export.main(['--checkpoint_dir', str(straight), '--output_dir', str(merged), '--merge']) == 0

@@ -6,6 +6,7 @@ safetensors files written by transformers itself.
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import struct
@@ -127,15 +128,65 @@ def test_folder_files_config_and_card(run, exported):
   assert all(_header(exported / s)['__metadata__'] == {'format': 'pt'} for s in shards)
   assert (exported / 'spiece.model').read_bytes() == pathlib.Path(SPM).read_bytes()
   tok_config = json.loads((exported / 'tokenizer_config.json').read_text())
-  assert tok_config['tokenizer_class'] == 'T5Tokenizer' and tok_config['extra_ids'] == 100
+  # Lossless: the class that loads tokenizer.json (and its decoder) as written; transformers 5's T5Tokenizer would not.
+  assert tok_config['tokenizer_class'] == 'PreTrainedTokenizerFast' and tok_config['extra_ids'] == 100
   assert tok_config['additional_special_tokens'] == [f'<extra_id_{i}>' for i in range(100)]
   assert tok_config['model_max_length'] == LENGTHS['inputs']
   card = (exported / 'README.md').read_text()
   for fact in ('flan_t5_small/checkpoint_1198000', TASK, '| Checkpoint step | 100 |', '| Batch size (sequences) | 8 |',
                'learning_rate=0.0005', '"inputs": 64', '| loss | 3 |', '| accuracy | 0.5 |',
                f'| validation_metrics.json | validation | 100 | {TASK} | exact_match | 12.5 |',
-               'max |logit difference|', '"\\n" → 126', 'T5Config.d_model = 32'):
+               'max |logit difference|', '"\\n" → 126', 'T5Config.d_model = 32',
+               '`tokenizer.decode` gives them back as they were', 'advises tie_word_embeddings=False here'):
     assert fact in card, fact
+
+
+def _umask() -> int:
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
+def test_files_are_readable_like_the_rest(exported):
+  # safetensors' save_file writes 0600; an exported folder is shared or uploaded: every file gets what open() gives.
+  umask = _umask()
+  modes = {p.name: p.stat().st_mode & 0o777 for p in exported.iterdir()}
+  assert {n for n in modes if n.endswith('.safetensors')} and set(modes.values()) == {0o666 & ~umask}, modes
+  assert exported.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def _logged(load):
+  """(load(), the messages transformers logged meanwhile)."""
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logging.getLogger('transformers').addHandler(handler)
+  try:
+    return load(), messages
+  finally:
+    logging.getLogger('transformers').removeHandler(handler)
+
+
+def test_loading_gives_no_tie_word_embeddings_advice(exported):
+  config = json.loads((exported / 'config.json').read_text())
+  assert config['tie_word_embeddings'] is False and config['scale_decoder_outputs'] is False
+  advice = lambda messages: [m for m in messages if 'tie_word_embeddings=False' in m]
+  handler, messages = _logged(lambda: _load_handler(exported).EndpointHandler(str(exported)))
+  assert not advice(messages)
+  verified, messages = _logged(lambda: hf_verify.load_hf_model(str(exported)))
+  assert not advice(messages)
+  # transformers alone gives the advice although config.json follows it: its T5Config reads the key as
+  # scale_decoder_outputs and sets tie_word_embeddings true. The head still loads untied, as the config says.
+  plain, messages = _logged(lambda: transformers.AutoModelForSeq2SeqLM.from_pretrained(exported).eval())
+  assert advice(messages) and plain.config.tie_word_embeddings is True and not plain.config.scale_decoder_outputs
+  ids = torch.tensor([[5, 9, 14, 1]])
+  with torch.no_grad():
+    logits = [m(input_ids=ids, decoder_input_ids=torch.tensor([[0, 7, 3]])).logits
+              for m in (plain, handler.model, verified)]
+  for model in (plain, handler.model, verified):
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+  torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+  torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
 
 
 def test_transformers_reload_matches_flanx(run, exported):
@@ -175,9 +226,10 @@ def test_tokenizer_newline_ids_and_cleanup(exported):
   text = 'line one\nline two\tcell'
   ids = tokenizer(text).input_ids
   assert ids == list(vocabulary.encode(text)) + [1]
-  raw = tokenizer.decode(ids, skip_special_tokens=True)
-  assert raw != text and raw.replace('\n ', '\n').replace('\t ', '\t') == text  # Metaspace's extra space
-  assert hf_tokenizer.clean_decoded(raw, 'lossless') == vocabulary.decode(ids) == text
+  # Plain transformers decoding gives the text back (T5's Metaspace decoder would write 'line one\n line two\t cell').
+  assert tokenizer.decode(ids, skip_special_tokens=True) == vocabulary.decode(ids) == text
+  # Sentinels keep seqio's ids (the last SentencePiece ids, before the whitespace ones) and stay special.
+  assert tokenizer.convert_tokens_to_ids('<extra_id_0>') == 125 and 125 in tokenizer.all_special_ids
   assert hf_tokenizer.compare_tokenization(vocabulary, tokenizer) == []
   # Verification catches a tokenizer that does not match the vocabulary the model was trained with.
   plain = vocab_lib.get_vocabulary(SPM, 'none')
@@ -202,8 +254,7 @@ def test_endpoint_handler(exported):
   with torch.no_grad():
     ids = model.generate(**tokenizer(prompts, return_tensors='pt', padding=True), max_new_tokens=6,
                          **hf_verify.generate_cache_kwargs(model.config)).tolist()
-  expected = [hf_tokenizer.clean_decoded(tokenizer.decode([i for i in row if i < len(tokenizer)],
-                                                          skip_special_tokens=True), 'lossless') for row in ids]
+  expected = [tokenizer.decode([i for i in row if i < len(tokenizer)], skip_special_tokens=True) for row in ids]
   assert out == [{'generated_text': t} for t in expected]
   assert handler({'inputs': 'second prompt', 'parameters': {'max_new_tokens': 6}}) == out[1:]
   with pytest.raises(ValueError, match='inputs'):

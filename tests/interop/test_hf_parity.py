@@ -207,7 +207,7 @@ def test_config_round_trip(tiny_config):
   for case in CASES.values():
     config = tiny_config(**case)
     d = hf.hf_config_dict(config)
-    assert d['tie_word_embeddings'] is config.tie_embeddings
+    assert d['tie_word_embeddings'] is d['scale_decoder_outputs'] is config.tie_embeddings
     assert hf.config_from_hf(d) == config
     # transformers reads the same activation, gating and rescale flag.
     hf_config = transformers.T5Config(**d)

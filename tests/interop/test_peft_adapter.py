@@ -43,6 +43,9 @@ def test_adapter_folder_reproduces_flanx_through_peft(tiny_config, random_params
   peft_adapter.write_adapter(folder, params, config, str(base_folder))
   settings = json.loads((folder / 'adapter_config.json').read_text())
   assert settings['task_type'] == 'SEQ_2_SEQ_LM' and settings['r'] == lora.rank
+  # Readable like adapter_config.json (safetensors' save_file alone writes 0600).
+  assert (folder / 'adapter_model.safetensors').stat().st_mode & 0o777 == (folder / 'adapter_config.json').stat().st_mode & 0o777
+  assert (base_folder / 'model.safetensors').stat().st_mode & 0o777 == (base_folder / 'config.json').stat().st_mode & 0o777
   assert settings['lora_alpha'] == lora.alpha and settings['base_model_name_or_path'] == str(base_folder)
 
   reference = _reference(config, params)
