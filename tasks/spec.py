@@ -179,8 +179,8 @@ class SpecSource(seqio.DataSource):
     registrations.check()
     examples = self.render(split)
     if not len(examples):  # pylint: disable=g-explicit-length-test
-      raise ValueError(f'{self._spec.name}: split {split!r} has no records '
-                       f'(keep={self._spec.keep}, {load_records(self._spec)[1].source})')
+      raise records_lib.RecordError(f'{self._spec.name}: split {split!r} has no records '
+                                    f'(keep={self._spec.keep}, {load_records(self._spec)[1].source})')
     order = np.arange(len(examples))
     if shuffle:
       order = np.random.default_rng([self._spec.seed, 0 if seed is None else int(seed)]
