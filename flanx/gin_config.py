@@ -187,12 +187,43 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
     with _quiet_search_misses():
       gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
-    raise GinConfigError(str(e)) from None
+    raise _parse_error(e, bindings) from None
   _check_macro_overrides(bindings)
   check_macro_values(files, bindings, paths)
   _reapply_task_registrations()
   if finalize:
     gin.finalize()
+
+
+_UNPARSED = re.compile(r"Failed to parse token '([^']*)' \((?:(.+), )?line (\d+)\)")
+_BARE_WORD = re.compile(r'^[^\s\'"@%(){}\[\],]+$')
+
+
+def _parse_error(error: Exception, bindings: Sequence[str]) -> GinConfigError:
+  """gin's "malformed node or string … <ast.Name object>" for an unquoted string, as the key and value it was,
+  with the quoting that works; other parse errors as gin words them."""
+  found = _UNPARSED.search(str(error))
+  if not found or 'malformed node or string' not in str(error):
+    return GinConfigError(str(error))
+  token, file, line = found.group(1), found.group(2), int(found.group(3))
+  if file:
+    try:
+      source = pathlib.Path(file).read_text(encoding='utf-8').splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+      source = ''
+    where = f'{file}, line {line}' + (f' ({source.strip()})' if source.strip() else '')
+  else:  # gin reads the bindings as one text, one binding a line
+    fits = lambda b: token in b.partition('=')[2]
+    source = bindings[line - 1] if 0 < line <= len(bindings) and fits(bindings[line - 1]) else next(
+        (b for b in bindings if fits(b)), '')
+    where = '--gin.' + '='.join(p.strip() for p in source.partition('=')[::2]) if source else 'a --gin binding'
+  key, _, value = (p.strip() for p in source.partition('='))
+  if key and _BARE_WORD.match(value):
+    fix = f"""write it as "{value}" (on a command line: --gin.{key}='"{value}"')"""
+  else:
+    fix = f"quote the string {token!r}"
+  return GinConfigError(f'{where}: {token!r} is not a gin value: strings need quotes, {fix}; a reference is '
+                        '@name() and a macro %NAME')
 
 
 def _reapply_task_registrations() -> None:
