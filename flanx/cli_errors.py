@@ -27,23 +27,21 @@ VERBOSE_ENV = 'FLANX_VERBOSE'
 VERBOSE_FLAG = '--verbose'
 LOG_NAME = 'errors.log'
 USER_ERROR, FAILURE = 2, 1
-_MAX_MESSAGE = 2000
+_MAX_MESSAGE = 1200  # longer messages keep their start and end (where the advice is)
 _STORE_OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")
-_GIN_CALLS = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^>]*>\)")
-_RECORD_AT = re.compile(r':(\d+|row \d+|record \d+): ')
-_RECORD_HINT = ("fix or remove that record, or skip bad records (counted in the log) with the task's "
-                "on_error='skip' (e.g. --gin.register_dolly.on_error=\"'skip'\")")
-
+_GIN_CALLS = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^\n]*>\)")
 # Bad settings or input: what the user fixes. Subclasses count too (ChecksumMismatchError is a
 # CheckpointRestoreError).
 USER_ERRORS = {
-    'tasks.records.RecordError': '',  # a record's own hint: _RECORD_HINT
+    'tasks.records.RecordError': '',  # the error's own `hint`
     'tasks.flan_layouts.LayoutError': '',
     'tasks.registrations.StaleRegistrationError': '',
     'flanx.gin_config.GinConfigError': '',
     'flanx.training.run_checks.RunConfigError': '',
     'flanx.training.run_lease.LeaseHeldError': '',
     'flanx.training.start_step.StartStepError': '',
+    'flanx.training.checkpoints.ChecksumMismatchError': 'use another checkpoint of the run (a checkpoint_<step> '
+                                                        'folder)',
     'flanx.training.checkpoints.CheckpointRestoreError': '',
     'flanx.training.aot.CompileCheckError': '',
     'flanx.interop.hf_format.HFConversionError': '',
@@ -88,8 +86,7 @@ def classify(error: BaseException) -> tuple[int, str]:
     names = _names(type(e))
     user = next((n for n in names if n in USER_ERRORS), None)
     if user is not None:
-      hint = _RECORD_HINT if user == 'tasks.records.RecordError' and _RECORD_AT.search(str(e)) else USER_ERRORS[user]
-      return USER_ERROR, _join(_text(e), hint)
+      return USER_ERROR, _join(_text(e), getattr(e, 'hint', '') or USER_ERRORS[user])
     if any(n in FAILURES for n in names):
       return FAILURE, _text(e)
     if isinstance(e, OSError) and e.errno in _OS_HINTS:
@@ -124,7 +121,7 @@ def _text(error: BaseException | str) -> str:
     text = _raised_in_trace(text)
   text = _GIN_CALLS.sub('', text)  # gin adds the configurables the error passed through
   text = ' '.join(text.split()) or type(error).__name__
-  return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1] + '…'
+  return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE * 2 // 3] + ' … ' + text[-_MAX_MESSAGE // 3:]
 
 
 def _raised_in_trace(message: str) -> str:

@@ -28,7 +28,15 @@ DEFAULT_MAX_RECORD_BYTES = 4 << 20  # far above any real Flan / Dolly record (te
 
 class RecordError(ValueError):
   """Bad input data: a malformed record, with its location (file:line) in the message, or a data file
-  without records."""
+  without records. `hint` says what to do about it (command lines print it after the message)."""
+
+  def __init__(self, message: str, hint: str = ''):
+    super().__init__(message)
+    self.hint = hint
+
+
+SKIP_HINT = ("fix or remove that record, or skip bad records (counted in the log) with the task's "
+             "on_error='skip' (e.g. --gin.register_dolly.on_error=\"'skip'\")")
 
 
 @dataclasses.dataclass
@@ -68,7 +76,7 @@ def reject(where: str, problem: Tuple[str, str], on_error: str, report: Optional
   """A bad record: RecordError naming its location under 'raise'; else counted in `report` (if any)."""
   kind, message = problem
   if on_error == 'raise':
-    raise RecordError(f'{where}: {message}')
+    raise RecordError(f'{where}: {message}', '' if kind == 'gzip_bytes' else SKIP_HINT)
   if report is not None:
     report.add_skip(kind, f'{where}: {message}')
 
@@ -211,8 +219,9 @@ def iter_lines(path: str, where: Optional[str] = None, file=None
       try:
         yield location, raw.decode('utf-8'), None
       except UnicodeDecodeError as e:
-        yield location, None, ('invalid_utf8', f'not UTF-8 text (byte 0x{raw[e.start]:02x} at column '
-                                               f'{e.start + 1}){_gzip_hint(path, number, raw)}')
+        gzip_hint = _gzip_hint(path, number, raw)
+        yield location, None, ('gzip_bytes' if gzip_hint else 'invalid_utf8',
+                               f'not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}){gzip_hint}')
 
 
 _BOM = b'\xef\xbb\xbf'

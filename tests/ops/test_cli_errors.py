@@ -211,6 +211,9 @@ def test_user_error_writes_no_log_and_verbose_prints_the_traceback(tmp_path, cap
      'ERROR: /ro/run: Read-only file system: the file system is read-only: choose a writable folder'),
     (SystemExit('--checkpoint_dir is required'), 2, 'ERROR: --checkpoint_dir is required'),
     (KeyboardInterrupt(), 130, 'ERROR: interrupted'),
+    (ValueError('PERMISSION_DENIED: Failed to create directory: "/ro/run": Permission denied '
+                "[os_error_code='13']"), 2, 'ERROR: PERMISSION_DENIED: Failed to create directory: "/ro/run": '
+     "Permission denied [os_error_code='13']: choose a folder you can write to, or fix its permissions"),
 ])
 def test_classification(error, code, line, capsys, monkeypatch):
   monkeypatch.delenv('FLANX_VERBOSE', raising=False)
@@ -220,3 +223,28 @@ def test_classification(error, code, line, capsys, monkeypatch):
 
   got, err = _run(fail, capsys, monkeypatch)
   assert (got, err) == (code, line + '\n')
+
+
+def test_gin_and_autograph_wrapped_errors_keep_their_class_and_hint(capsys, monkeypatch):
+  """gin re-raises an error from a configurable as a proxy with "In call to configurable" lines; TensorFlow's
+  autograph re-raises one from a traced function as a StagingError with the traced frames: both still read as
+  the original error and message."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tasks import records  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('FLANX_VERBOSE', raising=False)
+
+  @gin.configurable
+  def configurable_reader():
+    raise records.RecordError('d.jsonl:4: missing field \'response\'', records.SKIP_HINT)
+
+  code, err = _run(configurable_reader, capsys, monkeypatch)
+  assert (code, err) == (2, f"ERROR: d.jsonl:4: missing field 'response': {records.SKIP_HINT}\n")
+
+  def traced():
+    def fail(x):
+      raise FileNotFoundError(f'cannot read the vocabulary /nowhere/spm.model')
+    tf.data.Dataset.range(1).map(fail)
+
+  code, err = _run(traced, capsys, monkeypatch)
+  assert (code, err) == (2, 'ERROR: cannot read the vocabulary /nowhere/spm.model\n')
