@@ -248,3 +248,34 @@ def test_gin_and_autograph_wrapped_errors_keep_their_class_and_hint(capsys, monk
 
   code, err = _run(traced, capsys, monkeypatch)
   assert (code, err) == (2, 'ERROR: cannot read the vocabulary /nowhere/spm.model\n')
+
+
+@pytest.mark.parametrize('bindings, gin_text, message', [
+    (['MIXTURE_OR_TASK_NAME = dolly'], None,
+     """--gin.MIXTURE_OR_TASK_NAME=dolly: 'dolly' is not a gin value: strings need quotes, write it as "dolly" (on """
+     """a command line: --gin.MIXTURE_OR_TASK_NAME='"dolly"'); a reference is @name() and a macro %NAME"""),
+    (['INITIAL_CHECKPOINT_PATH = gs://bucket/run'], None,
+     """--gin.INITIAL_CHECKPOINT_PATH=gs://bucket/run: 'gs' is not a gin value: strings need quotes, write it as """
+     '"gs://bucket/run"'),
+    ([], 'MIXTURE_OR_TASK_NAME = dolly\n', """run.gin, line 2 (MIXTURE_OR_TASK_NAME = dolly): 'dolly' is not a gin """
+     'value: strings need quotes, write it as "dolly"'),
+    (['trian.batch_size = 3'], None, "--gin.trian.batch_size=3: No configurable matching 'trian'."),
+    ([], 'train.batch_sise = 4\n', "run.gin, line 2 (train.batch_sise = 4): Configurable 'train' doesn't have a "
+     "parameter named 'batch_sise'."),
+    (["TASK_FEATURE_LENGTHS = {'inputs': 3"], None, "--gin.TASK_FEATURE_LENGTHS={'inputs': 3: does not parse (EOF in "
+     'multi-line statement): check its brackets and quotes'),
+], ids=['unquoted', 'unquoted_path', 'unquoted_in_file', 'unknown_configurable', 'unknown_parameter', 'unclosed'])
+def test_gin_errors_are_one_line_naming_the_binding(tmp_path, bindings, gin_text, message):
+  import gin  # pylint: disable=g-import-not-at-top
+  from flanx import gin_config  # pylint: disable=g-import-not-at-top
+  files = ['runs/finetune.gin']
+  if gin_text is not None:
+    (tmp_path / 'run.gin').write_text("include 'runs/finetune.gin'\n" + gin_text)
+    files = [str(tmp_path / 'run.gin')]
+  gin.clear_config()
+  try:
+    with pytest.raises(gin_config.GinConfigError) as info:
+      gin_config.parse_gin(files, bindings)
+  finally:
+    gin.clear_config()
+  assert '\n' not in str(info.value) and message in str(info.value)
