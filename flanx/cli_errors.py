@@ -47,7 +47,6 @@ USER_ERRORS = {
     'flanx.interop.hf_format.HFConversionError': '',
     'flanx.interop.t5x_checkpoint.T5XCheckpointError': '',
     'flanx.interop.t5x_gin.T5xGinError': '',
-    'argparse.ArgumentError': '',
 }
 # Runs that failed for a reason the message states (not a bug): exit 1, one line.
 FAILURES = (

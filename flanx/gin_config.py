@@ -208,6 +208,9 @@ def _parse_error(error: Exception, bindings: Sequence[str]) -> GinConfigError:
     bad = next((b for b in bindings if not _tokenizes(b)), None)
     where = '--gin.' + '='.join(p.strip() for p in bad.partition('=')[::2]) if bad else 'a gin file'
     return GinConfigError(f'{where}: does not parse ({error.args[0]}): check its brackets and quotes')
+  if isinstance(error, SyntaxError) and error.filename and _starts_with_bom(error.filename):
+    return GinConfigError(f'{error.filename}: starts with a UTF-8 byte-order mark, which gin cannot read: save it '
+                          'as UTF-8 without one')
   found = _UNPARSED.search(str(error))
   if not found or 'malformed node or string' not in str(error):
     return GinConfigError(_one_line(str(error)))
@@ -232,6 +235,14 @@ def _parse_error(error: Exception, bindings: Sequence[str]) -> GinConfigError:
     fix = f"quote the string {token!r}"
   return GinConfigError(f'{where}: {token!r} is not a gin value: strings need quotes, {fix}; a reference is '
                         '@name() and a macro %NAME')
+
+
+def _starts_with_bom(path: str) -> bool:
+  try:
+    with open(path, 'rb') as f:
+      return f.read(3) == b'\xef\xbb\xbf'
+  except OSError:
+    return False
 
 
 def _tokenizes(text: str) -> bool:

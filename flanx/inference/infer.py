@@ -1,7 +1,8 @@
 """Inference behind `python -m flanx.infer` (gin-configurable `infer`).
 
 Inputs come from a task/mixture split or a JSONL file of prompts (`{"inputs": …}`, optional `"targets"`, or
-records of a task's own format, which get its template: `infer.task`, default the run's task); outputs are JSONL lines with input, prediction, score and (when present) target, written as
+records of a task's own format, which get its template: `infer.task`, default the run's task); outputs are
+JSONL lines with input, prediction, score and (when present) target, written as
 `{name}-{mode}.jsonl-00000-of-00001` in the output folder (t5x's naming).
 """
 

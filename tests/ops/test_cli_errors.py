@@ -103,39 +103,43 @@ def infer_cmd(work, input_file, checkpoint=None):
               '--gin.' + b.replace(' = ', '=', 1) for b in TINY_MODEL] + ['--gin.infer.model_config=@T5Config()']
 
 
+def eval_cmd(work):
+  return ['flanx.eval', '--gin_file=runs/eval.gin', f'--gin.CHECKPOINT_PATH="{work / "nowhere"}"',
+          f'--gin.EVAL_OUTPUT_DIR="{work / "ev"}"', '--gin.MIXTURE_OR_TASK_MODULE="fixture_tasks"',
+          '--gin.MIXTURE_OR_TASK_NAME="flanx_test_copy"', "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}"
+          ] + ['--gin.' + b.replace(' = ', '=', 1) for b in TINY_MODEL]
+
+
+def export_cmd(work, checkpoint, out):
+  return ['flanx.export', f'--checkpoint_dir={work / checkpoint}', f'--output_dir={work / out}', '--vocab=byte']
+
+
+GOOD = 'data/good.jsonl'
+READ_ONLY_TEXT = ['flanx_cli_test'] if os.geteuid() == 0 else ['read_only', 'Permission denied']
+# name: (command line from the work folder, texts the one line must contain)
 CASES = {
-    # name: (command line, substrings of the one line)
     'dolly_missing_field': (lambda w: dolly_train(w / 'data/missing.jsonl', w / 'm1'),
                             ['missing.jsonl:11: missing field', "on_error='skip'"]),
     'empty_data_file': (lambda w: dolly_train(w / 'data/empty.jsonl', w / 'm2'),
                         ['empty.jsonl: no records (the file is empty']),
     'gzip_bytes_in_jsonl': (lambda w: dolly_train(w / 'data/gzipped.jsonl', w / 'm3'),
                             ['gzipped.jsonl:1: not UTF-8 text', 'gzip-compressed']),
-    'unquoted_gin_string': (lambda w: dolly_train(w / 'data/good.jsonl', w / 'm4', '--gin.MIXTURE_OR_TASK_NAME=dolly'),
+    'unquoted_gin_string': (lambda w: dolly_train(w / GOOD, w / 'm4', '--gin.MIXTURE_OR_TASK_NAME=dolly'),
                             ["--gin.MIXTURE_OR_TASK_NAME=dolly: 'dolly' is not a gin value: strings need quotes",
                              """--gin.MIXTURE_OR_TASK_NAME='"dolly"'"""]),
-    'read_only_model_dir': (lambda w: dolly_train(w / 'data/good.jsonl', _read_only_dir(w)), ['flanx_cli_test']
-                            if os.geteuid() == 0 else ['read_only', 'Permission denied']),
-    'long_folder_name': (lambda w: dolly_train(w / 'data/good.jsonl', w / ('x' * 300)), ['x' * 300, 'too long']),
-    'vocabulary_on_gs_offline': (lambda w: dolly_train(w / 'data/good.jsonl', w / 'm5', '--gin.get_vocabulary.path=None'),
+    'read_only_model_dir': (lambda w: dolly_train(w / GOOD, _read_only_dir(w)), READ_ONLY_TEXT),
+    'long_folder_name': (lambda w: dolly_train(w / GOOD, w / ('x' * 300)), ['x' * 300, 'too long']),
+    'vocabulary_on_gs_offline': (lambda w: dolly_train(w / GOOD, w / 'm5', '--gin.get_vocabulary.path=None'),
                                  ['cannot read the vocabulary gs://t5-data/vocabs/cc_all.32000/sentencepiece.model',
                                   'copy it to a local file', 'FLANX_VOCAB']),
     'infer_malformed_line': (lambda w: infer_cmd(w, w / 'data/prompts.jsonl'), ['prompts.jsonl:2: malformed JSON']),
     'infer_lone_surrogate': (lambda w: infer_cmd(w, w / 'data/surrogate.jsonl'),
                              ['surrogate.jsonl:7: \\ud800 (a lone UTF-16 surrogate escape) is not Unicode text']),
-    'export_truncated_array': (lambda w: ['flanx.export', f'--checkpoint_dir={w / "truncated"}',
-                                          f'--output_dir={w / "hf1"}', '--vocab=byte'],
+    'export_truncated_array': (lambda w: export_cmd(w, 'truncated', 'hf1'),
                                ['truncated/checkpoint_1/params', 'damaged']),
-    'export_checksum_mismatch': (lambda w: ['flanx.export', f'--checkpoint_dir={w / "mismatch"}',
-                                            f'--output_dir={w / "hf2"}', '--vocab=byte'],
-                                 ['differ from the checksums recorded']),
-    'eval_missing_checkpoint': (lambda w: ['flanx.eval', '--gin_file=runs/eval.gin',
-                                           f'--gin.CHECKPOINT_PATH="{w / "nowhere"}"', f'--gin.EVAL_OUTPUT_DIR="{w / "ev"}"',
-                                           '--gin.MIXTURE_OR_TASK_MODULE="fixture_tasks"',
-                                           '--gin.MIXTURE_OR_TASK_NAME="flanx_test_copy"',
-                                           "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}"] + [
-                                               '--gin.' + b.replace(' = ', '=', 1) for b in TINY_MODEL],
-                                ['nowhere does not exist']),
+    'export_checksum_mismatch': (lambda w: export_cmd(w, 'mismatch', 'hf2'),
+                                 ['differ from the checksums recorded', 'use another checkpoint']),
+    'eval_missing_checkpoint': (eval_cmd, ['nowhere does not exist']),
     'import_t5x_missing': (lambda w: ['flanx.import_t5x', f'--t5x_checkpoint={w / "no_t5x"}',
                                       f'--output_dir={w / "hf3"}'], ['no_t5x']),
     'from_t5x_gin_missing': (lambda w: ['flanx.from_t5x_gin', str(w / 'no_such.gin')], ['no_such.gin']),
@@ -264,13 +268,18 @@ def test_gin_and_autograph_wrapped_errors_keep_their_class_and_hint(capsys, monk
      "parameter named 'batch_sise'."),
     (["TASK_FEATURE_LENGTHS = {'inputs': 3"], None, "--gin.TASK_FEATURE_LENGTHS={'inputs': 3: does not parse (EOF in "
      'multi-line statement): check its brackets and quotes'),
-], ids=['unquoted', 'unquoted_path', 'unquoted_in_file', 'unknown_configurable', 'unknown_parameter', 'unclosed'])
+    ([], '\ufeffTRAIN_STEPS = 3\n', 'run.gin: starts with a UTF-8 byte-order mark, which gin cannot read: save it '
+     'as UTF-8 without one'),
+], ids=['unquoted', 'unquoted_path', 'unquoted_in_file', 'unknown_configurable', 'unknown_parameter', 'unclosed',
+        'bom'])
 def test_gin_errors_are_one_line_naming_the_binding(tmp_path, bindings, gin_text, message):
   import gin  # pylint: disable=g-import-not-at-top
   from flanx import gin_config  # pylint: disable=g-import-not-at-top
   files = ['runs/finetune.gin']
   if gin_text is not None:
-    (tmp_path / 'run.gin').write_text("include 'runs/finetune.gin'\n" + gin_text)
+    bom = gin_text.startswith('\ufeff')  # a byte-order mark is at the start of a file or nowhere
+    text = "include 'runs/finetune.gin'\n" + gin_text.lstrip('\ufeff')
+    (tmp_path / 'run.gin').write_text(('\ufeff' if bom else '') + text, encoding='utf-8')
     files = [str(tmp_path / 'run.gin')]
   gin.clear_config()
   try:
