@@ -103,13 +103,15 @@ def classify(error: BaseException) -> tuple[int, str]:
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-  """The error, then the ones it was raised from or while handling: TensorFlow's autograph and gin re-raise
-  with the context suppressed (StagingError, gin's proxy), so suppressed contexts count too."""
+  """The error, then the ones it was raised from (`raise … from`). TensorFlow's autograph re-raises an error from
+  a traced function as a new one (often a StagingError) with the original only as its suppressed context: that
+  counts too. (gin's re-raise is a subclass of the original class, so the error itself classifies.) A context
+  that is only "during handling of …" does not: that is another failure."""
   seen, out = set(), []
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     out.append(error)
-    error = error.__cause__ or error.__context__
+    error = error.__cause__ or (error.__context__ if hasattr(error, 'ag_error_metadata') else None)
   return out
 
 

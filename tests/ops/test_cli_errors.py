@@ -288,3 +288,16 @@ def test_gin_errors_are_one_line_naming_the_binding(tmp_path, bindings, gin_text
   finally:
     gin.clear_config()
   assert '\n' not in str(info.value) and message in str(info.value)
+
+
+def test_a_bug_while_handling_a_user_error_is_internal(capsys, monkeypatch):
+  monkeypatch.delenv('FLANX_VERBOSE', raising=False)
+
+  def fail():
+    try:
+      raise FileNotFoundError(2, 'No such file or directory', '/x')
+    except FileNotFoundError:
+      return None + 1  # a bug in the handler is not the user's missing file
+
+  code, err = _run(fail, capsys, monkeypatch)
+  assert code == 1 and err.startswith('ERROR: TypeError: unsupported operand') and '(an internal error' in err
