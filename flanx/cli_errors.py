@@ -56,7 +56,10 @@ FAILURES = (
 )
 # TensorFlow's file errors (tf.io.gfile on local paths and gs://) that a user fixes; FailedPrecondition only
 # about a gs:// path (no network, no credentials).
-_TF_USER_ERRORS = ('NotFoundError', 'PermissionDeniedError', 'AlreadyExistsError', 'UnauthenticatedError')
+_TF_USER_ERRORS = {'NotFoundError': 'check the path',
+                   'PermissionDeniedError': 'choose a folder you can write to, or fix its permissions',
+                   'AlreadyExistsError': 'remove it or choose another name',
+                   'UnauthenticatedError': 'set up Google Cloud credentials (gcloud auth application-default login)'}
 _GCS_UNREACHABLE = re.compile(r'resolve host|HTTP request|credentials|Could not connect', re.I)
 # OS errors about a path the user chose.
 _OS_HINTS = {
@@ -97,7 +100,7 @@ def classify(error: BaseException) -> tuple[int, str]:
       return USER_ERROR, _text(e)
     tf_name = next((n.rsplit('.', 1)[1] for n in names if n.startswith('tensorflow.')), None)
     if tf_name in _TF_USER_ERRORS or (tf_name == 'FailedPreconditionError' and 'gs://' in str(e)):
-      return USER_ERROR, _tf_message(e)
+      return USER_ERROR, _tf_message(e, _TF_USER_ERRORS.get(tf_name, ''))
   return FAILURE, (f'{type(error).__name__}: {_text(error)} (an internal error: please report it with the '
                    f'traceback, shown with {VERBOSE_FLAG} or {VERBOSE_ENV}=1)')
 
@@ -148,13 +151,13 @@ def _os_message(error: OSError) -> str:
   return _join(f'{where}: {reason}' if where else reason, _OS_HINTS[error.errno])
 
 
-def _tf_message(error: BaseException) -> str:
-  """A TensorFlow file error's message, with what to do when gs:// is out of reach."""
+def _tf_message(error: BaseException, hint: str) -> str:
+  """A TensorFlow file error's message and what to do (also when gs:// is out of reach)."""
   text = _text(getattr(error, 'message', None) or str(error))
   if 'gs://' in text and _GCS_UNREACHABLE.search(text):
-    text += (': gs:// cannot be read from here (no network or credentials); copy the file to a local path and '
-             'pass that')
-  return text
+    hint = ('gs:// cannot be read from here (no network or credentials); copy the file to a local path and pass '
+            'that')
+  return _join(text, hint)
 
 
 def verbose(argv: list[str] | None = None) -> bool:

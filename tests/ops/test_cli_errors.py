@@ -115,7 +115,7 @@ def export_cmd(work, checkpoint, out):
 
 
 GOOD = 'data/good.jsonl'
-READ_ONLY_TEXT = ['flanx_cli_test'] if os.geteuid() == 0 else ['read_only', 'Permission denied']
+READ_ONLY_TEXT = ['flanx_cli_test' if os.geteuid() == 0 else 'read_only', 'choose a folder you can write to']
 # name: (command line from the work folder, texts the one line must contain)
 CASES = {
     'dolly_missing_field': (lambda w: dolly_train(w / 'data/missing.jsonl', w / 'm1'),
@@ -288,6 +288,24 @@ def test_gin_errors_are_one_line_naming_the_binding(tmp_path, bindings, gin_text
   finally:
     gin.clear_config()
   assert '\n' not in str(info.value) and message in str(info.value)
+
+
+def test_tensorflow_file_errors_are_user_errors(capsys, monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('FLANX_VERBOSE', raising=False)
+  path = '/sys/flanx_cli_test_dir/run'  # nobody, root included, may create a folder in sysfs
+
+  def fail():
+    tf.io.gfile.makedirs(path)
+
+  code, err = _run(fail, capsys, monkeypatch)
+  assert code == 2 and err.count('\n') == 1 and err.startswith('ERROR: ') and 'flanx_cli_test_dir' in err, err
+
+  def denied():
+    raise tf.errors.PermissionDeniedError(None, None, '/ro/run/config.gin; Permission denied')
+
+  assert _run(denied, capsys, monkeypatch) == (2, 'ERROR: /ro/run/config.gin; Permission denied: choose a folder '
+                                                  'you can write to, or fix its permissions\n')
 
 
 def test_a_bug_while_handling_a_user_error_is_internal(capsys, monkeypatch):
