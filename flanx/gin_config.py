@@ -8,11 +8,13 @@ import contextlib
 import copy
 import difflib
 import importlib
+import io
 import logging
 import os
 import pathlib
 import re
 import sys
+import tokenize
 from typing import Any, Callable, Sequence
 
 import gin
@@ -192,13 +194,86 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_fla
   try:
     with _quiet_search_misses():
       gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, IOError, SyntaxError) as e:
-    raise GinConfigError(str(e)) from None
+  except (ValueError, IOError, SyntaxError, tokenize.TokenError) as e:
+    raise _parse_error(e, bindings) from None
   _check_macro_overrides(bindings)
   check_macro_values(files, bindings, paths)
   _reapply_task_registrations()
   if finalize:
     gin.finalize()
+
+
+_UNPARSED = re.compile(r"Failed to parse token '([^']*)' \((?:(.+), )?line (\d+)\)")
+_BARE_WORD = re.compile(r'^[^\s\'"@%(){}\[\],]+$')
+
+
+def _parse_error(error: Exception, bindings: Sequence[str]) -> GinConfigError:
+  """gin's "malformed node or string … <ast.Name object>" for an unquoted string, as the key and value it was,
+  with the quoting that works; other parse errors as gin words them."""
+  if isinstance(error, tokenize.TokenError):  # an unclosed bracket or string: find the binding that has it
+    bad = next((b for b in bindings if not _tokenizes(b)), None)
+    where = '--gin.' + '='.join(p.strip() for p in bad.partition('=')[::2]) if bad else 'a gin file'
+    return GinConfigError(f'{where}: does not parse ({error.args[0]}): check its brackets and quotes')
+  if isinstance(error, SyntaxError) and error.filename and _starts_with_bom(error.filename):
+    return GinConfigError(f'{error.filename}: starts with a UTF-8 byte-order mark, which gin cannot read: save it '
+                          'as UTF-8 without one')
+  found = _UNPARSED.search(str(error))
+  if not found or 'malformed node or string' not in str(error):
+    return GinConfigError(_one_line(str(error)))
+  token, file, line = found.group(1), found.group(2), int(found.group(3))
+  if file and isinstance(error, SyntaxError) and error.filename:  # str(SyntaxError) shows the base name only
+    file, line = error.filename, error.lineno or line
+  if file:
+    try:
+      source = pathlib.Path(file).read_text(encoding='utf-8').splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+      source = ''
+    where = f'{file}, line {line}' + (f' ({source.strip()})' if source.strip() else '')
+  else:  # gin reads the bindings as one text, one binding a line
+    fits = lambda b: token in b.partition('=')[2]
+    source = bindings[line - 1] if 0 < line <= len(bindings) and fits(bindings[line - 1]) else next(
+        (b for b in bindings if fits(b)), '')
+    where = '--gin.' + '='.join(p.strip() for p in source.partition('=')[::2]) if source else 'a --gin binding'
+  key, _, value = (p.strip() for p in source.partition('='))
+  if key and _BARE_WORD.match(value):
+    fix = f"""write it as "{value}" (on a command line: --gin.{key}='"{value}"')"""
+  else:
+    fix = f"quote the string {token!r}"
+  return GinConfigError(f'{where}: {token!r} is not a gin value: strings need quotes, {fix}; a reference is '
+                        '@name() and a macro %NAME')
+
+
+def _starts_with_bom(path: str) -> bool:
+  try:
+    with open(path, 'rb') as f:
+      return f.read(3) == b'\xef\xbb\xbf'
+  except OSError:
+    return False
+
+
+def _tokenizes(text: str) -> bool:
+  try:
+    list(tokenize.generate_tokens(io.StringIO(text).readline))
+  except tokenize.TokenError:
+    return False
+  return True
+
+
+_BINDING_LINE = re.compile(r'\n\s*In bindings string line \d+\n\s*(.*)')
+_FILE_LINE = re.compile(r'\n\s*In file "([^"]*)", line (\d+)\n\s*(.*)')
+
+
+def _one_line(message: str) -> str:
+  """gin's "<problem>\\n  In bindings string line 1\\n    <binding>" (or "In file …, line N") on one line, naming the
+  --gin flag or file and line first."""
+  binding, in_file = _BINDING_LINE.search(message), _FILE_LINE.search(message)
+  problem = ' '.join(message.splitlines()[0].split())
+  if binding:
+    key, _, value = (p.strip() for p in binding.group(1).partition('='))
+    return f'--gin.{key}={value}: {problem}'
+  if in_file:
+    return f'{in_file.group(1)}, line {in_file.group(2)} ({in_file.group(3).strip()}): {problem}'
+  return ' '.join(message.split())
 
 
 def _reapply_task_registrations() -> None:

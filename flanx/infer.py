@@ -28,4 +28,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from flanx import cli_errors  # pylint: disable=g-import-not-at-top
+  sys.exit(cli_errors.run(main, run_dir=lambda: gin_utils.gin_value('infer.output_dir')))

@@ -1,9 +1,10 @@
 """Reading record files (JSONL, TSV, Parquet, TFRecord; local or gs://) with validation.
 
-Every bad record (malformed, missing fields, not UTF-8, longer than `max_record_bytes()`) is either an
-error naming file and line (on_error='raise') or counted in a `ReadReport` and logged (on_error='skip');
-nothing is dropped silently. Blank lines are not records. Over-long lines are skipped in chunks, never
-held in memory whole.
+Every bad record (malformed, missing fields, not UTF-8, longer than `max_record_bytes()`, JSON nested too
+deep, numbers too long for Python, lone UTF-16 surrogates such as "\\ud800") is either an error naming file
+and line (on_error='raise') or counted in a `ReadReport` and logged (on_error='skip'); nothing is dropped
+silently. Blank lines are not records; a UTF-8 byte-order mark at the start of a file is not part of the
+first one. Over-long lines are skipped in chunks, never held in memory whole.
 """
 
 import collections
@@ -15,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import gin
@@ -25,7 +27,16 @@ DEFAULT_MAX_RECORD_BYTES = 4 << 20  # far above any real Flan / Dolly record (te
 
 
 class RecordError(ValueError):
-  """A malformed record, with its location (file:line) in the message."""
+  """Bad input data: a malformed record, with its location (file:line) in the message, or a data file
+  without records. `hint` says what to do about it (command lines print it after the message)."""
+
+  def __init__(self, message: str, hint: str = ''):
+    super().__init__(message)
+    self.hint = hint
+
+
+SKIP_HINT = ("fix or remove that record, or skip bad records (counted in the log) with the task's "
+             "on_error='skip' (e.g. --gin.register_dolly.on_error=\"'skip'\")")
 
 
 @dataclasses.dataclass
@@ -65,7 +76,7 @@ def reject(where: str, problem: Tuple[str, str], on_error: str, report: Optional
   """A bad record: RecordError naming its location under 'raise'; else counted in `report` (if any)."""
   kind, message = problem
   if on_error == 'raise':
-    raise RecordError(f'{where}: {message}')
+    raise RecordError(f'{where}: {message}', '' if kind == 'gzip_bytes' else SKIP_HINT)
   if report is not None:
     report.add_skip(kind, f'{where}: {message}')
 
@@ -203,11 +214,25 @@ def iter_lines(path: str, where: Optional[str] = None, file=None
       if raw is None:
         yield location, None, _too_long(size, limit)
         continue
+      if number == 1 and raw.startswith(_BOM):  # editors on Windows write one; it is not text
+        raw = raw[len(_BOM):]
       try:
         yield location, raw.decode('utf-8'), None
       except UnicodeDecodeError as e:
-        yield location, None, ('invalid_utf8', f'not UTF-8 text (byte 0x{raw[e.start]:02x} at column '
-                                               f'{e.start + 1})')
+        gzip_hint = _gzip_hint(path, number, raw)
+        yield location, None, ('gzip_bytes' if gzip_hint else 'invalid_utf8',
+                               f'not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}){gzip_hint}')
+
+
+_BOM = b'\xef\xbb\xbf'
+_GZIP_MAGIC = b'\x1f\x8b'
+
+
+def _gzip_hint(path: str, number: int, raw: bytes) -> str:
+  """A compressed file under a plain name reads as garbage: say what it is."""
+  if number == 1 and raw.startswith(_GZIP_MAGIC) and not path.endswith('.gz'):
+    return '; the file is gzip-compressed: name it *.gz (e.g. .jsonl.gz) or gunzip it'
+  return ''
 
 
 def validate(record: Any, required: Sequence[str], optional: Sequence[str] = ()
@@ -238,10 +263,50 @@ def _iter_jsonl(path: str, where: Optional[str] = None, file=None
       continue
     if not line.strip():
       continue
-    try:
-      yield where, json.loads(line), None
-    except json.JSONDecodeError as e:
-      yield where, None, ('malformed_json', f'malformed JSON ({e.msg} at column {e.colno})')
+    record, problem = parse_json_line(line)
+    yield where, record, problem
+
+
+# A JSON escape that may decode to half of a UTF-16 surrogate pair (then the record is checked).
+_SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F]')
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+
+def parse_json_line(line: str) -> Tuple[Any, Optional[Tuple[str, str]]]:
+  """(value, None) for one line of JSON text, or (None, problem): malformed JSON, nesting deeper than Python
+  parses, integers over Python's digit limit, and lone surrogates ("\\ud800": no UTF-8 text can hold them,
+  so they would fail later, far from the line) are problems of the line, never exceptions."""
+  try:
+    value = json.loads(line)
+  except json.JSONDecodeError as e:
+    return None, ('malformed_json', f'malformed JSON ({e.msg} at column {e.colno})')
+  except RecursionError:
+    return None, ('malformed_json', 'JSON nested too deeply to read')
+  except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+    return None, ('malformed_json', f'unreadable JSON value ({str(e).split(";")[0]})')
+  if _SURROGATE_ESCAPE.search(line):
+    surrogate = _find_surrogate(value)
+    if surrogate is not None:
+      return None, ('invalid_unicode', f'{surrogate} (a lone UTF-16 surrogate escape) is not Unicode text')
+  return value, None
+
+
+def _find_surrogate(value: Any) -> Optional[str]:
+  """The first lone surrogate in a parsed JSON value's strings (keys included), as its escape; iterative,
+  so a deeply nested value cannot exhaust the stack."""
+  stack = [value]
+  while stack:
+    item = stack.pop()
+    if isinstance(item, dict):
+      stack.extend(item.keys())
+      stack.extend(item.values())
+    elif isinstance(item, list):
+      stack.extend(item)
+    elif isinstance(item, str):
+      found = _SURROGATE.search(item)
+      if found:
+        return f'\\u{ord(found.group()):04x}'
+  return None
 
 
 def iter_joined_jsonl(paths: Sequence[str]) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
@@ -362,6 +427,8 @@ def read_records(pattern: str, required: Sequence[str], optional: Sequence[str] 
         continue
       records.append({k: record[k] for k in list(required) + list(optional)})
       report.kept += 1
+  if not records and not report.num_skipped:
+    raise RecordError(f'{pattern}: no records (the file is empty or has only blank lines)')
   report.log()
   return records, report
 

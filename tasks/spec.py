@@ -162,6 +162,35 @@ class SpecSource(seqio.DataSource):
     key = records_lib.stable_int(self._spec.seed, *(record[f] for f in self._spec.required))
     return key % len(self._variant.templates)
 
+  def prompt(self, record: Mapping[str, Any]) -> Tuple[str, Optional[str]]:
+    """(inputs, targets or None) of one record of this task's format given at inference time (flanx.infer):
+    the template the task picks for it over its fields, with absent optional fields empty (and absent fields
+    counted as empty when picking among several templates, so a complete record gets exactly its training
+    prompt); the targets when the record has the fields they need. ValueError names a field the inputs
+    need that the record lacks, a field that is not a string, or a few-shot variant (its exemplars come
+    from the training data, not from the record)."""
+    if self._variant.few_shot:
+      raise ValueError(f'task {self._spec.task_name(self._variant)} is few-shot (its exemplars are drawn from '
+                       'its training data): use a zero-shot variant')
+    fields = self._spec.required + self._spec.optional
+    for name in fields:
+      if name in record and not isinstance(record[name], str):
+        raise ValueError(f'field {name!r} is {type(record[name]).__name__}, not a string')
+    values = {**{f: '' for f in self._spec.optional}, **{f: record[f] for f in fields if f in record}}
+    template = self._variant.templates[self._template_index({f: values.get(f, '') for f in fields})]
+    try:
+      inputs = template.render_inputs(values)
+    except KeyError as e:
+      raise ValueError(f'missing field {e.args[0]!r} (task {self._spec.task_name(self._variant)} builds its '
+                       f'inputs from the fields {", ".join(fields)})') from None
+    if not inputs.strip():
+      raise ValueError(f'the inputs task {self._spec.task_name(self._variant)} builds from this record are empty')
+    try:
+      targets = template.render_targets(values)
+    except KeyError:
+      targets = None
+    return inputs, targets
+
   def render(self, split: str) -> Iterable[Tuple[str, str]]:
     """(inputs, targets) of every example of a split, in record order, deterministically."""
     records = split_records(self._spec, split)
@@ -179,8 +208,8 @@ class SpecSource(seqio.DataSource):
     registrations.check()
     examples = self.render(split)
     if not len(examples):  # pylint: disable=g-explicit-length-test
-      raise ValueError(f'{self._spec.name}: split {split!r} has no records '
-                       f'(keep={self._spec.keep}, {load_records(self._spec)[1].source})')
+      raise records_lib.RecordError(f'{self._spec.name}: split {split!r} has no records '
+                                    f'(keep={self._spec.keep}, {load_records(self._spec)[1].source})')
     order = np.arange(len(examples))
     if shuffle:
       order = np.random.default_rng([self._spec.seed, 0 if seed is None else int(seed)]
@@ -208,6 +237,20 @@ class SpecSource(seqio.DataSource):
     spec = tf.TensorSpec([], tf.string)
     return tf.data.Dataset.from_generator(
         generate, output_signature={'inputs': spec, 'targets': spec})
+
+
+def prompt_source(name: str) -> SpecSource:
+  """The source of a registered task whose records have a template (`SpecSource.prompt`); ValueError saying
+  why otherwise (not registered, a mixture, a task whose records are already prompts)."""
+  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    raise ValueError(f'task {name!r} is not registered (import its module: MIXTURE_OR_TASK_MODULE)')
+  task = seqio.get_mixture_or_task(name)
+  if isinstance(task, seqio.Mixture):
+    names = ', '.join(t.name for t in task.tasks[:3]) + (', …' if len(task.tasks) > 3 else '')
+    raise ValueError(f'{name!r} is a mixture: name one of its tasks ({names})')
+  if not isinstance(task.source, SpecSource):
+    raise ValueError(f'task {name!r} has no template to apply (its records are the prompts themselves)')
+  return task.source
 
 
 class _FewShot:

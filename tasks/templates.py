@@ -17,7 +17,15 @@ class Template:
 
   def render(self, record: Mapping[str, str]) -> Tuple[str, str]:
     """(inputs, targets) for one record."""
-    return _apply(self.inputs, record), _apply(self.targets, record)
+    return self.render_inputs(record), self.render_targets(record)
+
+  def render_inputs(self, record: Mapping[str, str]) -> str:
+    """The inputs text alone (KeyError naming a field the record lacks)."""
+    return _apply(self.inputs, record)
+
+  def render_targets(self, record: Mapping[str, str]) -> str:
+    """The targets text alone (KeyError naming a field the record lacks)."""
+    return _apply(self.targets, record)
 
 
 def _apply(fn: TextFn, record: Mapping[str, str]) -> str:

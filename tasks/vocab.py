@@ -248,13 +248,30 @@ def newline_mode_of(vocabulary: seqio.Vocabulary) -> str:
   return 'none'
 
 
+class SentencePieceFile(seqio.SentencePieceVocabulary):
+  """seqio's SentencePiece vocabulary whose file, read on first use, fails as one error naming it and saying
+  what to do (the default gs:// model on a machine without network), not as a TensorFlow error deep inside
+  a tf.data trace."""
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except Exception as e:  # pylint: disable=broad-except  (tf.errors.*, OSError: all mean "cannot read it")
+      path = self.sentencepiece_model_file
+      reason = ' '.join(str(e).split())[:300]
+      remote = ('; without network access to gs://, copy it to a local file and pass that'
+                if path.startswith('gs://') else '')
+      raise FileNotFoundError(f'cannot read the vocabulary {path} ({type(e).__name__}: {reason}){remote} '
+                              f"(gin get_vocabulary.path, ${VOCAB_ENV}, or 'byte')") from e
+
+
 @functools.lru_cache(maxsize=None)
 def _build(path: str, newline_mode: str, extra_ids: int) -> seqio.Vocabulary:
   if path == BYTE:
     return seqio.ByteVocabulary()
   if newline_mode not in NEWLINE_MODES:
     raise ValueError(f'newline_mode must be one of {NEWLINE_MODES}, got {newline_mode!r}')
-  base = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  base = SentencePieceFile(path, extra_ids=extra_ids)
   if newline_mode == 'lossless':
     return LosslessNewlineVocabulary(base)
   if newline_mode == 'dolly':

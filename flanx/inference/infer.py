@@ -1,7 +1,8 @@
 """Inference behind `python -m flanx.infer` (gin-configurable `infer`).
 
-Inputs come from a task/mixture split or a JSONL file of prompts (`{"inputs": …}`, optional `"targets"`);
-outputs are JSONL lines with input, prediction, score and (when present) target, written as
+Inputs come from a task/mixture split or a JSONL file of prompts (`{"inputs": …}`, optional `"targets"`, or
+records of a task's own format, which get its template: `infer.task`, default the run's task); outputs are
+JSONL lines with input, prediction, score and (when present) target, written as
 `{name}-{mode}.jsonl-00000-of-00001` in the output folder (t5x's naming).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -22,32 +23,78 @@ from flanx.inference.inference_model import InferenceModel
 _PROMPT_KEYS = ('inputs', 'input', 'prompt')
 
 
-def read_prompts(path: str) -> list[dict[str, Any]]:
-  """Prompts from a JSONL file (each with its 'line' number); a bad line is an error naming file and line."""
-  import tensorflow as tf
-  records = []
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    for line_number, raw in enumerate(f, 1):
-      try:
-        line = raw.decode('utf-8-sig' if line_number == 1 else 'utf-8')
-      except UnicodeDecodeError as e:
-        raise ValueError(f'{path}:{line_number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column '
-                         f'{e.start + 1})') from None
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{line_number}: not valid JSON ({e.msg})') from None
-      key = next((k for k in _PROMPT_KEYS if isinstance(record, dict) and k in record), None)
-      if key is None or not isinstance(record[key], str):
-        raise ValueError(f'{path}:{line_number}: expected a string field "inputs" (or "input"/"prompt")')
+def read_prompts(path: str, template: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+  """Prompts from a JSONL file (each with its 'line' number), all read and checked before any decoding.
+
+  A line is `{"inputs": …}` (or "input"/"prompt"; optional "targets"/"target"), or a record of a task's own
+  format (Dolly's instruction/context/…) when `template()` returns that task's source (tasks.spec.SpecSource):
+  its template makes the prompt. A bad line (not UTF-8, malformed or hostile JSON, a lone surrogate, no prompt)
+  is a RecordError naming file and line.
+  """
+  from tasks import records as records_lib  # pylint: disable=g-import-not-at-top
+  records, source = [], None
+  for where, line, problem in records_lib.iter_lines(path):
+    if problem is None and not line.strip():
+      continue
+    record, problem = (None, problem) if problem else records_lib.parse_json_line(line)
+    if problem:
+      raise records_lib.RecordError(f'{where}: {problem[1]}')
+    number = int(where.rsplit(':', 1)[1])
+    key = next((k for k in _PROMPT_KEYS if isinstance(record, dict) and k in record), None)
+    if key is not None and isinstance(record[key], str):
       target = record.get('targets', record.get('target'))
-      records.append({'inputs': record[key], 'line': line_number,
+      if target is not None and not isinstance(target, str):
+        raise records_lib.RecordError(f'{where}: "targets" is {type(target).__name__}, not a string')
+      records.append({'inputs': record[key], 'line': number,
                       **({'targets': target} if target is not None else {})})
+      continue
+    if key is not None or not isinstance(record, dict) or template is None:
+      raise records_lib.RecordError(f'{where}: expected a string field "inputs" (or "input"/"prompt")'
+                                    + ('' if key is not None else _TASK_FORMAT_HINT))
+    try:
+      source = source or template()
+      inputs, targets = source.prompt(record)
+    except ValueError as e:
+      raise records_lib.RecordError(f'{where}: no string field "inputs" (or "input"/"prompt"), and not a '
+                                    f'record of the task: {e}') from None
+    records.append({'inputs': inputs, 'line': number, **({'targets': targets} if targets is not None else {})})
   if not records:
-    raise ValueError(f'{path}: no prompts (the file is empty or has only blank lines)')
+    raise records_lib.RecordError(f'{path}: no prompts (the file is empty or has only blank lines)')
   return records
+
+
+_TASK_FORMAT_HINT = ('; for records of a task\'s own format (e.g. Dolly\'s instruction/context) name the task: '
+                     '--gin.infer.task=\'"dolly"\'')
+
+
+def _prompt_template(task: str | None, checkpoint_path: str) -> Callable[[], Any]:
+  """What turns a record without "inputs" into a prompt: the template of `task`, else of the task the
+  checkpoint's run trained on (its recorded MIXTURE_OR_TASK_NAME), looked up at the first such record."""
+
+  def source():
+    from tasks import spec  # pylint: disable=g-import-not-at-top
+    name = task or _recorded_task(checkpoint_path)
+    if not name:
+      raise ValueError('no task is named (--gin.infer.task=\'"dolly"\') and the checkpoint records none')
+    if name not in _registered():
+      import tasks  # pylint: disable=g-import-not-at-top,unused-import  (flanx's own tasks: dolly, cot, …)
+    return spec.prompt_source(name)
+
+  return source
+
+
+def _registered() -> set[str]:
+  import seqio  # pylint: disable=g-import-not-at-top
+  return set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+
+
+def _recorded_task(checkpoint_path: str) -> str | None:
+  """The task a flanx run trained on, from its checkpoint's recorded settings (None for other checkpoints)."""
+  from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    return checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]).get('run', {}).get('MIXTURE_OR_TASK_NAME')
+  except (FileNotFoundError, checkpoints.CheckpointRestoreError):
+    return None
 
 
 def _encode(vocabulary: Any, texts: Sequence[str], length: int, truncated: list[int] | None = None) -> np.ndarray:
@@ -112,18 +159,23 @@ def infer(*,
           vocabulary: Any = None,
           num_examples: int | None = None,
           use_cached_tasks: bool = False,
-          prompt_with_targets: bool = False) -> str:
+          prompt_with_targets: bool = False,
+          task: str | None = None) -> str:
   """Generates predictions for a task split or a prompts file; returns the output file's path.
 
   Each line has the best decode ('prediction', 'score'); when decode_options give several decodes per input
   (beam search, or sampling with num_decodes > 1) also all of them, best first ('predictions', 'scores').
   prompt_with_targets (t5x's predict_batch_with_aux option): each record's target text is a decoder prompt the
   decode continues; as in t5x, the prediction then starts with it.
+  task: for an input_file, the registered task whose template turns lines of its own format (no "inputs") into
+  prompts; default mixture_or_task_name, else the task the checkpoint's run trained on. The whole file is read
+  and checked before decoding starts, so a bad line stops the run before any work, naming file and line.
   """
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
   if input_file:
-    records, name = read_prompts(input_file), os.path.splitext(os.path.basename(input_file))[0]
+    records = read_prompts(input_file, _prompt_template(task or mixture_or_task_name, checkpoint_path))
+    name = os.path.splitext(os.path.basename(input_file))[0]
     if vocabulary is None:
       raise ValueError('infer.vocabulary must be set when reading prompts from a file '
                        '(e.g. infer.vocabulary = @tasks.vocab.get_vocabulary())')

@@ -21,7 +21,7 @@ def _check_matches(config: T5Config, found: T5Config, path: str) -> None:
   diffs = [f'{f}: model config {getattr(config, f)!r} vs checkpoint {getattr(found, f)!r}'
            for f in fields if getattr(config, f) != getattr(found, f)]
   if diffs:
-    raise ValueError(f'{path} does not match the configured model:\n  ' + '\n  '.join(diffs))
+    raise checkpoints.CheckpointRestoreError(f'{path} does not match the configured model:\n  ' + '\n  '.join(diffs))
 
 
 def load_params(path: str, config: T5Config) -> PyTree:
@@ -39,8 +39,11 @@ def load_params(path: str, config: T5Config) -> PyTree:
   if t5x_checkpoint.is_t5x_checkpoint(path):
     params, _, _ = t5x_checkpoint.load_t5x_params(path, config)
     return network.to_model_layout(config, params)
-  raise ValueError(f'{path}: not a flanx checkpoint, a Hugging Face folder (config.json) or a t5x checkpoint '
-                   '(checkpoint msgpack file)')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path} does not exist')
+  raise checkpoints.CheckpointRestoreError(f'{path}: not a flanx checkpoint, a Hugging Face folder (config.json) '
+                                           'or a t5x checkpoint (checkpoint msgpack file)')
 
 
 def place_params(host_params: PyTree, param_shardings: PyTree) -> PyTree:

@@ -14,6 +14,7 @@ from flanx import infer as infer_cli
 from flanx.inference import infer
 from flanx.model.config import T5Config
 from flanx.training import checkpoints
+from tasks import records
 
 CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=2)
 INPUT_LENGTH = 16
@@ -41,7 +42,7 @@ def test_empty_prompt_file_is_an_error(tmp_path, content):
 def test_non_utf8_bytes_name_file_line_and_column(tmp_path):
   path = tmp_path / 'prompts.jsonl'
   path.write_bytes('{"inputs": "fine ✓"}\n\n'.encode() + b'{"inputs": "caf\xe9"}\n')
-  with pytest.raises(ValueError, match=f'{path}:3: not valid UTF-8 \\(byte 0xe9 at column 16\\)'):
+  with pytest.raises(records.RecordError, match=f'{path}:3: not UTF-8 text \\(byte 0xe9 at column 16\\)'):
     infer.read_prompts(str(path))
   # A byte-order mark at the start is not an error; line numbers are the file's.
   path.write_bytes(b'\xef\xbb\xbf{"inputs": "a"}\n\n{"prompt": "b", "target": "c"}\n')

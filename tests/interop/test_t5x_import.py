@@ -123,8 +123,11 @@ def test_mismatches_are_listed_together(tiny_config, random_params, tmp_path):
   with pytest.raises(t5x_checkpoint.T5XCheckpointError):
     import_t5x.main(['--t5x_checkpoint', str(tmp_path), '--output_dir', str(out), '--format=flanx'])
   assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint_5']
-  with pytest.raises(ValueError, match='not a flanx checkpoint, a Hugging Face folder'):
+  with pytest.raises(FileNotFoundError, match='missing does not exist'):
     checkpoint_import.load_params(str(tmp_path / 'checkpoint_5' / 'missing'), config)
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(checkpoints.CheckpointRestoreError, match='not a flanx checkpoint, a Hugging Face folder'):
+    checkpoint_import.load_params(str(tmp_path / 'empty'), config)
 
 
 def test_tied_scanned_and_split_heads_layout(tiny_config, random_params, tmp_path):
