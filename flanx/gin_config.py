@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str], description: str, parents: Sequence[argparse
   parser.add_argument('--process_count', type=int, default=None, help='multi-host: number of processes')
   parser.add_argument('--process_index', type=int, default=None, help='multi-host: this process index')
   parser.add_argument('--initialization_timeout', type=int, default=300, help='multi-host: seconds to wait for peers')
+  # flanx.cli_errors takes --verbose off the command line before parsing; listed here so --help shows it.
+  parser.add_argument('--verbose', action='store_true', help='on an error, print the traceback (or FLANX_VERBOSE=1)')
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith('--gin.'):
