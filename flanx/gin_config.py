@@ -37,6 +37,8 @@ def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespac
   parser.add_argument('--process_count', type=int, default=None, help='multi-host: number of processes')
   parser.add_argument('--process_index', type=int, default=None, help='multi-host: this process index')
   parser.add_argument('--initialization_timeout', type=int, default=300, help='multi-host: seconds to wait for peers')
+  parser.add_argument('--compile_cache_dir', default=None, help='JAX persistent compilation cache shared by runs '
+                      '(local or gs://; default: a folder under the output); same as --gin.compile_cache.directory')
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith('--gin.'):
@@ -47,6 +49,9 @@ def parse_args(argv: Sequence[str], description: str) -> tuple[argparse.Namespac
     else:
       rest.append(arg)
   args = parser.parse_args(rest)
+  if args.compile_cache_dir:
+    import flanx.training.compile_cache  # noqa: F401  pylint: disable=g-import-not-at-top  (its gin configurable)
+    bindings.append(f'compile_cache.directory = {args.compile_cache_dir!r}')
   return args, args.gin_file, args.gin_bindings + bindings
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
-from flanx.training import data, runtime
+from flanx.training import data, profiling, runtime
 from flanx.inference import predict
 from flanx.model.config import T5Config
 from flanx.inference.inference_model import InferenceModel
@@ -112,13 +112,15 @@ def infer(*,
           vocabulary: Any = None,
           num_examples: int | None = None,
           use_cached_tasks: bool = False,
-          prompt_with_targets: bool = False) -> str:
+          prompt_with_targets: bool = False,
+          profile_batches: tuple[int, ...] | None = None) -> str:
   """Generates predictions for a task split or a prompts file; returns the output file's path.
 
   Each line has the best decode ('prediction', 'score'); when decode_options give several decodes per input
   (beam search, or sampling with num_decodes > 1) also all of them, best first ('predictions', 'scores').
   prompt_with_targets (t5x's predict_batch_with_aux option): each record's target text is a decoder prompt the
   decode continues; as in t5x, the prediction then starts with it.
+  `profile_batches=(start, count[, every])` traces those decode batches into `<output_dir>/plugins/profile`.
   """
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
@@ -136,6 +138,7 @@ def infer(*,
   records = records[:num_examples] if num_examples is not None else records
   options = predict.decode_options()
   model = InferenceModel(checkpoint_path, config, batch_size, **{**options, 'return_all_decodes': True})
+  model.profiler = profiling.Profiler(profiling.parse_window(profile_batches, 'infer.profile_batches'), output_dir)
   several = predict.decodes_per_input(options) > 1
   path = os.path.join(output_dir, f"{name}-{options['mode']}.jsonl-00000-of-00001")
   lines, truncated = [], []

@@ -56,17 +56,17 @@ class CacheStats:
 
 
 @gin.configurable(denylist=['default_dir'])
-def compile_cache(default_dir: str, directory: str | None = None, enabled: bool = True,
+def compile_cache(default_dir: str | None, directory: str | None = None, enabled: bool = True,
                   min_compile_seconds: float | None = None) -> tuple[str | None, float | None]:
   """(folder, minimum compile seconds) of the persistent compilation cache (folder None: off)."""
   if not enabled:
     return None, min_compile_seconds
-  return directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(default_dir, FOLDER), \
-      min_compile_seconds
+  default = os.path.join(default_dir, FOLDER) if default_dir else None
+  return directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or default, min_compile_seconds
 
 
 @contextlib.contextmanager
-def enabled(default_dir: str) -> Iterator[CacheStats]:
+def enabled(default_dir: str | None) -> Iterator[CacheStats]:
   """Uses the persistent cache (see compile_cache) inside; JAX's previous cache settings are restored after."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as jax_cache  # pylint: disable=g-import-not-at-top
@@ -89,7 +89,7 @@ def _set(jax: Any, jax_cache: Any, values: dict[str, Any]) -> None:
   jax_cache.reset_cache()  # JAX opens its cache folder once; make it open the one just set
 
 
-def cached(entry: Callable[[], Any], default_dir: Callable[[], str]) -> Callable[[], Any]:
+def cached(entry: Callable[[], Any], default_dir: Callable[[], str | None]) -> Callable[[], Any]:
   """`entry` (a command line's gin-configured function) run with the cache on; `default_dir()` is asked once gin
   has been parsed. Prints the hits and misses after."""
 
