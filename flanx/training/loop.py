@@ -291,8 +291,8 @@ class _RunFolder:
       self.lease.release()
       self.lease = None
     if not started and not self.existed and runtime.is_first_host() and tf.io.gfile.isdir(self.model_dir):
-      if not tf.io.gfile.listdir(self.model_dir):
-        tf.io.gfile.rmtree(self.model_dir)
+      if {name.rstrip('/') for name in tf.io.gfile.listdir(self.model_dir)} <= {compile_cache.FOLDER}:
+        tf.io.gfile.rmtree(self.model_dir)  # (programs compiled by a start that failed go with it)
 
 
 def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[str, Any], train_steps: int,
