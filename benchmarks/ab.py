@@ -276,6 +276,8 @@ def main(argv=None) -> dict:
       args.data = 'synthetic'
   config = common.load_config(args.model, args.dtype)
   result = {**_header(args), 'result': COMMANDS[args.command](args, config), 'load_end': common.load_average()}
+  if 'torch' in sys.modules:  # the HF side ran: record (measured) that torch flushed denormals, as XLA does
+    result['hf_flush_denormal'] = common.torch_flushes_denormals()
   out = pathlib.Path(args.out or common.REPO / 'runs' / 'ab' / f'{args.command}_{args.dtype}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1, default=str) + '\n')

@@ -113,7 +113,10 @@ def markdown(result: dict) -> str:
   lines = [
       f"# flanx benchmark results ({'quick smoke run' if result['quick'] else 'full'})", '',
       f"- device: {dev['platform']} · {dev['device_kind']} × {dev['device_count']} "
-      f"(host: {result['host']['cpu_count']} CPU cores, {result['host']['processor']})",
+      f"(host: {result['host']['cpu_count']} CPU cores, {result['host']['processor']}"
+      f"{', ' + result['host']['cpu'].get('Model name', '') if result['host'].get('cpu') else ''})",
+      *([f"- CPU flags (kernel choice): {' '.join(result['host']['cpu']['kernel_flags'])}"]
+        if result['host'].get('cpu', {}).get('kernel_flags') else []),
       f"- date: {result['date']} · commit: {result['commit']}",
       f"- load average (1/5/15 min) at start: {result['load_average']['start']}, at end: "
       f"{result['load_average']['end']}",

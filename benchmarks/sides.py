@@ -6,7 +6,8 @@ it measures (e.g. decode steps without the cache set-up), which the harness then
 Train step, flanx: `flanx.training.steps.make_train_step` (forward, backward, t5x Adafactor, z-loss 1e-4, summed
 loss) on seqio-packed rows. HF: `T5ForConditionalGeneration` + `transformers.optimization.Adafactor` (as close
 to t5x as it goes) on padded unpacked rows of the same shape; bf16 = torch.autocast over fp32 params, the
-counterpart of flanx's fp32 params with bf16 activations.
+counterpart of flanx's fp32 params with bf16 activations. torch flushes denormals to zero, as XLA:CPU does
+(common.flush_denormals_like_xla): unflushed, the HF train step runs 2-4x slower on some Intel Xeons.
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ def hf_model(config, dtype=None):
   """Random-init transformers T5 of `config` (own head weight when flanx's head is untied), on the CPU."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
   from flanx.interop import hf_format  # pylint: disable=g-import-not-at-top
+  common.flush_denormals_like_xla()  # as XLA does (before torch's first op starts its threads)
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf_format.hf_config_dict(config)))
   if not config.tie_embeddings:  # transformers 5.x ties lm_head to shared in memory; give it its own weight
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())

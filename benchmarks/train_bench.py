@@ -79,6 +79,7 @@ def hf_model(config, device: str, dtype=None):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from flanx.interop import hf_format as hf  # pylint: disable=g-import-not-at-top
+  common.flush_denormals_like_xla()  # as XLA does (before torch's first op starts its threads)
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf.hf_config_dict(config)))
   if not config.tie_embeddings:  # transformers 5.x ties lm_head to shared in memory; give it its own weight
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
@@ -104,7 +105,8 @@ def torch_device_facts(device: str) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   if device == 'cuda':
     return {'platform': 'gpu', 'device_kind': torch.cuda.get_device_name(), 'device_count': 1}
-  return {'platform': 'cpu', 'device_kind': 'cpu', 'device_count': 1, 'threads': torch.get_num_threads()}
+  return {'platform': 'cpu', 'device_kind': 'cpu', 'device_count': 1, 'threads': torch.get_num_threads(),
+          'flush_denormal': common.torch_flushes_denormals()}
 
 
 def run_hf(spec: dict) -> dict:

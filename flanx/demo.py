@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Sequence
 import gin
 
 _DEMO_GIN = 'runs/demo.gin'
+_TENSORBOARD_VERSION = '2.21.0'  # constraints.txt's pin
 # eval/infer use the run gins with the demo's model and task (runs/demo.gin is a training run).
 _DEMO_TASK = ['--gin_file=models/demo.gin', '--gin.MIXTURE_OR_TASK_NAME="flanx_demo"',
               '--gin.MIXTURE_OR_TASK_MODULE="tasks.demo"', "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}"]
@@ -130,6 +132,14 @@ def _quiet_libraries() -> None:
   hf_logging.disable_progress_bar()
 
 
+def _tensorboard_command(model_dir: str) -> str:
+  """How to look at the run in TensorBoard (which the demo's install leaves out: it is only a viewer)."""
+  command = f'tensorboard --logdir {model_dir}'
+  if importlib.util.find_spec('tensorboard') is None:
+    command = f'{sys.executable} -m pip install tensorboard=={_TENSORBOARD_VERSION}, then {command}'
+  return command
+
+
 def flag_parser() -> argparse.ArgumentParser:
   """The demo's command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print('\n' + _table([[k, f'{v:.0f} s'] for k, v in timings.items()] + [['total', f'{time.time() - started:.0f} s']],
                       ['stage', 'time']))
   print(f'\nRun folder:        {run_dir}\nflanx checkpoints: {model_dir}\nHF export:         {hf_dir}\n'
-        f'Logs:              {_LOG_DIR}\nTensorBoard:       tensorboard --logdir {model_dir}')
+        f'Logs:              {_LOG_DIR}\nTensorBoard:       {_tensorboard_command(model_dir)}')
   same = all(f == h for f, h in zip(flanx_out, hf_out))
   if not same:
     print(f"ERROR: {'peft' if lora else 'transformers'} generated different text from flanx", file=sys.stderr)

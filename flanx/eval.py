@@ -14,7 +14,7 @@ if __name__ == '__main__':
 
 from flanx.inference import evaluate as evaluation  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
-from flanx.training import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.training import compile_cache, runtime  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('eval', argv, __doc__.splitlines()[0])
-  results = gin_utils.run(evaluation.evaluate, __doc__.splitlines()[0], argv, [aot.flag_parser()])
+  entry = compile_cache.cached(evaluation.evaluate, lambda: evaluation.output_folder(
+      gin_utils.gin_value('evaluate.checkpoint_path') or '', gin_utils.gin_value('evaluate.output_dir')))
+  results = gin_utils.run(entry, __doc__.splitlines()[0], argv, [aot.flag_parser()])
   if runtime.is_first_host():
     print(json.dumps(results, indent=2), flush=True)
   return 0

@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str], description: str, parents: Sequence[argparse
   parser.add_argument('--initialization_timeout', type=int, default=300, help='multi-host: seconds to wait for peers')
   # flanx.cli_errors takes --verbose off the command line before parsing; listed here so --help shows it.
   parser.add_argument('--verbose', action='store_true', help='on an error, print the traceback (or FLANX_VERBOSE=1)')
+  parser.add_argument('--compile_cache_dir', default=None, help='JAX persistent compilation cache shared by runs '
+                      '(local or gs://; default: a folder under the output); same as --gin.compile_cache.directory')
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith('--gin.'):
@@ -57,6 +59,9 @@ def parse_args(argv: Sequence[str], description: str, parents: Sequence[argparse
     else:
       rest.append(arg)
   args = parser.parse_args(rest)
+  if args.compile_cache_dir:
+    import flanx.training.compile_cache  # noqa: F401  pylint: disable=g-import-not-at-top  (its gin configurable)
+    bindings.append(f'compile_cache.directory = {args.compile_cache_dir!r}')
   return args, args.gin_file, args.gin_bindings + bindings
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from flanx.inference import eval_report
 from flanx.inference.inference_model import InferenceModel
 from flanx.model.config import T5Config
-from flanx.training import data, runtime, steps
+from flanx.training import data, profiling, runtime, steps
 from flanx.training.metrics_writer import MetricsWriter
 
 
@@ -24,6 +24,11 @@ def _batches(dataset, batch_size: int):
   """(indices, features) numpy batches of an enumerated seqio eval dataset, last one partial."""
   for indices, features in dataset.batch(batch_size).as_numpy_iterator():
     yield indices, features
+
+
+def output_folder(checkpoint_path: str, output_dir: str | None = None) -> str:
+  """Where evaluate writes: `output_dir`, by default `<checkpoint_path>/eval`."""
+  return output_dir or os.path.join(checkpoint_path.rstrip('/'), 'eval')
 
 
 @gin.configurable
@@ -39,20 +44,24 @@ def evaluate(*,
              num_examples: int | None = None,
              use_cached_tasks: bool = False,
              step: int | None = None,
-             truncation_examples: int = 1000) -> dict[str, dict[str, float]]:
+             truncation_examples: int = 1000,
+             profile_batches: tuple[int, ...] | None = None) -> dict[str, dict[str, float]]:
   """Evaluates a checkpoint on a task/mixture split; returns {task: {metric: value}}.
 
   First it reports how much of each task the lengths cut (`truncation_examples` examples each; 0: no report).
+  `profile_batches=(start, count[, every])` traces those decode batches into `<output_dir>/<split>/plugins/profile`.
   """
   import seqio
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
-  output_dir = output_dir or os.path.join(checkpoint_path.rstrip('/'), 'eval')
+  output_dir = output_folder(checkpoint_path, output_dir)
   truncation_lines, truncation = (data.truncation_report(mixture_or_task_name, task_feature_lengths, split,
                                                           truncation_examples) if truncation_examples else ([], {}))
   if runtime.is_first_host():
     print('\n'.join(truncation_lines), flush=True)
   model = InferenceModel(checkpoint_path, config, batch_size, return_all_decodes=False)  # metrics score the best
+  model.profiler = profiling.Profiler(profiling.parse_window(profile_batches, 'evaluate.profile_batches'),
+                                      os.path.join(output_dir, split))
   evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=split, use_cached=use_cached_tasks, sequence_length=dict(task_feature_lengths),

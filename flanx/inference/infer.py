@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import numpy as np
 
-from flanx.training import data, runtime
+from flanx.training import data, profiling, runtime
 from flanx.inference import predict
 from flanx.model.config import T5Config
 from flanx.inference.inference_model import InferenceModel
@@ -160,7 +160,8 @@ def infer(*,
           num_examples: int | None = None,
           use_cached_tasks: bool = False,
           prompt_with_targets: bool = False,
-          task: str | None = None) -> str:
+          task: str | None = None,
+          profile_batches: tuple[int, ...] | None = None) -> str:
   """Generates predictions for a task split or a prompts file; returns the output file's path.
 
   Each line has the best decode ('prediction', 'score'); when decode_options give several decodes per input
@@ -170,6 +171,7 @@ def infer(*,
   task: for an input_file, the registered task whose template turns lines of its own format (no "inputs") into
   prompts; default mixture_or_task_name, else the task the checkpoint's run trained on. The whole file is read
   and checked before decoding starts, so a bad line stops the run before any work, naming file and line.
+  `profile_batches=(start, count[, every])` traces those decode batches into `<output_dir>/plugins/profile`.
   """
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
@@ -188,6 +190,7 @@ def infer(*,
   records = records[:num_examples] if num_examples is not None else records
   options = predict.decode_options()
   model = InferenceModel(checkpoint_path, config, batch_size, **{**options, 'return_all_decodes': True})
+  model.profiler = profiling.Profiler(profiling.parse_window(profile_batches, 'infer.profile_batches'), output_dir)
   several = predict.decodes_per_input(options) > 1
   path = os.path.join(output_dir, f"{name}-{options['mode']}.jsonl-00000-of-00001")
   lines, truncated = [], []

@@ -11,7 +11,7 @@ from flanx.inference import predict
 from flanx.interop import load_params
 from flanx.model import network, peft
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, partitioning
+from flanx.training import checkpoints, data, partitioning, profiling
 from flanx.training import steps
 
 
@@ -20,8 +20,11 @@ class InferenceModel:
 
   A PEFT `config` (T5Config.lora / T5Config.prompt set, as the run trained) reads a PEFT run's checkpoint: its
   adapters on the base its metadata names. Under prompt tuning every encoder input gets the prompt placeholders
-  in front (flanx.model.peft), as in training.
+  in front (flanx.model.peft), as in training. Setting `profiler` (flanx.training.profiling) traces chosen
+  predict batches.
   """
+
+  profiler = profiling.OFF
 
   def __init__(self, checkpoint_path: str, config: T5Config, batch_size: int, **decode_options):
     self.config, self.batch_size = config, batch_size
@@ -50,10 +53,11 @@ class InferenceModel:
     encoder_input_tokens = peft.add_prompt_placeholders(encoder_input_tokens, self._prompt_tokens)
     batch = {'encoder_input_tokens': encoder_input_tokens, **({'prompt': prompt} if prompt is not None else {})}
     padded, n = data.pad_batch(batch, self.batch_size)
-    with self.mesh, steps.activation_rules(self.shardings):
+    with self.profiler.step(batch_index), self.mesh, steps.activation_rules(self.shardings):
       arrays = self._global(padded)
       tokens, scores = self._predict(self.params, arrays['encoder_input_tokens'], batch_index, arrays.get('prompt'))
-    return np.asarray(tokens)[:n], np.asarray(scores)[:n]
+      tokens, scores = np.asarray(tokens)[:n], np.asarray(scores)[:n]  # waits for the decode (inside a profile)
+    return tokens, scores
 
   def score(self, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-example target log-likelihood, correct-token and target-token counts (teacher forced)."""

@@ -272,6 +272,7 @@ def export_checkpoint(*,
       'step': step,
       'train_metrics': model_card.last_train_metrics(run_dir),
       'eval_results': model_card.eval_results([run_dir, checkpoint_path]),
+      'run_timing': model_card.run_timing(run_dir),
       'config_gin': gfile.GFile(config_gin).read() if gfile.exists(config_gin) else None,
   }
   if gin_config.configurable_bindings('train'):  # the run's own config: describe how it trained (never guessed otherwise)

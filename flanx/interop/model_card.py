@@ -54,6 +54,27 @@ def eval_results(folders: Sequence[str]) -> list[dict[str, Any]]:
   return results
 
 
+def run_timing(run_dir: str) -> dict[str, Any] | None:
+  """Where the run's training time went (MODEL_DIR/goodput.json, flanx.training.goodput), None when absent."""
+  from flanx.training import goodput  # pylint: disable=g-import-not-at-top
+  return goodput.read(run_dir)
+
+
+def _timing_lines(run: Mapping[str, Any] | None) -> list[str]:
+  """The model card's 'Training time' section: wall time by part over all starts of the run."""
+  if not run:
+    return []
+  wall = max(float(run.get('wall_seconds', 0.0)), 1e-9)
+  lines = ['', '## Training time', '',
+           f"{wall / 3600:.2f} hours of wall time over {run.get('starts', 1)} start(s), "
+           f"{float(run.get('device_hours', 0.0)):.2f} device-hours on {run.get('devices', '?')} × "
+           f"{run.get('device_kind', '?')}; goodput (device-step time / wall time) {float(run.get('goodput', 0.0)):.1%}.",
+           '', '| part | hours | share |', '|---|---|---|']
+  for part, seconds in run.get('parts_seconds', {}).items():
+    lines.append(f"| {part.replace('_', ' ')} | {float(seconds) / 3600:.3f} | {float(seconds) / wall:.1%} |")
+  return lines
+
+
 def _number(value: Any) -> str:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return str(value)
@@ -105,6 +126,7 @@ def render(info: Mapping[str, Any]) -> str:
     lines += ['', f'## Training metrics (step {metrics.get("step", "?")})', '']
     keys = [k for k in _TRAIN_KEYS if k in metrics] or [k for k in metrics if k != 'step']
     lines += _table([(k, metrics[k]) for k in keys])
+  lines += _timing_lines(info.get('run_timing'))
   evals = info.get('eval_results') or []
   if evals:
     lines += ['', '## Evaluation', '', '| file | split | step | task | metric | value |', '|---|---|---|---|---|---|']

@@ -53,6 +53,8 @@ class RunCheckpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=_PREFIX, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._pending: int | None = None  # step of the save that may still be running in the background
+    self._pending_since = 0.0
+    self.on_saved: Callable[[int, float], None] | None = None  # (step, seconds) once a save is complete
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -62,11 +64,12 @@ class RunCheckpoints:
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict, data_iterator=None) -> None:
     """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
     self._wait()  # orbax would wait for the previous save anyway; this way its failure gets a clear message
+    started = time.perf_counter()
     meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params),
                                   'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
       data_iterator.save(_data_state_prefix(self.model_dir, step))
-    self._pending = step
+    self._pending, self._pending_since = step, started
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)), force=True)
@@ -97,6 +100,8 @@ class RunCheckpoints:
       raise CheckpointWriteError(f'saving {self.model_dir}/{_PREFIX}_{step} failed: {type(e).__name__}: {e}. '
                                  f'Training stopped; the newest intact checkpoint is {previous}. Free space (or '
                                  'fix the storage error) and rerun the same command to resume from it.') from e
+    if step is not None and self.on_saved is not None:
+      self.on_saved(step, time.perf_counter() - self._pending_since)
 
   def read_meta(self, step: int) -> dict:
     """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""

@@ -8,6 +8,7 @@ with the last good checkpoint untouched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Mapping
@@ -21,7 +22,7 @@ from flanx.interop import load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import start_step, steps, stop_signal, train_metrics
+from flanx.training import compile_cache, goodput, profiling, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -88,6 +89,7 @@ def train(*,
           peft: str | None = None,
           initial_adapter_path: str | None = None,
           truncation_examples: int = 1000,
+          profile_steps: tuple[int, ...] | None = None,
           run_name: str = 'train') -> dict:
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
 
@@ -101,6 +103,9 @@ def train(*,
   a run that stopped heart-beating) and the newest checkpoint's recorded settings compared with these; config.gin
   and the logs are written only once all of that passed. `restore_data=False` resumes without the saved data
   position (re-reading and skipping the batches used); `already_done_ok` accepts TRAIN_STEPS <= the restored step.
+  `profile_steps=(start, count[, every])` traces those steps into MODEL_DIR/<run_name>/plugins/profile
+  (flanx.training.profiling). Where the time goes is logged and kept in MODEL_DIR/goodput.json (goodput.py); JAX's
+  persistent compilation cache is on, in MODEL_DIR/compile_cache unless compile_cache.directory says otherwise.
   """
   arguments = dict(locals())
   stop_signal.install()  # from here a SIGTERM means "stop cleanly" (the command line installs it even earlier)
@@ -111,7 +116,9 @@ def train(*,
   shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
   folder = _RunFolder(model_dir, take_over_stale_lease)
   ckpts = writer = None
+  clock, cache = goodput.RunClock(), contextlib.ExitStack()
   try:
+    cache_stats = cache.enter_context(compile_cache.enabled(model_dir))
     ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
     state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
     if runtime.PreemptionFlag().is_set():
@@ -123,16 +130,23 @@ def train(*,
                            resume_step=-1 if resumed is None else resumed)  # fresh: drop all earlier rows
     if resumed is None and truncation_examples:
       _report_truncation(writer, plan.settings, int(state.step), truncation_examples)
-    saver = _Saver(ckpts, iterator, meta, resumed, folder)
+    ckpts.on_saved = lambda step, seconds: writer.log(f'Saved checkpoint_{step} ({seconds:.1f} s).')
+    saver = _Saver(ckpts, iterator, meta, resumed, folder, clock)
+    profiler = profiling.Profiler(profiling.parse_window(profile_steps, 'train.profile_steps'),
+                                  f'{model_dir}/{run_name}', writer.log)
+    clock.attach(model_dir, resumed is not None, int(state.step), plan.train_steps, writer.log, cache_stats)
     with mesh, steps.activation_rules(shardings):
-      return _train_loop(plan, state, tx, shardings, iterator, saver, writer)
+      return _train_loop(plan, state, tx, shardings, iterator, saver, writer, clock, profiler)
   finally:
     try:
       if ckpts is not None:
-        ckpts.close()
+        with clock.part('checkpoint'):  # waits for the last save's background write
+          ckpts.close()
     finally:
+      clock.finish()  # logs where the time went (once the run started) and stops listening
       if writer is not None:
         writer.close()
+      cache.close()
       folder.release(started=writer is not None)
 
 
@@ -201,7 +215,8 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
 
 
 def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: steps.Shardings,
-                iterator: data.CheckpointableIterator, saver: '_Saver', writer: MetricsWriter) -> dict:
+                iterator: data.CheckpointableIterator, saver: '_Saver', writer: MetricsWriter,
+                clock: goodput.RunClock, profiler: profiling.Profiler) -> dict:
   """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
   a, config = plan.arguments, plan.config
   loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
@@ -213,7 +228,8 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
   timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
   periods = {'train_steps': plan.train_steps, 'log_every': a['log_every'], 'eval_period': a['eval_period'],
              'checkpoint_period': a['checkpoint_period']}
-  return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, a['model_dir'])
+  return _loop(state, train_step, iterator, shardings, eval_fn, saver, writer, timing, periods, a['model_dir'], clock,
+               profiler)
 
 
 def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
@@ -275,8 +291,8 @@ class _RunFolder:
       self.lease.release()
       self.lease = None
     if not started and not self.existed and runtime.is_first_host() and tf.io.gfile.isdir(self.model_dir):
-      if not tf.io.gfile.listdir(self.model_dir):
-        tf.io.gfile.rmtree(self.model_dir)
+      if {name.rstrip('/') for name in tf.io.gfile.listdir(self.model_dir)} <= {compile_cache.FOLDER}:
+        tf.io.gfile.rmtree(self.model_dir)  # (programs compiled by a start that failed go with it)
 
 
 def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[str, Any], train_steps: int,
@@ -379,12 +395,14 @@ class _Saver:
   """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
 
   def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
-               last_saved: int | None, folder: _RunFolder):
+               last_saved: int | None, folder: _RunFolder, clock: goodput.RunClock):
     self.ckpts, self.iterator, self.meta, self.last_saved, self.folder = ckpts, iterator, meta, last_saved, folder
+    self.clock = clock
 
   def check(self) -> None:
     """Every step: a failed background save, or a lease taken over by another process, stops the run now."""
-    self.ckpts.check_for_errors()
+    with self.clock.part('checkpoint'):  # a finished background save is waited for (and reported) here
+      self.ckpts.check_for_errors()
     if self.folder.lost():
       raise run_lease.LeaseHeldError(f'another process took over the lease of {self.folder.model_dir}; this run '
                                      f'stopped without saving (last checkpoint: {self.last_good()}).')
@@ -392,7 +410,8 @@ class _Saver:
   def save(self, state: steps.TrainState, step: int) -> None:
     if self.last_saved != step:
       meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
-      self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
+      with self.clock.part('checkpoint'):  # the blocking part: the write goes on in the background
+        self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step
 
   def last_good(self) -> str:
@@ -401,18 +420,23 @@ class _Saver:
 
 def _loop(state: steps.TrainState, train_step: Callable, iterator: data.CheckpointableIterator,
           shardings: steps.Shardings, eval_fn: Callable | None, saver: _Saver, writer: MetricsWriter,
-          timing: train_metrics.IntervalMetrics, periods: Mapping[str, int], model_dir: str) -> dict:
+          timing: train_metrics.IntervalMetrics, periods: Mapping[str, int], model_dir: str,
+          clock: goodput.RunClock, profiler: profiling.Profiler = profiling.OFF) -> dict:
   """Steps until train_steps (or SIGTERM), logging, evaluating and checkpointing on their periods."""
   step, metrics, status = int(state.step), {}, 'finished'
   preempted = runtime.PreemptionFlag().install()
   try:
     writer.advance(step)
     while step < periods['train_steps']:
-      host_batch = next(iterator)
-      state, step_metrics = train_step(state, data.to_global(host_batch, shardings.batch))
+      with clock.part('data_wait'):
+        host_batch = next(iterator)
+      # Dispatch is asynchronous, but this loop already waits for every step's loss (the NaN check below), so
+      # dispatch -> loss on the host is the step's device time, measured without adding a synchronisation.
+      with profiler.step(step), clock.part('device_step'):
+        state, step_metrics = train_step(state, data.to_global(host_batch, shardings.batch))
+        timing.add(host_batch, step_metrics, step + 1)
+        loss = float(step_metrics['loss'])
       step += 1
-      timing.add(host_batch, step_metrics, step)
-      loss = float(step_metrics['loss'])
       if not math.isfinite(loss):
         saver.ckpts.wait()
         raise NonFiniteLossError(f'non-finite loss ({loss}) at step {step}; stopped without saving. '
@@ -420,10 +444,11 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
       saver.check()
       writer.advance()
       if step % periods['log_every'] == 0 or step == periods['train_steps']:
-        metrics = timing.result()  # t5x's names and normalisation over the interval
+        metrics = {**timing.result(), **clock.interval(step)}  # t5x's names and normalisation over the interval
         writer.write(step, metrics)
       if eval_fn is not None and step % periods['eval_period'] == 0:
-        writer.write(step, eval_fn(state.model_params))
+        with clock.part('eval'):
+          writer.write(step, eval_fn(state.model_params))
       if step % periods['checkpoint_period'] == 0:
         saver.save(state, step)
       if preempted.is_set():
@@ -434,6 +459,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
     else:
       saver.save(state, step)
   finally:
+    profiler.stop()
     preempted.uninstall()
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
 

@@ -1,6 +1,7 @@
 """The README's main job runs end to end (a few steps only: learning itself is covered by test_train)."""
 
 import json
+import pathlib
 
 from flanx import demo
 
@@ -29,3 +30,17 @@ def test_lora_demo_exports_an_adapter_peft_reproduces(tmp_path, capsys):
   settings = json.loads((hf / 'adapter_config.json').read_text())
   assert settings['peft_type'] == 'LORA' and settings['r'] == 16 and settings['base_model_name_or_path'] == str(hf / 'base')
   assert (hf / 'base' / 'model.safetensors').exists() and not (hf / 'model.safetensors').exists()
+
+
+def test_demo_names_the_tensorboard_install_when_it_is_missing(monkeypatch):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else real(name, *a))
+  assert demo._tensorboard_command('runs/x/model') == (
+      f'{demo.sys.executable} -m pip install tensorboard=={demo._TENSORBOARD_VERSION}, then '
+      'tensorboard --logdir runs/x/model')
+  monkeypatch.setattr(importlib.util, 'find_spec', real)
+  if real('tensorboard') is not None:
+    assert demo._tensorboard_command('runs/x/model') == 'tensorboard --logdir runs/x/model'
+  constraints = (pathlib.Path(__file__).parents[2] / 'constraints.txt').read_text().split()
+  assert f'tensorboard=={demo._TENSORBOARD_VERSION}' in constraints  # the version the project pins

@@ -75,3 +75,32 @@ def test_long_prompts_are_counted_and_reported(tmp_path, random_params, capsys):
   assert 'prompts: 5 predictions, 3 of 5 inputs truncated to 16 tokens.' in printed
   lines = [json.loads(line) for line in open(out, encoding='utf-8')]
   assert [line['input'] for line in lines] == prompts  # the full prompt is kept in the output
+
+
+@pytest.mark.slow
+def test_infer_command_profiles_chosen_batches_and_uses_a_compile_cache(tmp_path, random_params, capsys):
+  import gzip  # pylint: disable=g-import-not-at-top
+  config = T5Config(**CONFIG)
+  run = tmp_path / 'run'
+  checkpoints.write_params_checkpoint(str(run), 1, random_params(config, 0), {'step': 1})
+  path = tmp_path / 'prompts.jsonl'
+  path.write_text(''.join(json.dumps({'inputs': f'prompt {i}'}) + '\n' for i in range(6)))
+  out = tmp_path / 'out'
+  model = [f'--gin.T5Config.{k}={v}' for k, v in CONFIG.items()]
+  gin.clear_config()
+  try:
+    assert infer_cli.main(['--gin_file=runs/infer.gin', '--gin.infer.model_config=@T5Config()', *model,
+                           f'--gin.CHECKPOINT_PATH="{run}"', f'--gin.INFER_OUTPUT_DIR="{out}"',
+                           f'--gin.INPUT_FILE="{path}"', '--gin.BATCH_SIZE=2', '--gin.MAX_DECODE_LENGTH=3',
+                           "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 3}",
+                           '--gin.infer.vocabulary=@get_vocabulary()', '--gin.get_vocabulary.path="byte"',
+                           '--gin.infer.profile_batches=(1, 1)', '--gin.compile_cache.min_compile_seconds=0']) == 0
+  finally:
+    gin.clear_config()
+  printed = capsys.readouterr().out
+  assert f'Profiled step(s) 1: {out}/plugins/profile' in printed
+  assert f'Compile cache {out}/compile_cache: 0 hit(s), ' in printed
+  assert any((out / 'compile_cache').iterdir())  # the decode program was written for the next run
+  (trace,) = (out / 'plugins' / 'profile').glob('*/*.trace.json.gz')
+  with gzip.open(trace) as f:
+    assert json.load(f)['traceEvents']

@@ -88,3 +88,43 @@ def test_commit_stamp_is_dirty_for_code_changes_not_for_notes(tmp_path, monkeypa
   assert common.git_commit() == clean
   (tmp_path / 'step.py').write_text('x = 2\n')
   assert common.git_commit() == clean + '+dirty'
+
+
+_ZEN4_LSCPU = """Architecture:                            x86_64
+Vendor ID:                               AuthenticAMD
+Model name:                              AMD EPYC 9B14
+CPU family:                              25
+CPU(s):                                  2
+Thread(s) per core:                      2
+L2 cache:                                1 MiB (1 instance)
+Flags:                                   fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 avx512f avx512bw avx512_bf16 avx512_vnni vaes
+"""
+
+
+def test_cpu_facts_name_the_model_and_the_flags_that_pick_kernels():
+  facts = common.cpu_facts(_ZEN4_LSCPU)
+  assert facts['Model name'] == 'AMD EPYC 9B14' and facts['Vendor ID'] == 'AuthenticAMD' and facts['CPU(s)'] == '2'
+  assert facts['kernel_flags'] == ['avx', 'avx2', 'avx512_bf16', 'avx512_vnni', 'avx512bw', 'avx512f', 'f16c',
+                                   'fma', 'sse4_2']
+
+
+@pytest.mark.slow  # imports jax, torch and transformers
+def test_ab_header_records_this_cpu_and_the_hf_side_flushes_denormals(tiny_config):
+  import argparse  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import ab, sides  # pylint: disable=g-import-not-at-top
+  header = ab._header(argparse.Namespace(command='train'))
+  cpu = header['host']['cpu']
+  assert cpu.get('Model name') and isinstance(cpu['kernel_flags'], list)  # lscpu, or /proc/cpuinfo without it
+  if cpu.get('Architecture', 'x86_64') == 'x86_64':
+    assert 'sse4_2' in cpu['kernel_flags']
+  torch.set_flush_denormal(False)
+  try:
+    assert not common.torch_flushes_denormals()
+    model = sides.hf_model(tiny_config(vocab_size=64))  # every HF side of the harness is built here
+    assert common.torch_flushes_denormals()
+    weight = next(model.parameters())
+    with torch.no_grad():  # a denormal gradient-sized value through a torch kernel becomes 0
+      assert float((torch.full_like(weight, 2.0 ** -130) * 0.5).abs().max()) == 0.0
+  finally:
+    torch.set_flush_denormal(False)  # leave the process as it was for later tests
