@@ -206,14 +206,22 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
 
 
 def check_output_dir(output_dir: str | os.PathLike, checkpoint_path: str, run_dir: str) -> None:
-  """An error if the output folder overlaps what is exported: the checkpoint folder (equal, inside, or a parent),
-  or the run folder (equal or a parent; inside it only a new or empty folder not named like a checkpoint)."""
+  """An error if the output folder overlaps what is exported (the checkpoint or run folder: equal, inside, or a
+  parent), lies inside any run folder (a trainer prunes and replaces what is there), or is a link."""
+  from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
   staging.check_outside(output_dir, checkpoint_path, 'checkpoint folder')
-  staging.check_outside(output_dir, run_dir, 'run folder', new_inside_ok=True)
-  if '://' not in run_dir and re.fullmatch(r'checkpoint_\d+', pathlib.Path(output_dir).name) and (
-      os.path.realpath(os.path.dirname(os.path.abspath(output_dir))) == os.path.realpath(run_dir)):
-    raise ValueError(f'output folder {output_dir} would look like a checkpoint of the run {run_dir}; choose another '
-                     'name')
+  staging.check_outside(output_dir, run_dir, 'run folder')
+  output_dir = str(output_dir)
+  if '://' in output_dir:
+    return
+  enclosing = run_folder.enclosing_run_folder(output_dir)
+  if enclosing is not None:
+    raise run_folder.OutsideRunFolderError(
+        f'output folder {output_dir} is inside the run folder {enclosing}: a trainer there may prune or replace it '
+        '(checkpoint_<step>, data_state/, damaged/); choose an output folder outside any run folder')
+  if os.path.islink(output_dir):
+    raise run_folder.OutsideRunFolderError(f'output folder {output_dir} is a symbolic link (to '
+                                           f'{os.path.realpath(output_dir)}): give the folder itself')
 
 
 @gin.configurable

@@ -21,7 +21,7 @@ from flanx.interop import load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import start_step, steps, stop_signal, train_metrics
+from flanx.training import run_folder, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -109,6 +109,7 @@ def train(*,
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
   run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
   shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
+  run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
   folder = _RunFolder(model_dir, take_over_stale_lease)
   ckpts = writer = None
   try:
