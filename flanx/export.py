@@ -6,8 +6,9 @@ card), flanx_export.json and handler.py (Inference Endpoints). Unless --verify=f
 transformers and checked against flanx (flanx/interop/hf_verify.py) before it appears at --output_dir: everything is
 staged in a temporary folder beside it and renamed at the end, so a failure leaves nothing behind.
 
-Model config and vocabulary come from the run's config.gin (MODEL_DIR/config.gin, written by the trainer:
-`train.model_config`, `train.mixture_or_task_name` → the task's vocabulary), overridable with --gin.X=Y; or,
+Model config and vocabulary come from the config the checkpoint recorded (else the run's MODEL_DIR/config.gin:
+`train.model_config`, `train.mixture_or_task_name` → the task's vocabulary), read as data: it imports nothing
+and sets nothing of this command (flanx/training/recorded_config.py); --gin.X=Y overrides it. Or,
 with --gin_file, from the given gin files alone (model gins; `export_checkpoint.*` bindings work too).
 --vocab=PATH.model|byte (with --newline_mode) replaces the task's vocabulary.
 
@@ -20,12 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 from flanx import gin_config
 from flanx.interop import hf_export
-from flanx.training import checkpoints
+from flanx.training import checkpoints, recorded_config
 
 
 def _flag_parser() -> argparse.ArgumentParser:
@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   flags, rest = _flag_parser().parse_known_args(argv)
   args, gin_files, bindings = gin_config.parse_args(rest, __doc__.splitlines()[0])
+  recorded_config.reset()
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
   else:
@@ -65,12 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if recorded is None and not tf.io.gfile.exists(config_gin):
       raise SystemExit(f'{config_gin} not found: pass the model config with --gin_file=models/….gin '
                        '(and --vocab)')
-    with tempfile.TemporaryDirectory() as folder:
-      if recorded is not None:  # MODEL_DIR/config.gin describes the newest start, which may differ
-        config_gin = os.path.join(folder, 'config.gin')
-        with open(config_gin, 'w') as f:
-          f.write(recorded)
-      gin_config.parse_gin([config_gin], bindings, args.gin_search_paths, finalize=False)
+    if recorded is None:  # MODEL_DIR/config.gin describes the newest start, which may differ
+      with tf.io.gfile.GFile(config_gin) as f:
+        recorded, source = f.read(), config_gin
+    else:
+      source = f'{checkpoint_path}/meta'
+    recorded_config.apply(recorded, source)  # data: describes the model and vocabulary, runs no code
+    gin_config.parse_gin([], bindings, args.gin_search_paths, finalize=False)  # the command line wins
   overrides = {k: v for k, v in vars(flags).items() if v is not None}
   path = hf_export.export_checkpoint(**overrides)
   print(f'Wrote {path}', flush=True)

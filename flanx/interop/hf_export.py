@@ -263,10 +263,20 @@ def export_checkpoint(*,
                      '(a plain Hugging Face folder with the adapters folded in)')
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
+  comparable = True  # whether --vocab can be compared with the run's task vocabulary
+  if not mixture_or_task_module:  # from the run's config: a recorded config may not make export import code
+    from flanx.training import recorded_config  # pylint: disable=g-import-not-at-top
+    try:
+      recorded_config.check_task_module(module)
+    except recorded_config.RecordedConfigError as e:
+      if not vocab:
+        raise
+      print(f'Warning: --vocab not compared with the run\'s vocabulary ({e})', flush=True)
+      comparable = False
   lengths = task_feature_lengths or gin_config.run_value('task_feature_lengths')
   vocabulary = resolve_vocabulary(vocab, newline_mode, name, module)
   recorded = None
-  if vocab and name:  # --vocab replaces the run's: it must have the same ids
+  if vocab and name and comparable:  # --vocab replaces the run's: it must have the same ids
     try:
       recorded = resolve_vocabulary(None, None, name, module)
     except ValueError as e:
