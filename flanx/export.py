@@ -13,7 +13,8 @@ with --gin_file, from the given gin files alone (model gins; `export_checkpoint.
 --vocab=PATH.model|byte (with --newline_mode) replaces the task's vocabulary.
 
 Flags: --dtype=float32|bfloat16 (stored weights), --max_shard_size=5GB, --verify=true, --handler=true,
---overwrite=false.
+--overwrite=false, --allow_unverified (a checkpoint from before flanx recorded checksums; never one that says it
+has them).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def _flag_parser() -> argparse.ArgumentParser:
                       help='LoRA runs: write a PEFT adapter folder (the base beside it when needed)')
   parser.add_argument('--merge', type=gin_config.parse_bool, nargs='?', const=True,
                       help='LoRA runs: fold the adapters into the base and write a plain HF folder')
+  parser.add_argument('--allow_unverified', action='store_true', default=None,
+                      help='accept a checkpoint from before flanx recorded checksums, unverified')
   parser.add_argument('--overwrite', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='replace a non-empty output_dir')
   return parser
@@ -53,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   flags, rest = _flag_parser().parse_known_args(argv)
   args, gin_files, bindings = gin_config.parse_args(rest, __doc__.splitlines()[0])
+  if flags.allow_unverified:
+    bindings.append('checkpoint_checksums.required = False')
   recorded_config.reset()
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       source = f'{checkpoint_path}/meta'
     recorded_config.apply(recorded, source)  # data: describes the model and vocabulary, runs no code
     gin_config.parse_gin([], bindings, args.gin_search_paths, finalize=False)  # the command line wins
-  overrides = {k: v for k, v in vars(flags).items() if v is not None}
+  overrides = {k: v for k, v in vars(flags).items() if v is not None and k != 'allow_unverified'}
   path = hf_export.export_checkpoint(**overrides)
   print(f'Wrote {path}', flush=True)
   return 0

@@ -4,8 +4,11 @@ Orbax writes each step into a temporary folder and renames it when complete, so 
 never leaves a visible half-written checkpoint; the next start resumes from the newest complete one. The input
 pipeline's position is written *before* the step's checkpoint is committed, so every visible checkpoint has it.
 
-Each checkpoint's meta records a checksum per array (flanx.training.checksums), verified whenever it is restored
-(resume, export): a damaged newest checkpoint is moved to MODEL_DIR/damaged/ and the run resumes from the
+Each checkpoint's meta records a checksum per array (flanx.training.checksums) and `checkpoint_version` 2,
+verified whenever it is restored (resume, export, eval, infer, an initial checkpoint). Checksums are not
+optional: a version-2 meta without them was damaged or edited, and an unversioned one (a flanx from before
+checksums, or a meta edited to look like one) is read only with `checkpoint_checksums.required = False`
+(export: --allow_unverified). A damaged newest checkpoint is moved to MODEL_DIR/damaged/ and the run resumes from the
 previous intact one, loudly; with none intact it stops. A background save that fails (disk full) is reported
 by `check_for_errors()` at the next step, not at the next save.
 """
@@ -18,6 +21,7 @@ import re
 import time
 from typing import Any, Callable
 
+import gin
 import jax
 import orbax.checkpoint as ocp
 
@@ -25,6 +29,7 @@ from flanx.training import checksums
 
 PyTree = Any
 _PREFIX = 'checkpoint'
+VERSION = 2  # meta['checkpoint_version']: 2 = checksums of every array recorded; absent = a flanx before them
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -33,6 +38,17 @@ class CheckpointRestoreError(RuntimeError):
 
 class ChecksumMismatchError(CheckpointRestoreError):
   """Restored arrays differ from the checksums recorded when the checkpoint was written (damaged files)."""
+
+
+class UnverifiedCheckpointError(ChecksumMismatchError):
+  """The checkpoint records no checksums, so its arrays cannot be verified."""
+
+
+@gin.configurable
+def checkpoint_checksums(required: bool = True) -> bool:
+  """gin: `checkpoint_checksums.required = False` reads checkpoints written before flanx recorded checksums
+  (no checkpoint_version in their meta) unverified. Those that say they have checksums always need them."""
+  return required
 
 
 class CheckpointWriteError(RuntimeError):
@@ -62,8 +78,8 @@ class RunCheckpoints:
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict, data_iterator=None) -> None:
     """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
     self._wait()  # orbax would wait for the previous save anyway; this way its failure gets a clear message
-    meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params),
-                                  'opt_state': checksums.tree_checksums(opt_state)}}
+    meta = {**meta, 'checkpoint_version': VERSION,
+            'checksums': {'params': checksums.tree_checksums(params), 'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
       data_iterator.save(_data_state_prefix(self.model_dir, step))
     self._pending = step
@@ -106,6 +122,8 @@ class RunCheckpoints:
     """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata, verified
     against the checksums recorded at save (ChecksumMismatchError when they differ)."""
     where = f'{self.model_dir}/{_PREFIX}_{step}'
+    meta = self.read_meta(step)
+    recorded = {item: recorded_checksums(meta, item, where) for item in ('params', 'opt_state')}
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -116,9 +134,8 @@ class RunCheckpoints:
           f'optimizer settings changed, use the ones it was written with (see {where}/meta) or a new MODEL_DIR; '
           f'if the checkpoint is damaged, move it aside (e.g. into {self.model_dir}/damaged/) to resume from the '
           'previous one.') from e
-    recorded = out['meta'].get('checksums', {})
     for item in ('params', 'opt_state'):
-      if item in recorded:
+      if recorded[item] is not None:
         _verify(recorded[item], out[item], f'{where}/{item}')
     return out['params'], out['opt_state'], out['meta']
 
@@ -141,8 +158,9 @@ class RunCheckpoints:
         log(f'WARNING: {_PREFIX}_{bad} is damaged and was moved to {moved}; resuming from the previous intact '
             f'checkpoint, {self.model_dir}/{_PREFIX}_{step}: steps {step + 1}..{bad} will be trained again.')
       return step, params, opt_state, meta
-    if damaged and not all(isinstance(e, ChecksumMismatchError) for _, e in damaged):
-      raise damaged[0][1]
+    if damaged and not all(isinstance(e, ChecksumMismatchError) for _, e in damaged) or any(
+        isinstance(e, UnverifiedCheckpointError) for _, e in damaged):
+      raise next((e for _, e in damaged if isinstance(e, UnverifiedCheckpointError)), damaged[0][1])
     if damaged:
       names = ', '.join(f'{_PREFIX}_{s}' for s, _ in damaged)
       raise ChecksumMismatchError(f'every checkpoint in {self.model_dir} is damaged ({names}); nothing was '
@@ -200,6 +218,25 @@ class RunCheckpoints:
       self._wait()
     finally:
       self._manager.close()
+
+
+def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:
+  """The checksums `meta` records for `item` ('params', 'opt_state'); None only for a checkpoint from before
+  checksums when `checkpoint_checksums.required = False`; else UnverifiedCheckpointError."""
+  recorded = (meta.get('checksums') or {}).get(item)
+  if recorded:
+    return recorded
+  if meta.get('checkpoint_version') is not None:
+    raise UnverifiedCheckpointError(
+        f'{where}/meta records no checksums of {item}, though the flanx that wrote it (checkpoint_version '
+        f'{meta["checkpoint_version"]}) records them for every array: its meta was damaged or edited, so its '
+        'arrays cannot be verified. Use another checkpoint of the run.')
+  if checkpoint_checksums():
+    raise UnverifiedCheckpointError(
+        f'{where}/meta records no checksums of {item} (written by a flanx from before checksums, or its meta was '
+        'edited): its arrays cannot be verified. If you trust this checkpoint, accept it unverified with '
+        '--allow_unverified (export) or --gin.checkpoint_checksums.required=False.')
+  return None
 
 
 def _verify(recorded: dict, tree: PyTree, where: str) -> None:
@@ -269,6 +306,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
   whole onto `device` (default: the first local device; the CPU for export), whatever mesh wrote it.
   """
   checkpoint_dir = locate(path)[0]
+  recorded = recorded_checksums(read_meta(checkpoint_dir), 'params', checkpoint_dir)  # before reading the arrays
   item = _local_or_remote(os.path.join(checkpoint_dir, 'params'))
   with ocp.StandardCheckpointer() as checkpointer:
     if target is None:
@@ -281,8 +319,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(f'cannot read {item}: {type(e).__name__}: {str(e)[:2000]}. Its files are damaged '
                                    'or were written by another model; use another checkpoint of the run.') from e
-  recorded = read_meta(checkpoint_dir).get('checksums', {}).get('params')
-  if recorded:
+  if recorded is not None:
     _verify(recorded, params, f'{checkpoint_dir}/params')
   return params
 
@@ -290,7 +327,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
 def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: dict) -> None:
   """A params-only checkpoint RUN/checkpoint_<step>/{params, meta} (e.g. an import), written synchronously."""
   options = ocp.CheckpointManagerOptions(step_prefix=_PREFIX, create=True, enable_async_checkpointing=False)
-  meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params)}}
+  meta = {**meta, 'checkpoint_version': VERSION, 'checksums': {'params': checksums.tree_checksums(params)}}
   with ocp.CheckpointManager(_local_or_remote(run_dir), options=options, item_names=('params', 'meta')) as manager:
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()

@@ -84,7 +84,7 @@ def filter_config(text: str, source: str) -> tuple[str, list[str]]:
         elif not arg_name or _configurable_name(selector) in DESCRIBING:  # a macro, or a describing binding
           statements.append((line, True, ''))
         else:  # e.g. export_checkpoint.overwrite: how this command behaves is the command line's to say
-          command = _configurable_name(selector) in ('export_checkpoint', 'evaluate', 'infer')
+          command = _configurable_name(selector) in ('export_checkpoint', 'evaluate', 'infer', 'checkpoint_checksums')
           statements.append((line, False, f'{where}: {key} (set it on the command line)' if command else ''))
       else:  # a block declaration (dynamic registration)
         statements.append((line, False, f'{where}: {type(statement).__name__}'))
