@@ -1,7 +1,8 @@
 """Train: `python -m flanx.train --gin_file=models/flan_t5_base.gin --gin_file=runs/finetune.gin --gin.X=Y`.
 
 Restarting the same command resumes from the newest checkpoint in MODEL_DIR (params, optimizer state, step,
-data position); SIGTERM checkpoints and exits 0; a non-finite loss exits 1 with the last good checkpoint kept.
+data position); SIGTERM or Ctrl-C checkpoints and exits 0 (a second Ctrl-C aborts, exit 130); a non-finite loss
+exits 1 with the last good checkpoint kept.
 """
 
 import sys
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           checkpoints.CheckpointRestoreError) as e:  # bad settings or a busy/damaged run folder: one message
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     return 2
+  except KeyboardInterrupt:
+    print('Aborted by a second Ctrl-C: nothing saved since the last checkpoint; rerun the same command to resume '
+          'from it.', file=sys.stderr, flush=True)
+    return 130
   if runtime.is_first_host():
     print(f"Training {result['status']} at step {result['step']}.", flush=True)
   return 0
