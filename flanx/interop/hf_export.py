@@ -247,7 +247,17 @@ def export_checkpoint(*,
   A LoRA run (PEFT='lora') exports either its adapter as a PEFT folder (`adapter_only`; the base is written
   beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`);
   a prompt-tuning run (PEFT='prompt') exports its prompt as a PEFT PROMPT_TUNING folder (`adapter_only`).
+  While the run's trainer is live, the checkpoint read is pinned against its pruning (checkpoint_pins).
   """
+  arguments = dict(locals())
+  from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
+  with checkpoint_pins.reading(arguments.pop('checkpoint_dir')) as checkpoint_path:
+    return _export_checkpoint(checkpoint_path, **arguments)
+
+
+def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size, verify, vocab, newline_mode,
+                       handler, overwrite, model_config, mixture_or_task_name, mixture_or_task_module,
+                       task_feature_lengths, adapter_only, merge) -> pathlib.Path:
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)

@@ -25,7 +25,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from flanx.training import checksums
+from flanx.training import checksums, run_folder
 
 PyTree = Any
 _PREFIX = 'checkpoint'
@@ -66,7 +66,12 @@ class RunCheckpoints:
     self.model_dir = model_dir
     # cleanup_tmp_directories: a save killed mid-write leaves checkpoint_<step>.orbax-checkpoint-tmp; the
     # run folder's lease guarantees no other writer owns it, so the next start removes it.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=_PREFIX, create=True,
+    # Pruning keeps the newest `keep` and any checkpoint a reader (export) pinned while it reads it.
+    from orbax.checkpoint import checkpoint_managers  # pylint: disable=g-import-not-at-top
+    from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
+    policy = None if keep is None else checkpoint_managers.AnyPreservationPolicy(
+        [checkpoint_managers.LatestN(n=keep), checkpoint_pins.Pinned(model_dir)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, step_prefix=_PREFIX, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._pending: int | None = None  # step of the save that may still be running in the background
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
@@ -81,11 +86,21 @@ class RunCheckpoints:
     meta = {**meta, 'checkpoint_version': VERSION,
             'checksums': {'params': checksums.tree_checksums(params), 'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
-      data_iterator.save(_data_state_prefix(self.model_dir, step))
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      try:
+        data_iterator.save(_data_state_prefix(self.model_dir, step))
+      except (OSError, tf.errors.OpError) as e:  # disk full: one line, and no partial position left behind
+        folder = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
+        if tf.io.gfile.isdir(folder):
+          tf.io.gfile.rmtree(folder)
+        raise run_folder.write_failed(folder, e, self._stopped(step)) from e
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save)
+      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
     self._pending = step
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
     self._prune_data_states(keep_from=min(self._manager.all_steps() + [step]))
 
   def _prune_data_states(self, keep_from: int) -> None:
@@ -108,11 +123,14 @@ class RunCheckpoints:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      kept = [s for s in self._manager.all_steps() if s != step]
-      previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
-      raise CheckpointWriteError(f'saving {self.model_dir}/{_PREFIX}_{step} failed: {type(e).__name__}: {e}. '
-                                 f'Training stopped; the newest intact checkpoint is {previous}. Free space (or '
-                                 'fix the storage error) and rerun the same command to resume from it.') from e
+      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
+
+  def _stopped(self, failed_step: int | None) -> str:
+    """What a failed save leaves: the newest intact checkpoint, and how to go on."""
+    kept = [s for s in self._manager.all_steps() if s != failed_step]
+    previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
+    return (f'Training stopped; the newest intact checkpoint is {previous}. Free space (or fix the storage error) '
+            'and rerun the same command to resume from it.')
 
   def read_meta(self, step: int) -> dict:
     """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""
