@@ -72,7 +72,8 @@ def filter_config(text: str, source: str) -> tuple[str, list[str]]:
       if isinstance(statement, config_parser.ImportStatement):
         module = statement.module
         quiet = _shipped(module) and not statement.is_from
-        statements.append((line, False, '' if quiet else f'{where}: import {module} (a recorded config imports nothing)'))
+        why = '' if quiet else f'{where}: import {module} (a recorded config imports nothing)'
+        statements.append((line, False, why))
       elif isinstance(statement, config_parser.IncludeStatement):
         statements.append((line, False, f'{where}: include {statement.filename!r}'))
       elif isinstance(statement, config_parser.BindingStatement):

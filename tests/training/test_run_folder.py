@@ -126,3 +126,42 @@ def test_train_refuses_a_linked_data_position_before_any_work(tmp_path):
   with pytest.raises(run_folder.OutsideRunFolderError, match='data_state/checkpoint_0 is a symbolic link'):
     train_in_process(run, 2, CHECKPOINT_PERIOD=1)
   assert tree(tmp_path) == before  # no lease, no config.gin, nothing deleted outside
+
+
+def test_a_full_disk_under_the_metrics_file_is_one_line_and_closing_is_quick(tmp_path, monkeypatch):
+  from flanx.training import metrics_writer  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = metrics_writer.MetricsWriter(str(tmp_path / 'run'), progress=False)
+
+  def full(self, *args, **kwargs):  # pylint: disable=unused-argument
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(tf.io.gfile.GFile, 'flush', full)
+  with pytest.raises(Exception, match=r'writing .*run/train_metrics.jsonl failed: No space left on device '
+                                       r'\(.* free on .*\)') as raised:
+    writer.write(1, {'loss': 1.0})
+  assert type(raised.value).__name__ == 'CheckpointWriteError'
+  writer.close(after_error=True)  # never raises, never waits long: the first error is the one reported
+
+
+def test_a_full_disk_under_the_data_position_keeps_the_previous_checkpoint(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
+
+  class FullDisk:
+    batches_read = 3
+
+    def save(self, prefix):
+      os.makedirs(os.path.dirname(prefix), exist_ok=True)
+      open(prefix + '.partial', 'w').close()
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  ckpts = checkpoints.RunCheckpoints(str(tmp_path), keep=3, async_save=False)
+  tree = {'w': np.zeros(2, np.float32)}
+  ckpts.save(1, tree, tree, {'step': 1})
+  with pytest.raises(checkpoints.CheckpointWriteError, match=r'data_state/checkpoint_2 failed: No space left on '
+                                                             r'device .*newest intact checkpoint is .*checkpoint_1\.'):
+    ckpts.save(2, tree, tree, {'step': 2}, FullDisk())
+  ckpts.close()
+  assert not (tmp_path / 'data_state' / 'checkpoint_2').exists()  # no partial position left behind
+  assert checkpoints.RunCheckpoints(str(tmp_path)).latest_step() == 1
