@@ -34,9 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           checkpoints.CheckpointRestoreError) as e:  # bad settings or a busy/damaged run folder: one message
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     return 2
-  except KeyboardInterrupt:
-    print('Aborted by a second Ctrl-C: nothing saved since the last checkpoint; rerun the same command to resume '
-          'from it.', file=sys.stderr, flush=True)
+  except stop_signal.SecondInterrupt:
+    print(stop_signal.ABORT_MESSAGE, file=sys.stderr, flush=True)
     return 130
   if runtime.is_first_host():
     print(f"Training {result['status']} at step {result['step']}.", flush=True)

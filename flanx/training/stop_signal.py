@@ -9,6 +9,7 @@ step, and exits 0. A second Ctrl-C aborts at once (KeyboardInterrupt), without s
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -18,11 +19,19 @@ _reason = ['SIGTERM']  # what asked to stop: 'SIGTERM' or 'Ctrl-C (SIGINT)'
 _previous_sigint: list = [None]  # the SIGINT handler before install() (a notebook's interrupt, Python's default)
 
 
+ABORT_MESSAGE = ('Aborted by a second Ctrl-C: nothing saved since the last checkpoint; rerun the same command to '
+                 'resume from it.')
+
+
+class SecondInterrupt(KeyboardInterrupt):
+  """The second Ctrl-C: abort now, without saving."""
+
+
 def _on_signal(signum, frame) -> None:  # pylint: disable=unused-argument
   if signum == signal.SIGINT:
     if _requested.is_set():  # the second Ctrl-C: abort now, without saving
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt('a second Ctrl-C: aborted without saving')
+      raise SecondInterrupt('a second Ctrl-C: aborted without saving')
     _reason[0] = 'Ctrl-C (SIGINT)'
     sys.stderr.write('\nCtrl-C: stopping at the next step with a checkpoint; press Ctrl-C again to abort without '
                      'saving.\n')
@@ -37,11 +46,23 @@ def install() -> bool:
   if threading.current_thread() is not threading.main_thread():
     return False
   signal.signal(signal.SIGTERM, _on_signal)
+  if sys.excepthook is sys.__excepthook__:  # an abort while still importing: one line, not a traceback
+    sys.excepthook = _one_line_abort
   current = signal.getsignal(signal.SIGINT)
   if current is not _on_signal:
     _previous_sigint[0] = current
     signal.signal(signal.SIGINT, _on_signal)
   return True
+
+
+def _one_line_abort(kind, value, traceback) -> None:
+  if issubclass(kind, SecondInterrupt):  # uncaught: every `finally` has run; exit as a shell expects of Ctrl-C
+    sys.stderr.write(ABORT_MESSAGE + '\n')
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)  # pylint: disable=protected-access
+  else:
+    sys.__excepthook__(kind, value, traceback)
 
 
 def release_sigint() -> None:
