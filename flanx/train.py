@@ -5,6 +5,7 @@ data position); SIGTERM or Ctrl-C checkpoints and exits 0 (a second Ctrl-C abort
 exits 1 with the last good checkpoint kept.
 """
 
+import os
 import sys
 from typing import Sequence
 
@@ -43,4 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _code = main()
+  if _code == 1:  # a failed write (disk full) leaves storage threads (orbax, tensorstore) failing in the background:
+    sys.stdout.flush()  # the run already stopped, released its lease and said why; do not wait for them or let
+    sys.stderr.flush()  # them print a traceback each at exit
+    os._exit(_code)  # pylint: disable=protected-access
+  sys.exit(_code)

@@ -16,6 +16,7 @@ by `check_for_errors()` at the next step, not at the next save.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -74,6 +75,9 @@ class RunCheckpoints:
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, step_prefix=_PREFIX, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._pending: int | None = None  # step of the save that may still be running in the background
+    self._failed = False  # a save failed: the run is stopping
+    for name in _NOISY_LOGGERS:  # a failed save is reported once, by _wait
+      logging.getLogger(name).addFilter(_QUIET_STORAGE_ERRORS)
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -90,6 +94,7 @@ class RunCheckpoints:
       try:
         data_iterator.save(_data_state_prefix(self.model_dir, step))
       except (OSError, tf.errors.OpError) as e:  # disk full: one line, and no partial position left behind
+        self._failed = True
         folder = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
         if tf.io.gfile.isdir(folder):
           tf.io.gfile.rmtree(folder)
@@ -99,6 +104,7 @@ class RunCheckpoints:
           params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
           meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save)
+      self._failed = True
       raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
     self._pending = step
     self._prune_data_states(keep_from=min(self._manager.all_steps() + [step]))
@@ -123,6 +129,7 @@ class RunCheckpoints:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      self._failed = True
       raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
 
   def _stopped(self, failed_step: int | None) -> str:
@@ -232,10 +239,12 @@ class RunCheckpoints:
 
   def close(self) -> None:
     """Waits for pending saves and releases resources (CheckpointWriteError if a save failed)."""
-    try:
-      self._wait()
-    finally:
-      self._manager.close()
+    self._wait()
+    if self._failed:  # leave orbax's manager (and the quiet logs) as they are: its writer threads may still be
+      return  # failing, and closing under them prints a traceback per thread ('Event loop is closed')
+    self._manager.close()
+    for name in _NOISY_LOGGERS:
+      logging.getLogger(name).removeFilter(_QUIET_STORAGE_ERRORS)
 
 
 def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:
@@ -255,6 +264,22 @@ def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:
         'edited): its arrays cannot be verified. If you trust this checkpoint, accept it unverified with '
         '--allow_unverified (export) or --gin.checkpoint_checksums.required=False.')
   return None
+
+
+class _QuietStorageErrors(logging.Filter):
+  """Drops orbax's background-thread logs of a storage error (each with a traceback, one per writer thread, and
+  asyncio's 'Future exception was never retrieved' for them): the failed save is reported once, as one
+  CheckpointWriteError line naming the path and the free space."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not ('orbax' in record.pathname or record.name == 'asyncio'):
+      return True
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else '')
+    return not run_folder.is_storage_error(text)
+
+
+_QUIET_STORAGE_ERRORS = _QuietStorageErrors()
+_NOISY_LOGGERS = ('absl', 'asyncio')  # orbax logs through absl; its unawaited futures through asyncio
 
 
 def _verify(recorded: dict, tree: PyTree, where: str) -> None:

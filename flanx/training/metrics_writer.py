@@ -25,6 +25,8 @@ class MetricsWriter:
       return
     import tensorflow as tf  # gfile: local or gs://
     from tensorboardX import SummaryWriter
+    _catch_tensorboard_thread_errors()
+    _tensorboard_errors.clear()  # a new run's writer
     self._path = jsonl = os.path.join(model_dir, f'{name}_metrics.jsonl')
     with _reported(jsonl):
       tf.io.gfile.makedirs(model_dir)
@@ -43,6 +45,8 @@ class MetricsWriter:
     if not self.enabled:
       return
     clean = {k: float(v) for k, v in scalars.items()}
+    if _tensorboard_errors:  # TensorBoard's writer thread failed (disk full): stop here, with one line
+      raise _failed(os.path.dirname(self._path), _tensorboard_errors[-1])
     with _reported(self._path):  # a full disk stops the run here, at its first failed write
       self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v) for k, v in clean.items()}})
                         + '\n')
@@ -93,6 +97,31 @@ def _ignore_errors(fn):
     except Exception:  # pylint: disable=broad-except
       pass
   return call
+
+
+_tensorboard_errors: list[BaseException] = []  # storage errors that ended a TensorBoard writer thread
+
+
+def _catch_tensorboard_thread_errors() -> None:
+  """A TensorBoard writer thread that dies on a storage error is recorded (write() then stops the run with one
+  line) instead of printing its traceback; every other thread error goes to the previous hook."""
+  previous = threading.excepthook
+  if getattr(previous, 'flanx_tensorboard', False):
+    return
+
+  def hook(args):
+    if type(args.thread).__name__ == '_EventLoggerThread' and isinstance(args.exc_value, OSError):
+      _tensorboard_errors.append(args.exc_value)
+      return
+    previous(args)
+
+  hook.flanx_tensorboard = True
+  threading.excepthook = hook
+
+
+def _failed(path: str, error: BaseException) -> Exception:
+  from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
+  return run_folder.write_failed(path, error)
 
 
 @contextlib.contextmanager

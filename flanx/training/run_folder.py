@@ -100,7 +100,7 @@ def free_space(path: str) -> str:
   if '://' in path:
     return ''
   current = os.path.abspath(path)
-  while not os.path.exists(current) and os.path.dirname(current) != current:
+  while not os.path.isdir(current) and os.path.dirname(current) != current:
     current = os.path.dirname(current)
   try:
     free = shutil.disk_usage(current).free
@@ -126,6 +126,11 @@ def _reason(error: BaseException) -> str:
     return found.group(0)
   lines = text.strip().splitlines()
   return f'{type(error).__name__}: {lines[-1][:300]}' if lines else type(error).__name__
+
+
+def is_storage_error(text: str) -> bool:
+  """Whether an error text says the storage refused a write (disk full, quota, read-only, I/O error)."""
+  return bool(_ERRNO_TEXT.search(text))
 
 
 def write_failed(path: str, error: BaseException, stopped: str = '') -> Exception:

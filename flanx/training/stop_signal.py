@@ -15,6 +15,7 @@ import sys
 import threading
 
 _requested = threading.Event()
+_aborted = threading.Event()  # a second Ctrl-C came (its KeyboardInterrupt may have been swallowed, e.g. in a gc hook)
 _reason = ['SIGTERM']  # what asked to stop: 'SIGTERM' or 'Ctrl-C (SIGINT)'
 _previous_sigint: list = [None]  # the SIGINT handler before install() (a notebook's interrupt, Python's default)
 
@@ -30,6 +31,7 @@ class SecondInterrupt(KeyboardInterrupt):
 def _on_signal(signum, frame) -> None:  # pylint: disable=unused-argument
   if signum == signal.SIGINT:
     if _requested.is_set():  # the second Ctrl-C: abort now, without saving
+      _aborted.set()
       signal.signal(signal.SIGINT, signal.default_int_handler)
       raise SecondInterrupt('a second Ctrl-C: aborted without saving')
     _reason[0] = 'Ctrl-C (SIGINT)'
@@ -75,7 +77,14 @@ def release_sigint() -> None:
     _previous_sigint[0] = None
   if _reason[0] != 'SIGTERM':
     _requested.clear()
+    _aborted.clear()
     _reason[0] = 'SIGTERM'
+
+
+def raise_if_aborted() -> None:
+  """Raises SecondInterrupt if a second Ctrl-C came (for checks that run where an interrupt was swallowed)."""
+  if _aborted.is_set():
+    raise SecondInterrupt('a second Ctrl-C: aborted without saving')
 
 
 def installed() -> bool:
@@ -102,4 +111,5 @@ def request() -> None:
 def clear() -> None:
   """Forgets earlier stop requests (a new run in the same process)."""
   _requested.clear()
+  _aborted.clear()
   _reason[0] = 'SIGTERM'

@@ -45,3 +45,15 @@ def test_sigterm_stays_requested_and_named(handlers):
   assert stop_signal.requested() and stop_signal.reason() == 'SIGTERM'
   stop_signal.release_sigint()
   assert stop_signal.requested()  # SIGTERM means the machine goes away: it is not forgotten
+
+
+def test_a_swallowed_second_ctrl_c_still_aborts_at_the_next_check(handlers):
+  from flanx.training import runtime  # pylint: disable=g-import-not-at-top
+  stop_signal.install()
+  _deliver(signal.SIGINT)
+  try:
+    _deliver(signal.SIGINT)
+  except KeyboardInterrupt:
+    pass  # as if a gc callback had swallowed it
+  with pytest.raises(stop_signal.SecondInterrupt):
+    runtime.PreemptionFlag().is_set()
