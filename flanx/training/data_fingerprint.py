@@ -51,7 +51,7 @@ def fingerprint(mixture_or_task_name: str, split: str = 'train') -> dict[str, di
   import seqio  # pylint: disable=g-import-not-at-top
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  out = {}
+  out, seen = {}, {}  # seen: a file several tasks read (Flan's template variants) is described once
   for task in sorted(tasks, key=lambda t: t.name):
     try:
       files = _files(task.source, split)
@@ -60,7 +60,8 @@ def fingerprint(mixture_or_task_name: str, split: str = 'train') -> dict[str, di
     if files is None:
       continue
     hashed = len(files) <= _MAX_HASHED_FILES
-    out[task.name] = {path: _describe(path, hashed) for path in sorted(set(files))}
+    out[task.name] = {path: seen.get(path) or seen.setdefault(path, _describe(path, hashed))
+                      for path in sorted(set(files))}
   return out
 
 
