@@ -8,7 +8,6 @@ test is skipped: tests/training/test_run_folder.py simulates ENOSPC for each wri
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import subprocess

@@ -20,7 +20,8 @@ CONFIG = dict(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_enco
 @pytest.fixture
 def run(tmp_path, random_params):
   ckpts = checkpoints.RunCheckpoints(str(tmp_path / 'run'), keep=None, async_save=False)
-  ckpts.save(10, random_params(T5Config(**CONFIG), 1), {'count': np.zeros((), np.int32)}, {'step': 10, 'batches_read': 1})
+  ckpts.save(10, random_params(T5Config(**CONFIG), 1), {'count': np.zeros((), np.int32)},
+             {'step': 10, 'batches_read': 1})
   ckpts.close()
   return tmp_path / 'run'
 
