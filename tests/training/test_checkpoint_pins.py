@@ -79,3 +79,29 @@ def test_a_checkpoint_deleted_while_read_is_named(tmp_path):
       shutil.rmtree(path)  # a trainer from before pins
       checkpoints.restore_params(path)
   assert os.listdir(run / checkpoint_pins.PINS) == []
+
+
+@pytest.mark.slow
+def test_export_of_a_live_run_pins_the_checkpoint_while_reading_it(tmp_path, random_params, monkeypatch):
+  pytest.importorskip('transformers')
+  from flanx.interop import hf_export  # pylint: disable=g-import-not-at-top
+  from flanx.model.config import T5Config  # pylint: disable=g-import-not-at-top
+  config = T5Config(vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_encoder_layers=2,
+                    num_decoder_layers=2)
+  run = tmp_path / 'run'
+  ckpts = checkpoints.RunCheckpoints(str(run), keep=2, async_save=False)
+  ckpts.save(7, random_params(config, 1), {'count': np.zeros((), np.int32)}, {'step': 7, 'batches_read': 7})
+  ckpts.close()
+  _lease(run)
+  seen = []
+  restore = checkpoints.restore_params
+
+  def watching(path, *args, **kwargs):
+    seen.append(checkpoint_pins.pinned_steps(str(run)))
+    return restore(path, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints, 'restore_params', watching)
+  hf_export.export_checkpoint(checkpoint_dir=str(run), output_dir=str(tmp_path / 'hf'), model_config=config,
+                              vocab='byte', verify=False, handler=False)
+  assert seen == [{7}]  # pinned while its arrays were read
+  assert os.listdir(run / checkpoint_pins.PINS) == [] and (tmp_path / 'hf' / 'model.safetensors').exists()
