@@ -6,13 +6,15 @@ card), flanx_export.json and handler.py (Inference Endpoints). Unless --verify=f
 transformers and checked against flanx (flanx/interop/hf_verify.py) before it appears at --output_dir: everything is
 staged in a temporary folder beside it and renamed at the end, so a failure leaves nothing behind.
 
-Model config and vocabulary come from the run's config.gin (MODEL_DIR/config.gin, written by the trainer:
-`train.model_config`, `train.mixture_or_task_name` → the task's vocabulary), overridable with --gin.X=Y; or,
+Model config and vocabulary come from the config the checkpoint recorded (else the run's MODEL_DIR/config.gin:
+`train.model_config`, `train.mixture_or_task_name` → the task's vocabulary), read as data: it imports nothing
+and sets nothing of this command (flanx/training/recorded_config.py); --gin.X=Y overrides it. Or,
 with --gin_file, from the given gin files alone (model gins; `export_checkpoint.*` bindings work too).
 --vocab=PATH.model|byte (with --newline_mode) replaces the task's vocabulary.
 
 Flags: --dtype=float32|bfloat16 (stored weights), --max_shard_size=5GB, --verify=true, --handler=true,
---overwrite=false.
+--overwrite=false, --allow_unverified (a checkpoint from before flanx recorded checksums; never one that says it
+has them).
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 from flanx import gin_config
 from flanx.interop import hf_export
-from flanx.training import checkpoints
+from flanx.training import checkpoints, recorded_config
 
 
 def _flag_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def _flag_parser() -> argparse.ArgumentParser:
                       help='LoRA runs: write a PEFT adapter folder (the base beside it when needed)')
   parser.add_argument('--merge', type=gin_config.parse_bool, nargs='?', const=True,
                       help='LoRA runs: fold the adapters into the base and write a plain HF folder')
+  parser.add_argument('--allow_unverified', action='store_true', default=None,
+                      help='accept a checkpoint from before flanx recorded checksums, unverified')
   parser.add_argument('--overwrite', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='replace a non-empty output_dir')
   return parser
@@ -54,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   own = _flag_parser()
   args, gin_files, bindings = gin_config.parse_args(argv, __doc__.splitlines()[0], [own])  # --help lists both
   flags, _ = own.parse_known_args(argv)
+  if flags.allow_unverified:
+    bindings.append('checkpoint_checksums.required = False')
+  recorded_config.reset()
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
   else:
@@ -66,13 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if recorded is None and not tf.io.gfile.exists(config_gin):
       raise SystemExit(f'{config_gin} not found: pass the model config with --gin_file=models/….gin '
                        '(and --vocab)')
-    with tempfile.TemporaryDirectory() as folder:
-      if recorded is not None:  # MODEL_DIR/config.gin describes the newest start, which may differ
-        config_gin = os.path.join(folder, 'config.gin')
-        with open(config_gin, 'w') as f:
-          f.write(recorded)
-      gin_config.parse_gin([config_gin], bindings, args.gin_search_paths, finalize=False)
-  overrides = {k: v for k, v in vars(flags).items() if v is not None}
+    if recorded is None:  # MODEL_DIR/config.gin describes the newest start, which may differ
+      with tf.io.gfile.GFile(config_gin) as f:
+        recorded, source = f.read(), config_gin
+    else:
+      source = f'{checkpoint_path}/meta'
+    recorded_config.apply(recorded, source)  # data: describes the model and vocabulary, runs no code
+    gin_config.parse_gin([], bindings, args.gin_search_paths, finalize=False)  # the command line wins
+  overrides = {k: v for k, v in vars(flags).items() if v is not None and k != 'allow_unverified'}
   path = hf_export.export_checkpoint(**overrides)
   print(f'Wrote {path}', flush=True)
   return 0

@@ -1,9 +1,11 @@
 """Train: `python -m flanx.train --gin_file=models/flan_t5_base.gin --gin_file=runs/finetune.gin --gin.X=Y`.
 
 Restarting the same command resumes from the newest checkpoint in MODEL_DIR (params, optimizer state, step,
-data position); SIGTERM checkpoints and exits 0; a non-finite loss exits 1 with the last good checkpoint kept.
+data position); SIGTERM or Ctrl-C checkpoints and exits 0 (a second Ctrl-C aborts, exit 130); a non-finite loss
+exits 1 with the last good checkpoint kept.
 """
 
+import os
 import sys
 from typing import Sequence
 
@@ -33,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           checkpoints.CheckpointRestoreError) as e:  # bad settings or a busy/damaged run folder: one message
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     return 2
+  except stop_signal.SecondInterrupt:
+    print(stop_signal.ABORT_MESSAGE, file=sys.stderr, flush=True)
+    return 130
   if runtime.is_first_host():
     print(f"Training {result['status']} at step {result['step']}.", flush=True)
   return 0
@@ -40,4 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == '__main__':
   from flanx import cli_errors  # pylint: disable=g-import-not-at-top
-  sys.exit(cli_errors.run(main, run_dir=lambda: gin_utils.gin_value('train.model_dir')))
+  _code = cli_errors.run(main, run_dir=lambda: gin_utils.gin_value('train.model_dir'))
+  if _code == 1:  # a failed write (disk full) leaves storage threads (orbax, tensorstore) failing in the background:
+    sys.stdout.flush()  # the run already stopped, released its lease and said why; do not wait for them or let
+    sys.stderr.flush()  # them print a traceback each at exit
+    os._exit(_code)  # pylint: disable=protected-access
+  sys.exit(_code)

@@ -152,6 +152,10 @@ class FlanFileSource(seqio.DataSource):
     files = layouts_lib.resolve(pattern, self._layout or layouts_lib.flan_layout())
     return [f for f in files if f.matches(self.submix.name, self.variant)]
 
+  def source_files(self) -> List[str]:
+    """The paths of `files()` (a resumed run checks they did not change)."""
+    return [path for f in self.files() for path in f.paths]
+
   def _records(self, files: Sequence[layouts_lib.FlanFile]) -> Iterator[Tuple[str, str, str]]:
     """(task_name, inputs, targets) of this submixture and variant, in file order."""
     for match in iter_matches(files, self._on_error):  # skips were counted by scan()

@@ -157,6 +157,11 @@ class SpecSource(seqio.DataSource):
   def num_input_examples(self, split: str) -> int:
     return len(split_records(self._spec, split))  # follows the configured path; records cached
 
+  def source_files(self) -> List[str]:
+    """The files the records come from (a resumed run checks they did not change); [] for a loader."""
+    path = self._spec.path() if callable(self._spec.path) else self._spec.path
+    return records_lib.expand(path) if path else []
+
   def _template_index(self, record: Mapping[str, str]) -> int:
     # Independent of the variant, so zero- and few-shot tasks phrase an example alike.
     key = records_lib.stable_int(self._spec.seed, *(record[f] for f in self._spec.required))

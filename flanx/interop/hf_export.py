@@ -206,14 +206,22 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
 
 
 def check_output_dir(output_dir: str | os.PathLike, checkpoint_path: str, run_dir: str) -> None:
-  """An error if the output folder overlaps what is exported: the checkpoint folder (equal, inside, or a parent),
-  or the run folder (equal or a parent; inside it only a new or empty folder not named like a checkpoint)."""
+  """An error if the output folder overlaps what is exported (the checkpoint or run folder: equal, inside, or a
+  parent), lies inside any run folder (a trainer prunes and replaces what is there), or is a link."""
+  from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
   staging.check_outside(output_dir, checkpoint_path, 'checkpoint folder')
-  staging.check_outside(output_dir, run_dir, 'run folder', new_inside_ok=True)
-  if '://' not in run_dir and re.fullmatch(r'checkpoint_\d+', pathlib.Path(output_dir).name) and (
-      os.path.realpath(os.path.dirname(os.path.abspath(output_dir))) == os.path.realpath(run_dir)):
-    raise ValueError(f'output folder {output_dir} would look like a checkpoint of the run {run_dir}; choose another '
-                     'name')
+  staging.check_outside(output_dir, run_dir, 'run folder')
+  output_dir = str(output_dir)
+  if '://' in output_dir:
+    return
+  enclosing = run_folder.enclosing_run_folder(output_dir)
+  if enclosing is not None:
+    raise run_folder.OutsideRunFolderError(
+        f'output folder {output_dir} is inside the run folder {enclosing}: a trainer there may prune or replace it '
+        '(checkpoint_<step>, data_state/, damaged/); choose an output folder outside any run folder')
+  if os.path.islink(output_dir):
+    raise run_folder.OutsideRunFolderError(f'output folder {output_dir} is a symbolic link (to '
+                                           f'{os.path.realpath(output_dir)}): give the folder itself')
 
 
 @gin.configurable
@@ -239,7 +247,17 @@ def export_checkpoint(*,
   A LoRA run (PEFT='lora') exports either its adapter as a PEFT folder (`adapter_only`; the base is written
   beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`);
   a prompt-tuning run (PEFT='prompt') exports its prompt as a PEFT PROMPT_TUNING folder (`adapter_only`).
+  While the run's trainer is live, the checkpoint read is pinned against its pruning (checkpoint_pins).
   """
+  arguments = dict(locals())
+  from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
+  with checkpoint_pins.reading(arguments.pop('checkpoint_dir')) as checkpoint_path:
+    return _export_checkpoint(checkpoint_path, **arguments)
+
+
+def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size, verify, vocab, newline_mode,
+                       handler, overwrite, model_config, mixture_or_task_name, mixture_or_task_module,
+                       task_feature_lengths, adapter_only, merge) -> pathlib.Path:
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
@@ -255,10 +273,20 @@ def export_checkpoint(*,
                      '(a plain Hugging Face folder with the adapters folded in)')
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
+  comparable = True  # whether --vocab can be compared with the run's task vocabulary
+  if not mixture_or_task_module:  # from the run's config: a recorded config may not make export import code
+    from flanx.training import recorded_config  # pylint: disable=g-import-not-at-top
+    try:
+      recorded_config.check_task_module(module)
+    except recorded_config.RecordedConfigError as e:
+      if not vocab:
+        raise
+      print(f'Warning: --vocab not compared with the run\'s vocabulary ({e})', flush=True)
+      comparable = False
   lengths = task_feature_lengths or gin_config.run_value('task_feature_lengths')
   vocabulary = resolve_vocabulary(vocab, newline_mode, name, module)
   recorded = None
-  if vocab and name:  # --vocab replaces the run's: it must have the same ids
+  if vocab and name and comparable:  # --vocab replaces the run's: it must have the same ids
     try:
       recorded = resolve_vocabulary(None, None, name, module)
     except ValueError as e:

@@ -4,8 +4,11 @@ Orbax writes each step into a temporary folder and renames it when complete, so 
 never leaves a visible half-written checkpoint; the next start resumes from the newest complete one. The input
 pipeline's position is written *before* the step's checkpoint is committed, so every visible checkpoint has it.
 
-Each checkpoint's meta records a checksum per array (flanx.training.checksums), verified whenever it is restored
-(resume, export): a damaged newest checkpoint is moved to MODEL_DIR/damaged/ and the run resumes from the
+Each checkpoint's meta records a checksum per array (flanx.training.checksums) and `checkpoint_version` 2,
+verified whenever it is restored (resume, export, eval, infer, an initial checkpoint). Checksums are not
+optional: a version-2 meta without them was damaged or edited, and an unversioned one (a flanx from before
+checksums, or a meta edited to look like one) is read only with `checkpoint_checksums.required = False`
+(export: --allow_unverified). A damaged newest checkpoint is moved to MODEL_DIR/damaged/ and the run resumes from the
 previous intact one, loudly; with none intact it stops. A background save that fails (disk full) is reported
 by `check_for_errors()` at the next step, not at the next save.
 """
@@ -13,18 +16,21 @@ by `check_for_errors()` at the next step, not at the next save.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
 from typing import Any, Callable
 
+import gin
 import jax
 import orbax.checkpoint as ocp
 
-from flanx.training import checksums
+from flanx.training import checksums, run_folder
 
 PyTree = Any
 _PREFIX = 'checkpoint'
+VERSION = 2  # meta['checkpoint_version']: 2 = checksums of every array recorded; absent = a flanx before them
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -33,6 +39,17 @@ class CheckpointRestoreError(RuntimeError):
 
 class ChecksumMismatchError(CheckpointRestoreError):
   """Restored arrays differ from the checksums recorded when the checkpoint was written (damaged files)."""
+
+
+class UnverifiedCheckpointError(ChecksumMismatchError):
+  """The checkpoint records no checksums, so its arrays cannot be verified."""
+
+
+@gin.configurable
+def checkpoint_checksums(required: bool = True) -> bool:
+  """gin: `checkpoint_checksums.required = False` reads checkpoints written before flanx recorded checksums
+  (no checkpoint_version in their meta) unverified. Those that say they have checksums always need them."""
+  return required
 
 
 class CheckpointWriteError(RuntimeError):
@@ -50,11 +67,19 @@ class RunCheckpoints:
     self.model_dir = model_dir
     # cleanup_tmp_directories: a save killed mid-write leaves checkpoint_<step>.orbax-checkpoint-tmp; the
     # run folder's lease guarantees no other writer owns it, so the next start removes it.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=_PREFIX, create=True,
+    # Pruning keeps the newest `keep` and any checkpoint a reader (export) pinned while it reads it.
+    from orbax.checkpoint import checkpoint_managers  # pylint: disable=g-import-not-at-top
+    from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
+    policy = None if keep is None else checkpoint_managers.AnyPreservationPolicy(
+        [checkpoint_managers.LatestN(n=keep), checkpoint_pins.Pinned(model_dir)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, step_prefix=_PREFIX, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self._pending: int | None = None  # step of the save that may still be running in the background
     self._pending_since = 0.0
     self.on_saved: Callable[[int, float], None] | None = None  # (step, seconds) once a save is complete
+    self._failed = False  # a save failed: the run is stopping
+    for name in _NOISY_LOGGERS:  # a failed save is reported once, by _wait
+      logging.getLogger(name).addFilter(_QUIET_STORAGE_ERRORS)
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -65,14 +90,26 @@ class RunCheckpoints:
     """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
     self._wait()  # orbax would wait for the previous save anyway; this way its failure gets a clear message
     started = time.perf_counter()
-    meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params),
-                                  'opt_state': checksums.tree_checksums(opt_state)}}
+    meta = {**meta, 'checkpoint_version': VERSION,
+            'checksums': {'params': checksums.tree_checksums(params), 'opt_state': checksums.tree_checksums(opt_state)}}
     if data_iterator is not None:
-      data_iterator.save(_data_state_prefix(self.model_dir, step))
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      try:
+        data_iterator.save(_data_state_prefix(self.model_dir, step))
+      except (OSError, tf.errors.OpError) as e:  # disk full: one line, and no partial position left behind
+        self._failed = True
+        folder = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
+        if tf.io.gfile.isdir(folder):
+          tf.io.gfile.rmtree(folder)
+        raise run_folder.write_failed(folder, e, self._stopped(step)) from e
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save)
+      self._failed = True
+      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
     self._pending, self._pending_since = step, started
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
     self._prune_data_states(keep_from=min(self._manager.all_steps() + [step]))
 
   def _prune_data_states(self, keep_from: int) -> None:
@@ -95,13 +132,17 @@ class RunCheckpoints:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      kept = [s for s in self._manager.all_steps() if s != step]
-      previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
-      raise CheckpointWriteError(f'saving {self.model_dir}/{_PREFIX}_{step} failed: {type(e).__name__}: {e}. '
-                                 f'Training stopped; the newest intact checkpoint is {previous}. Free space (or '
-                                 'fix the storage error) and rerun the same command to resume from it.') from e
+      self._failed = True
+      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
     if step is not None and self.on_saved is not None:
       self.on_saved(step, time.perf_counter() - self._pending_since)
+
+  def _stopped(self, failed_step: int | None) -> str:
+    """What a failed save leaves: the newest intact checkpoint, and how to go on."""
+    kept = [s for s in self._manager.all_steps() if s != failed_step]
+    previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
+    return (f'Training stopped; the newest intact checkpoint is {previous}. Free space (or fix the storage error) '
+            'and rerun the same command to resume from it.')
 
   def read_meta(self, step: int) -> dict:
     """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""
@@ -111,6 +152,8 @@ class RunCheckpoints:
     """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata, verified
     against the checksums recorded at save (ChecksumMismatchError when they differ)."""
     where = f'{self.model_dir}/{_PREFIX}_{step}'
+    meta = self.read_meta(step)
+    recorded = {item: recorded_checksums(meta, item, where) for item in ('params', 'opt_state')}
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
@@ -121,9 +164,8 @@ class RunCheckpoints:
           f'optimizer settings changed, use the ones it was written with (see {where}/meta) or a new MODEL_DIR; '
           f'if the checkpoint is damaged, move it aside (e.g. into {self.model_dir}/damaged/) to resume from the '
           'previous one.') from e
-    recorded = out['meta'].get('checksums', {})
     for item in ('params', 'opt_state'):
-      if item in recorded:
+      if recorded[item] is not None:
         _verify(recorded[item], out[item], f'{where}/{item}')
     return out['params'], out['opt_state'], out['meta']
 
@@ -146,8 +188,9 @@ class RunCheckpoints:
         log(f'WARNING: {_PREFIX}_{bad} is damaged and was moved to {moved}; resuming from the previous intact '
             f'checkpoint, {self.model_dir}/{_PREFIX}_{step}: steps {step + 1}..{bad} will be trained again.')
       return step, params, opt_state, meta
-    if damaged and not all(isinstance(e, ChecksumMismatchError) for _, e in damaged):
-      raise damaged[0][1]
+    if damaged and not all(isinstance(e, ChecksumMismatchError) for _, e in damaged) or any(
+        isinstance(e, UnverifiedCheckpointError) for _, e in damaged):
+      raise next((e for _, e in damaged if isinstance(e, UnverifiedCheckpointError)), damaged[0][1])
     if damaged:
       names = ', '.join(f'{_PREFIX}_{s}' for s, _ in damaged)
       raise ChecksumMismatchError(f'every checkpoint in {self.model_dir} is damaged ({names}); nothing was '
@@ -201,10 +244,47 @@ class RunCheckpoints:
 
   def close(self) -> None:
     """Waits for pending saves and releases resources (CheckpointWriteError if a save failed)."""
-    try:
-      self._wait()
-    finally:
-      self._manager.close()
+    self._wait()
+    if self._failed:  # leave orbax's manager (and the quiet logs) as they are: its writer threads may still be
+      return  # failing, and closing under them prints a traceback per thread ('Event loop is closed')
+    self._manager.close()
+    for name in _NOISY_LOGGERS:
+      logging.getLogger(name).removeFilter(_QUIET_STORAGE_ERRORS)
+
+
+def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:
+  """The checksums `meta` records for `item` ('params', 'opt_state'); None only for a checkpoint from before
+  checksums when `checkpoint_checksums.required = False`; else UnverifiedCheckpointError."""
+  recorded = (meta.get('checksums') or {}).get(item)
+  if recorded:
+    return recorded
+  if meta.get('checkpoint_version') is not None:
+    raise UnverifiedCheckpointError(
+        f'{where}/meta records no checksums of {item}, though the flanx that wrote it (checkpoint_version '
+        f'{meta["checkpoint_version"]}) records them for every array: its meta was damaged or edited, so its '
+        'arrays cannot be verified. Use another checkpoint of the run.')
+  if checkpoint_checksums():
+    raise UnverifiedCheckpointError(
+        f'{where}/meta records no checksums of {item} (written by a flanx from before checksums, or its meta was '
+        'edited): its arrays cannot be verified. If you trust this checkpoint, accept it unverified with '
+        '--allow_unverified (export) or --gin.checkpoint_checksums.required=False.')
+  return None
+
+
+class _QuietStorageErrors(logging.Filter):
+  """Drops orbax's background-thread logs of a storage error (each with a traceback, one per writer thread, and
+  asyncio's 'Future exception was never retrieved' for them): the failed save is reported once, as one
+  CheckpointWriteError line naming the path and the free space."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not ('orbax' in record.pathname or record.name == 'asyncio'):
+      return True
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else '')
+    return not run_folder.is_storage_error(text)
+
+
+_QUIET_STORAGE_ERRORS = _QuietStorageErrors()
+_NOISY_LOGGERS = ('absl', 'asyncio')  # orbax logs through absl; its unawaited futures through asyncio
 
 
 def _verify(recorded: dict, tree: PyTree, where: str) -> None:
@@ -274,6 +354,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
   whole onto `device` (default: the first local device; the CPU for export), whatever mesh wrote it.
   """
   checkpoint_dir = locate(path)[0]
+  recorded = recorded_checksums(read_meta(checkpoint_dir), 'params', checkpoint_dir)  # before reading the arrays
   item = _local_or_remote(os.path.join(checkpoint_dir, 'params'))
   with ocp.StandardCheckpointer() as checkpointer:
     if target is None:
@@ -286,8 +367,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(f'cannot read {item}: {type(e).__name__}: {str(e)[:2000]}. Its files are damaged '
                                    'or were written by another model; use another checkpoint of the run.') from e
-  recorded = read_meta(checkpoint_dir).get('checksums', {}).get('params')
-  if recorded:
+  if recorded is not None:
     _verify(recorded, params, f'{checkpoint_dir}/params')
   return params
 
@@ -295,7 +375,7 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
 def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: dict) -> None:
   """A params-only checkpoint RUN/checkpoint_<step>/{params, meta} (e.g. an import), written synchronously."""
   options = ocp.CheckpointManagerOptions(step_prefix=_PREFIX, create=True, enable_async_checkpointing=False)
-  meta = {**meta, 'checksums': {'params': checksums.tree_checksums(params)}}
+  meta = {**meta, 'checkpoint_version': VERSION, 'checksums': {'params': checksums.tree_checksums(params)}}
   with ocp.CheckpointManager(_local_or_remote(run_dir), options=options, item_names=('params', 'meta')) as manager:
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()

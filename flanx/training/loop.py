@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from typing import Any, Callable, Mapping
 
 import gin
@@ -21,8 +22,8 @@ from flanx import gin_config
 from flanx.interop import load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import compile_cache, goodput, profiling, start_step, steps, stop_signal, train_metrics
+from flanx.training import checkpoints, data, data_fingerprint, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import compile_cache, goodput, profiling, run_folder, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -114,6 +115,7 @@ def train(*,
   mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
   run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
   shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
+  run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
   folder = _RunFolder(model_dir, take_over_stale_lease)
   ckpts = writer = None
   clock, cache = goodput.RunClock(), contextlib.ExitStack()
@@ -122,7 +124,8 @@ def train(*,
     ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
     state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
     if runtime.PreemptionFlag().is_set():
-      _log(f'SIGTERM during setup: stopping cleanly before training, at step {int(state.step)} (nothing to save).')
+      _log(f'{stop_signal.reason()} during setup: stopping cleanly before training, at step {int(state.step)} '
+           '(nothing to save).')
       return {'step': int(state.step), 'status': 'preempted'}
     if runtime.is_first_host():
       gin_config.write_config(model_dir)  # only now: a start that failed its checks leaves the old one intact
@@ -138,16 +141,30 @@ def train(*,
     with mesh, steps.activation_rules(shardings):
       return _train_loop(plan, state, tx, shardings, iterator, saver, writer, clock, profiler)
   finally:
+    _shut_down(ckpts, writer, folder, clock, cache, failing=sys.exc_info()[1] is not None)
+
+
+def _shut_down(ckpts: checkpoints.RunCheckpoints | None, writer: MetricsWriter | None, folder: '_RunFolder',
+               clock: goodput.RunClock, cache: contextlib.ExitStack, failing: bool) -> None:
+  """Waits for the last save, closes the logs and gives the lease back, each whatever the others did. When the run
+  is already `failing`, the error in flight stays the one reported (closing quietly, within seconds)."""
+  first_error = None
+
+  def wait_for_last_save():
+    if ckpts is not None:
+      with clock.part('checkpoint'):  # waits for the last save's background write
+        ckpts.close()
+
+  for step in (wait_for_last_save,
+               clock.finish,  # logs where the time went (once the run started) and stops listening
+               lambda: writer is not None and writer.close(after_error=failing or first_error is not None),
+               cache.close, lambda: folder.release(started=writer is not None), stop_signal.release_sigint):
     try:
-      if ckpts is not None:
-        with clock.part('checkpoint'):  # waits for the last save's background write
-          ckpts.close()
-    finally:
-      clock.finish()  # logs where the time went (once the run started) and stops listening
-      if writer is not None:
-        writer.close()
-      cache.close()
-      folder.release(started=writer is not None)
+      step()
+    except Exception as e:  # pylint: disable=broad-except
+      first_error = first_error or e
+  if first_error is not None and not failing:
+    raise first_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +214,8 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   a, config = plan.arguments, plan.config
   signature = run_checks.run_signature(config, a['batch_size'], a['task_feature_lengths'], a['mixture_or_task_name'],
                                        a['pack'])
-  _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'])
+  sources = data_fingerprint.fingerprint(a['mixture_or_task_name'])
+  _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'], sources)
   state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, a['initial_checkpoint_path'],
                                                   a['seed'], _log, plan.start,
                                                   _prompt_vocabulary(config, a['mixture_or_task_name']),
@@ -210,7 +228,7 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
   meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
           'schedule_offset': schedule_offset, 'peft': a['peft'], 'base': a['initial_checkpoint_path'],
-          'initial_adapter': a['initial_adapter_path']}
+          'initial_adapter': a['initial_adapter_path'], 'data_sources': sources}
   return state, tx, iterator, resumed, meta
 
 
@@ -296,7 +314,7 @@ class _RunFolder:
 
 
 def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[str, Any], train_steps: int,
-                        restore_data: bool, already_done_ok: bool) -> None:
+                        restore_data: bool, already_done_ok: bool, sources: Mapping[str, Any] | None = None) -> None:
   """Before any restore: the newest checkpoint's settings must match this run's, and steps must remain."""
   latest = ckpts.latest_step()
   if latest is None:
@@ -304,6 +322,7 @@ def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[st
   where = f'{ckpts.model_dir}/checkpoint_{latest}'
   meta = ckpts.read_meta(latest)
   run_checks.check_resumable(meta.get('run'), signature, where, restore_data)
+  data_fingerprint.check_unchanged(meta.get('data_sources'), sources or {}, where, restore_data)
   step = int(meta.get('step', latest))
   if train_steps <= step and not already_done_ok:
     key = gin_config.binding_source('train', 'train_steps')
@@ -452,7 +471,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
       if step % periods['checkpoint_period'] == 0:
         saver.save(state, step)
       if preempted.is_set():
-        writer.log(f'SIGTERM: saving checkpoint_{step} and exiting.')
+        writer.log(f'{stop_signal.reason()}: saving checkpoint_{step} and exiting (rerun the same command to resume).')
         saver.save(state, step)
         status = 'preempted'
         break

@@ -7,11 +7,13 @@ prints one plain line instead (`train step 40/800: loss/token …, ETA …`), so
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import sys
+import threading
 from typing import Mapping
 
 from flanx.training import runtime
@@ -31,13 +33,17 @@ class MetricsWriter:
       return
     import tensorflow as tf  # gfile: local or gs://
     from tensorboardX import SummaryWriter
-    tf.io.gfile.makedirs(model_dir)
-    jsonl = os.path.join(model_dir, f'{name}_metrics.jsonl')
-    if resume_step is not None:
-      _truncate_jsonl(jsonl, resume_step)
-    # purge_step: TensorBoard hides events at or after it from earlier event files (a resumed run's repeats).
-    self._tb = SummaryWriter(os.path.join(model_dir, name), purge_step=None if resume_step is None else resume_step + 1)
-    self._jsonl = tf.io.gfile.GFile(jsonl, 'a')
+    _catch_tensorboard_thread_errors()
+    _tensorboard_errors.clear()  # a new run's writer
+    self._path = jsonl = os.path.join(model_dir, f'{name}_metrics.jsonl')
+    with _reported(jsonl):
+      tf.io.gfile.makedirs(model_dir)
+      if resume_step is not None:
+        _truncate_jsonl(jsonl, resume_step)
+      # purge_step: TensorBoard hides events at or after it from earlier event files (a resumed run's repeats).
+      self._tb = SummaryWriter(os.path.join(model_dir, name),
+                               purge_step=None if resume_step is None else resume_step + 1)
+      self._jsonl = tf.io.gfile.GFile(jsonl, 'a')
     if progress and total_steps is not None and _is_terminal(sys.stderr):  # where tqdm draws
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit='step', dynamic_ncols=True)
@@ -49,12 +55,15 @@ class MetricsWriter:
     if not self.enabled:
       return
     clean = {k: float(v) for k, v in scalars.items()}
+    if _tensorboard_errors:  # TensorBoard's writer thread failed (disk full): stop here, with one line
+      raise _failed(os.path.dirname(self._path), _tensorboard_errors[-1])
+    with _reported(self._path):  # a full disk stops the run here, at its first failed write
+      self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v) for k, v in clean.items()}})
+                        + '\n')
+      self._jsonl.flush()
     for key, value in clean.items():
       if math.isfinite(value):
         self._tb.add_scalar(key, value, step)
-    self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v) for k, v in clean.items()}})
-                      + '\n')
-    self._jsonl.flush()
     if 'loss_per_nonpadding_target_token' in clean:  # the summed loss would read as divergence
       status = progress_status(clean)
       if self._bar is not None:
@@ -76,14 +85,68 @@ class MetricsWriter:
     else:
       print(message, flush=True)
 
-  def close(self) -> None:
-    """Flushes and closes everything."""
-    if not self.enabled:
+  def close(self, after_error: bool = False) -> None:
+    """Flushes and closes everything (CheckpointWriteError if that fails). `after_error`: the run is already
+    stopping on an error, which must stay the one reported: close what can be closed, within seconds, silently."""
+    if not self.enabled or self._tb is None:
       return
     if self._bar is not None:
       self._bar.close()
-    self._tb.close()
-    self._jsonl.close()
+    tb, self._tb = self._tb, None
+    if after_error:  # TensorBoard's writer thread may be dead on a full disk: never wait long for it
+      closer = threading.Thread(target=_ignore_errors(tb.close), name='close_tensorboard', daemon=True)
+      closer.start()
+      closer.join(timeout=10)
+      _ignore_errors(self._jsonl.close)()
+      return
+    with _reported(self._path):
+      tb.close()
+      self._jsonl.close()
+
+
+def _ignore_errors(fn):
+  def call():
+    try:
+      fn()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return call
+
+
+_tensorboard_errors: list[BaseException] = []  # storage errors that ended a TensorBoard writer thread
+
+
+def _catch_tensorboard_thread_errors() -> None:
+  """A TensorBoard writer thread that dies on a storage error is recorded (write() then stops the run with one
+  line) instead of printing its traceback; every other thread error goes to the previous hook."""
+  previous = threading.excepthook
+  if getattr(previous, 'flanx_tensorboard', False):
+    return
+
+  def hook(args):
+    if type(args.thread).__name__ == '_EventLoggerThread' and isinstance(args.exc_value, OSError):
+      _tensorboard_errors.append(args.exc_value)
+      return
+    previous(args)
+
+  hook.flanx_tensorboard = True
+  threading.excepthook = hook
+
+
+def _failed(path: str, error: BaseException) -> Exception:
+  from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
+  return run_folder.write_failed(path, error)
+
+
+@contextlib.contextmanager
+def _reported(path: str):
+  """A storage error inside the block becomes one CheckpointWriteError line naming `path` and the free space."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (OSError, tf.errors.OpError) as e:
+    raise run_folder.write_failed(path, e) from e
 
 
 def progress_status(scalars: Mapping[str, float]) -> str:

@@ -49,6 +49,7 @@ class PreemptionFlag:
 
   def is_set(self) -> bool:
     """Whether any process received SIGTERM (agreed across hosts so all of them save together)."""
+    stop_signal.raise_if_aborted()  # a second Ctrl-C whose KeyboardInterrupt was swallowed still aborts
     local = stop_signal.requested()
     if jax.process_count() == 1:
       return local

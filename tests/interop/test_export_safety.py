@@ -87,7 +87,8 @@ def _export(*args):
     ('checkpoint_10/hf', 'is inside the checkpoint folder'),
     ('..', 'contains the checkpoint folder'),
     ('eval', 'is inside the run folder'),  # exists, not empty: --overwrite would delete it
-    ('checkpoint_20', 'would look like a checkpoint of the run'),
+    ('checkpoint_20', 'is inside the run folder'),
+    ('data_state/checkpoint_1', 'is inside the run folder'),  # where the trainer's pruning deletes
     ('alias', 'contains the checkpoint folder'),  # a link to the run folder
 ])
 @pytest.mark.parametrize('source', ['run', 'checkpoint'])
@@ -104,19 +105,19 @@ def test_export_refuses_output_overlapping_its_input(run, tmp_path, output, mess
   assert _tree(run.parent) == before
 
 
-def test_export_into_a_new_folder_inside_the_run_is_fine(run, capsys):
-  out = run / 'hf'
-  try:
-    assert _export('--checkpoint_dir', str(run), '--output_dir', str(out), '--verify=false', '--handler=false',
-                   '--vocab=byte') == 0  # the run's own vocabulary, given explicitly: accepted
-    assert (out / 'model.safetensors').exists()
-    # Replacing it later is not: it is inside the run folder now and not empty.
-    with pytest.raises(ValueError, match='is inside the run folder'):
-      _export('--checkpoint_dir', str(run), '--output_dir', str(out), '--verify=false', '--overwrite')
-  finally:
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(out, ignore_errors=True)
-  assert 'not compared' not in capsys.readouterr().out
+@pytest.mark.parametrize('where', ['this run', 'another run', 'link into a run'])
+def test_export_refuses_any_folder_inside_a_run_folder(run, tmp_path, where):
+  """A trainer prunes and replaces what is in its run folder: an export there would be deleted by the next resume."""
+  other = tmp_path / 'other_run'
+  (other / 'checkpoint_3' / 'params').mkdir(parents=True)
+  output = {'this run': run / 'hf', 'another run': other / 'hf', 'link into a run': tmp_path / 'alias' / 'hf'}[where]
+  if where == 'link into a run':
+    os.symlink(other / 'checkpoint_3', tmp_path / 'alias')
+  before = _tree(run.parent), _tree(tmp_path)
+  with pytest.raises(ValueError, match='is inside the run folder'):
+    _export('--checkpoint_dir', str(run), '--output_dir', str(output), '--verify=false', '--handler=false',
+            '--vocab=byte')
+  assert (_tree(run.parent), _tree(tmp_path)) == before
 
 
 @pytest.mark.parametrize('output, message', [

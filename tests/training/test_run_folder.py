@@ -1,0 +1,167 @@
+"""The run folder is the boundary: links that would lead a write, rename or delete outside MODEL_DIR are refused
+before any work, exports never land inside a run folder, and a failed write is one line naming the path and the
+free space.
+
+References: the real file system (links made with os.symlink / os.link), and a snapshot of every file beside the
+run before and after.
+"""
+
+import errno
+import os
+
+import pytest
+
+from flanx.training import run_folder
+
+
+def tree(folder):
+  """{relative path: bytes or 'link -> target'} of everything under `folder`, links not followed."""
+  out = {}
+  for parent, dirs, files in os.walk(folder):
+    for name in dirs + files:
+      path = os.path.join(parent, name)
+      rel = os.path.relpath(path, folder)
+      if os.path.islink(path):
+        out[rel] = 'link -> ' + os.readlink(path)
+      elif os.path.isfile(path):
+        with open(path, 'rb') as f:
+          out[rel] = f.read()
+  return out
+
+
+def make_run(root):
+  """A run folder as the trainer leaves it (names only) and a sibling folder whose files must never change."""
+  run, outside = root / 'run', root / 'elsewhere'
+  for sub in ('checkpoint_2/params', 'checkpoint_4/params', 'data_state/checkpoint_2', 'data_state/checkpoint_4',
+              'train'):
+    (run / sub).mkdir(parents=True)
+  (run / 'config.gin').write_text('T5Config.d_model = 32\n')
+  (run / 'train_metrics.jsonl').write_text('{"step": 4}\n')
+  outside.mkdir()
+  (outside / 'keep.txt').write_text('not the run\'s')
+  return run, outside
+
+
+@pytest.mark.parametrize('link', ['data_state/checkpoint_0', 'config.gin', 'train_metrics.jsonl', 'train',
+                                  'checkpoint_6', 'run_lease.json', 'damaged', 'checkpoint_2/params/array'])
+def test_links_out_of_the_run_are_refused_naming_the_link(tmp_path, link):
+  run, outside = make_run(tmp_path)
+  path = run / link
+  if path.exists():
+    path.unlink() if path.is_file() else os.rename(path, tmp_path / 'moved')
+  os.symlink(outside / 'keep.txt' if link.endswith(('.gin', '.jsonl', '.json', 'array')) else outside, path)
+  before = tree(tmp_path)
+  with pytest.raises(run_folder.OutsideRunFolderError, match=f'{path} is a symbolic link to {outside}'):
+    run_folder.check_confined(str(run))
+  assert tree(tmp_path) == before
+
+
+def test_dangling_link_out_of_the_run_is_refused(tmp_path):
+  run, outside = make_run(tmp_path)
+  os.symlink(outside / 'new.txt', run / 'data_state' / 'checkpoint_6')  # a save would create outside/new.txt
+  with pytest.raises(run_folder.OutsideRunFolderError, match='checkpoint_6 is a symbolic link'):
+    run_folder.check_confined(str(run))
+
+
+def test_links_that_stay_inside_and_a_linked_model_dir_are_fine(tmp_path):
+  run, _ = make_run(tmp_path)
+  os.symlink(run / 'checkpoint_4', run / 'latest')
+  os.symlink('config.gin', run / 'config_copy.gin')
+  os.symlink(run, tmp_path / 'run_alias')
+  run_folder.check_confined(str(run))
+  run_folder.check_confined(str(tmp_path / 'run_alias'))  # MODEL_DIR itself may be a link
+  run_folder.check_confined(str(tmp_path / 'missing'))  # a new run: nothing to check
+  run_folder.check_confined('gs://bucket/run')  # object stores have no links
+
+
+@pytest.mark.parametrize('name', ['config.gin', 'train_metrics.jsonl'])
+def test_hard_linked_files_rewritten_in_place_are_refused(tmp_path, name):
+  run, outside = make_run(tmp_path)
+  (run / name).unlink()
+  os.link(outside / 'keep.txt', run / name)
+  with pytest.raises(run_folder.OutsideRunFolderError, match=f'{name} has 2 hard links'):
+    run_folder.check_confined(str(run))
+
+
+def test_run_folders_are_recognised_by_their_markers(tmp_path):
+  run, outside = make_run(tmp_path)
+  leased, positions = tmp_path / 'leased', tmp_path / 'positions'
+  leased.mkdir()
+  (leased / 'run_lease.json').write_text('{}')
+  (positions / 'data_state').mkdir(parents=True)
+  assert run_folder.enclosing_run_folder(str(run / 'data_state' / 'checkpoint_1')) == str(run)
+  assert run_folder.enclosing_run_folder(str(run / 'new' / 'deeper')) == str(run)
+  assert run_folder.enclosing_run_folder(str(leased / 'hf')) == str(leased)
+  assert run_folder.enclosing_run_folder(str(positions / 'hf')) == str(positions)
+  assert run_folder.enclosing_run_folder(str(outside / 'hf')) is None
+  assert run_folder.enclosing_run_folder(str(tmp_path)) is None  # a folder of runs is not a run
+  os.symlink(run / 'train', tmp_path / 'into_run')
+  assert run_folder.enclosing_run_folder(str(tmp_path / 'into_run' / 'hf')) == str(run)
+
+
+def test_a_failed_write_names_the_path_and_the_free_space(tmp_path):
+  error = run_folder.write_failed(str(tmp_path / 'run' / 'train_metrics.jsonl'),
+                                  OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+  assert type(error).__name__ == 'CheckpointWriteError'
+  text = str(error)
+  assert f'writing {tmp_path}/run/train_metrics.jsonl failed: No space left on device (' in text
+  assert f'free on {tmp_path})' in text  # the nearest existing parent
+  assert '\n' not in text
+  tf_style = RuntimeError('{{function_node SaveV2}} /run/data_state/x.tempstate1; No space left on device [Op:SaveV2]')
+  assert 'failed: No space left on device' in str(run_folder.write_failed('/run/data_state/x', tf_style))
+
+
+@pytest.mark.slow
+def test_train_refuses_a_linked_data_position_before_any_work(tmp_path):
+  """The issue's case: data_state/checkpoint_0 -> elsewhere made the first save delete a file outside the run."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+  from train_helpers import train_in_process  # pylint: disable=g-import-not-at-top
+  run, outside = tmp_path / 'run', tmp_path / 'elsewhere'
+  (run / 'data_state').mkdir(parents=True)
+  outside.mkdir()
+  (outside / 'keep.txt').write_text('keep')
+  os.symlink(outside, run / 'data_state' / 'checkpoint_0')
+  before = tree(tmp_path)
+  with pytest.raises(run_folder.OutsideRunFolderError, match='data_state/checkpoint_0 is a symbolic link'):
+    train_in_process(run, 2, CHECKPOINT_PERIOD=1)
+  assert tree(tmp_path) == before  # no lease, no config.gin, nothing deleted outside
+
+
+def test_a_full_disk_under_the_metrics_file_is_one_line_and_closing_is_quick(tmp_path, monkeypatch):
+  from flanx.training import metrics_writer  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = metrics_writer.MetricsWriter(str(tmp_path / 'run'), progress=False)
+
+  def full(self, *args, **kwargs):  # pylint: disable=unused-argument
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(tf.io.gfile.GFile, 'flush', full)
+  with pytest.raises(Exception, match=r'writing .*run/train_metrics.jsonl failed: No space left on device '
+                                       r'\(.* free on .*\)') as raised:
+    writer.write(1, {'loss': 1.0})
+  assert type(raised.value).__name__ == 'CheckpointWriteError'
+  writer.close(after_error=True)  # never raises, never waits long: the first error is the one reported
+
+
+def test_a_full_disk_under_the_data_position_keeps_the_previous_checkpoint(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
+
+  class FullDisk:
+    batches_read = 3
+
+    def save(self, prefix):
+      os.makedirs(os.path.dirname(prefix), exist_ok=True)
+      open(prefix + '.partial', 'w').close()
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  ckpts = checkpoints.RunCheckpoints(str(tmp_path), keep=3, async_save=False)
+  tree = {'w': np.zeros(2, np.float32)}
+  ckpts.save(1, tree, tree, {'step': 1})
+  with pytest.raises(checkpoints.CheckpointWriteError, match=r'data_state/checkpoint_2 failed: No space left on '
+                                                             r'device .*newest intact checkpoint is .*checkpoint_1\.'):
+    ckpts.save(2, tree, tree, {'step': 2}, FullDisk())
+  ckpts.close()
+  assert not (tmp_path / 'data_state' / 'checkpoint_2').exists()  # no partial position left behind
+  assert checkpoints.RunCheckpoints(str(tmp_path)).latest_step() == 1
