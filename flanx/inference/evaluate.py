@@ -14,16 +14,11 @@ import gin
 import numpy as np
 
 from flanx.inference import eval_report
+from flanx.inference.seqio_eval import make_evaluator, seqio_eval, scalar as _scalar
 from flanx.inference.inference_model import InferenceModel
 from flanx.model.config import T5Config
 from flanx.training import data, runtime, steps
 from flanx.training.metrics_writer import MetricsWriter
-
-
-def _batches(dataset, batch_size: int):
-  """(indices, features) numpy batches of an enumerated seqio eval dataset, last one partial."""
-  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    yield indices, features
 
 
 @gin.configurable
@@ -53,28 +48,8 @@ def evaluate(*,
   if runtime.is_first_host():
     print('\n'.join(truncation_lines), flush=True)
   model = InferenceModel(checkpoint_path, config, batch_size, return_all_decodes=False)  # metrics score the best
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name=mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=split, use_cached=use_cached_tasks, sequence_length=dict(task_feature_lengths),
-      num_examples=num_examples)
-
-  def predict_fn(dataset, model_feature_shapes=None) -> list[tuple[int, np.ndarray]]:
-    out = []
-    for i, (indices, features) in enumerate(_batches(dataset, batch_size)):
-      tokens, _ = model.predict(features['encoder_input_tokens'], i)
-      out.extend(zip(indices.tolist(), tokens))  # seqio's vocabularies cut at EOS when decoding
-    return out
-
-  def score_fn(dataset, model_feature_shapes=None) -> list[tuple[int, float]]:
-    out = []
-    for indices, features in _batches(dataset, batch_size):
-      out.extend(zip(indices.tolist(), model.score(features)[0].tolist()))
-    return out
-
-  metrics_future, _ = evaluator.evaluate(compute_metrics=runtime.is_first_host(), step=step,
-                                         predict_fn=predict_fn, score_fn=score_fn)
-  results = {task: {k: _scalar(v) for k, v in task_metrics.items()}
-             for task, task_metrics in (metrics_future.result() if metrics_future else {}).items()}
+  evaluator = make_evaluator(mixture_or_task_name, task_feature_lengths, split, use_cached_tasks, num_examples)
+  results, predictions = seqio_eval(evaluator, model, step)
   results['teacher_forced'] = _teacher_forced(model, mixture_or_task_name, task_feature_lengths, split,
                                               use_cached_tasks, num_examples)
   if truncation:
@@ -105,8 +80,3 @@ def _teacher_forced(model: InferenceModel, name: str, lengths: Mapping[str, int]
     ds = ds.take(num_examples)
   scores = (model.score(batch) for batch in ds.batch(model.batch_size).as_numpy_iterator())
   return steps.teacher_forced_metrics({'loss': -ll, 'num_correct': c, 'weight_sum': n} for ll, c, n in scores)
-
-
-def _scalar(value: Any) -> float:
-  """seqio metric values may be plain floats or clu-style Scalar objects."""
-  return float(getattr(value, 'value', value))

@@ -17,11 +17,11 @@ import jax
 import numpy as np
 
 from flanx import gin_config
-from flanx.interop import load_params
+from flanx.interop import curves, load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import start_step, steps, stop_signal, train_metrics
+from flanx.training import inference_eval, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -65,11 +65,13 @@ def train(*,
           continue_step: bool | None = None,
           restore_optimizer_state: bool = False,
           checkpoint_period: int = 1000,
-          keep_checkpoints: int | None = 3,
+          keep_checkpoints: int | None = None,
+          keep_best: Any = None,
           async_checkpointing: bool = True,
           eval_period: int = 0,
           eval_split: str = 'validation',
           eval_batches: int | None = None,
+          inference_eval: bool = True,
           num_microbatches: int = 1,
           seed: int = 42,
           data_seed: int = 42,
@@ -112,7 +114,8 @@ def train(*,
   folder = _RunFolder(model_dir, take_over_stale_lease)
   ckpts = writer = None
   try:
-    ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
+    ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing,
+                                       keep_best=plan.keep_best)
     state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
     if runtime.PreemptionFlag().is_set():
       _log(f'SIGTERM during setup: stopping cleanly before training, at step {int(state.step)} (nothing to save).')
@@ -123,9 +126,9 @@ def train(*,
                            resume_step=-1 if resumed is None else resumed)  # fresh: drop all earlier rows
     if resumed is None and truncation_examples:
       _report_truncation(writer, plan.settings, int(state.step), truncation_examples)
-    saver = _Saver(ckpts, iterator, meta, resumed, folder)
+    saver = _Saver(ckpts, iterator, meta, resumed, folder, writer.log)
     with mesh, steps.activation_rules(shardings):
-      return _train_loop(plan, state, tx, shardings, iterator, saver, writer)
+      result = _train_loop(plan, state, tx, shardings, iterator, saver, writer)
   finally:
     try:
       if ckpts is not None:
@@ -134,6 +137,8 @@ def train(*,
       if writer is not None:
         writer.close()
       folder.release(started=writer is not None)
+  curves.at_end_of_training(model_dir, _log)  # train_curves.png, checkpoints.png (first host)
+  return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +149,7 @@ class _Plan:
   settings: DataSettings
   schedule: Callable[[int], Any]
   start: start_step.StartPlan
+  keep_best: Any = None  # keep_best.KeepBest or None
 
   @property
   def train_steps(self) -> int:
@@ -173,7 +179,8 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   if start.restore_optimizer_state and peft_lib.is_peft(config):
     raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
                                     'params; a PEFT run trains adapters only (leave it False)')
-  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start)
+  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start,
+               run_checks.check_keep_best(a))
 
 
 def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
@@ -207,8 +214,14 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
   loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
   train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
                                      inject_nan_at_step=a['inject_nan_at_step'])
-  eval_fn = (_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches'])
-             if a['eval_period'] else None)
+  eval_fn = None
+  if a['eval_period']:
+    generation = (inference_eval.InferenceEval(config, shardings.mesh, shardings, a['mixture_or_task_name'],
+                                               a['task_feature_lengths'], a['batch_size'], a['eval_split'],
+                                               a['eval_batches'], a['use_cached_tasks'])
+                  if a['inference_eval'] else None)
+    eval_fn = inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'],
+                                                  a['eval_batches']), generation, writer.log)
   lengths = (plan.settings.task_feature_lengths['inputs'], plan.settings.task_feature_lengths['targets'])
   timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
   periods = {'train_steps': plan.train_steps, 'log_every': a['log_every'], 'eval_period': a['eval_period'],
@@ -379,8 +392,9 @@ class _Saver:
   """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
 
   def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
-               last_saved: int | None, folder: _RunFolder):
+               last_saved: int | None, folder: _RunFolder, log: Callable[[str], None] = _log):
     self.ckpts, self.iterator, self.meta, self.last_saved, self.folder = ckpts, iterator, meta, last_saved, folder
+    self.log = log
 
   def check(self) -> None:
     """Every step: a failed background save, or a lease taken over by another process, stops the run now."""
@@ -389,11 +403,15 @@ class _Saver:
       raise run_lease.LeaseHeldError(f'another process took over the lease of {self.folder.model_dir}; this run '
                                      f'stopped without saving (last checkpoint: {self.last_good()}).')
 
-  def save(self, state: steps.TrainState, step: int) -> None:
+  def save(self, state: steps.TrainState, step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
+    """`eval_metrics`: the in-training eval of this very step (keep-best ranks checkpoints by them)."""
     if self.last_saved != step:
       meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
+      if eval_metrics:
+        meta['eval_metrics'] = {k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')}
       self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step
+      self.log(f'checkpoint_{step} saved')
 
   def last_good(self) -> str:
     return f'checkpoint_{self.last_saved}' if self.last_saved is not None else 'none yet'
@@ -403,7 +421,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
           shardings: steps.Shardings, eval_fn: Callable | None, saver: _Saver, writer: MetricsWriter,
           timing: train_metrics.IntervalMetrics, periods: Mapping[str, int], model_dir: str) -> dict:
   """Steps until train_steps (or SIGTERM), logging, evaluating and checkpointing on their periods."""
-  step, metrics, status = int(state.step), {}, 'finished'
+  step, metrics, status, evaluated = int(state.step), {}, 'finished', {}
   preempted = runtime.PreemptionFlag().install()
   try:
     writer.advance(step)
@@ -423,16 +441,17 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
         metrics = timing.result()  # t5x's names and normalisation over the interval
         writer.write(step, metrics)
       if eval_fn is not None and step % periods['eval_period'] == 0:
-        writer.write(step, eval_fn(state.model_params))
+        evaluated = {step: eval_fn(state.model_params, step)}
+        writer.write(step, evaluated[step])
       if step % periods['checkpoint_period'] == 0:
-        saver.save(state, step)
+        saver.save(state, step, evaluated.get(step))
       if preempted.is_set():
         writer.log(f'SIGTERM: saving checkpoint_{step} and exiting.')
-        saver.save(state, step)
+        saver.save(state, step, evaluated.get(step))
         status = 'preempted'
         break
     else:
-      saver.save(state, step)
+      saver.save(state, step, evaluated.get(step))
   finally:
     preempted.uninstall()
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
