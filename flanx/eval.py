@@ -14,7 +14,13 @@ if __name__ == '__main__':
 
 from flanx.inference import evaluate as evaluation  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.inference import run_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx.training import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _log(line: str) -> None:
+  if runtime.is_first_host():
+    print(line, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('eval', argv, __doc__.splitlines()[0])
-  results = gin_utils.run(evaluation.evaluate, __doc__.splitlines()[0], argv)
+  results = gin_utils.run(evaluation.evaluate, __doc__.splitlines()[0], argv,
+                          prepare=lambda bindings: run_config.fill_unset('evaluate', bindings, _log))
   if runtime.is_first_host():
     print(json.dumps(results, indent=2), flush=True)
   return 0

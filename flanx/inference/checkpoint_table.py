@@ -4,7 +4,9 @@ Sources, per step: the in-training eval the checkpoint recorded (MODEL_DIR/check
 `train.keep_best`, lists deleted checkpoints too; else each checkpoint's meta) and `flanx.eval`'s results for it
 (MODEL_DIR/eval/checkpoint_<step>/<split>_metrics.json). flanx.eval's metrics are named like the trainer's:
 `inference_eval/<task>/<metric>` for the task's metrics, `eval/<split>/loss_per_nonpadding_target_token` and
-`eval/<split>/accuracy` for the teacher-forced ones; where both exist flanx.eval's value is shown.
+`eval/<split>/accuracy` for the teacher-forced ones. Where both exist the trainer's value is used (generation
+metrics are equal by construction; the trainer's teacher-forced ones are over packed batches, flanx.eval's over
+unpacked examples, so they differ slightly).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def collect(run_dir: str) -> dict[int, dict[str, Any]]:
       continue
     row(step)['evaluated'].update(eval_metric_names(record['metrics'], record.get('split', 'validation')))
   for r in table.values():
-    r['metrics'] = {**r['training'], **r['evaluated']}
+    r['metrics'] = {**r['evaluated'], **r['training']}
   return dict(sorted(table.items()))
 
 
