@@ -12,7 +12,8 @@ with --gin_file, from the given gin files alone (model gins; `export_checkpoint.
 --vocab=PATH.model|byte (with --newline_mode) replaces the task's vocabulary.
 
 Flags: --dtype=float32|bfloat16 (stored weights), --max_shard_size=5GB, --verify=true, --handler=true,
---overwrite=false.
+--overwrite=false. --select=best (the run's train.keep_best rule) or --metric=NAME [--mode=max|min] export the run's
+best evaluated checkpoint (flanx.inference.checkpoint_table); the card names it, the rule and the other checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 from typing import Sequence
 
 from flanx import gin_config
+from flanx.inference import checkpoint_table
 from flanx.interop import hf_export
 from flanx.training import checkpoints
 
@@ -45,6 +47,13 @@ def _flag_parser() -> argparse.ArgumentParser:
                       help='LoRA runs: fold the adapters into the base and write a plain HF folder')
   parser.add_argument('--overwrite', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='replace a non-empty output_dir')
+  parser.add_argument('--select', choices=('newest', 'best'), default='newest',
+                      help="which checkpoint of a run folder: the newest (default) or the best by the run's "
+                      'train.keep_best rule (or --metric)')
+  parser.add_argument('--metric', help='select the run checkpoint best by this metric, e.g. '
+                      'inference_eval/dolly/bleu (recorded in training or by flanx.eval)')
+  parser.add_argument('--mode', choices=('max', 'min'), help='with --metric: higher or lower is better '
+                      '(default: min for losses, else max)')
   return parser
 
 
@@ -52,6 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (export flags plus t5x-style gin flags)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   flags, rest = _flag_parser().parse_known_args(argv)
+  selection = None
+  if flags.select == 'best' or flags.metric:
+    if not flags.checkpoint_dir:
+      raise SystemExit('--select=best / --metric need --checkpoint_dir=RUN_FOLDER')
+    try:
+      flags.checkpoint_dir, selection = checkpoint_table.choose(flags.checkpoint_dir, flags.metric, flags.mode)
+    except ValueError as e:
+      raise SystemExit(f'--select/--metric: {e}') from None
+    value = selection['metrics'].get(selection['metric'])
+    print(f"Selected {flags.checkpoint_dir} ({selection['rule']}"
+          + (f": {selection['metric']} = {value:.4g})" if value is not None else ')'), flush=True)
+  flags.select = flags.metric = flags.mode = None
   args, gin_files, bindings = gin_config.parse_args(rest, __doc__.splitlines()[0])
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
@@ -72,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f.write(recorded)
       gin_config.parse_gin([config_gin], bindings, args.gin_search_paths, finalize=False)
   overrides = {k: v for k, v in vars(flags).items() if v is not None}
-  path = hf_export.export_checkpoint(**overrides)
+  path = hf_export.export_checkpoint(**overrides, selection=selection)
   print(f'Wrote {path}', flush=True)
   return 0
 

@@ -104,3 +104,15 @@ def select(table: Mapping[int, Mapping[str, Any]], policy: keep_best.KeepBest) -
     raise ValueError(f'no checkpoint has {" and ".join(policy.metrics)}; recorded metrics: {names or "none"} '
                      '(run flanx.eval over the run folder to evaluate its checkpoints)')
   return step
+
+
+def choose(run_dir: str, metric: str | None = None, mode: str | None = None) -> tuple[str, dict[str, Any]]:
+  """(checkpoint folder, selection facts) of a run's best checkpoint by `metric`, else by its keep_best rule."""
+  if re.fullmatch(r'checkpoint_\d+', os.path.basename(run_dir.rstrip('/'))):
+    raise ValueError(f'{run_dir} is one checkpoint; --select=best / --metric choose among the checkpoints of a run '
+                     'folder: pass the run folder')
+  table = collect(run_dir)
+  policy = policy_for(run_dir, metric, mode)
+  step = select(table, policy)
+  return table[step]['path'], {'step': step, 'rule': policy.describe(), 'metric': policy.metrics[0],
+                               'metrics': table[step]['metrics'], 'policy': policy.as_dict()}

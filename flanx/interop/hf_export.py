@@ -200,6 +200,8 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
     info = {'name': output_dir.name, 'config': config, 'dtype': dtype, 'tokenizer': tokenizer_info,
             'verification': summary, 'param_count': param_count,
             'feature_lengths': lengths or None, **dict(card_info or {})}
+    if callable(info.get('pictures')):  # the run's pictures, drawn into the folder for the card to embed
+      info['pictures'] = info['pictures'](folder)
     (folder / 'README.md').write_text(model_card.render(info))
   return output_dir
 
@@ -232,7 +234,8 @@ def export_checkpoint(*,
                       mixture_or_task_module: str | None = None,
                       task_feature_lengths: Mapping[str, int] | None = None,
                       adapter_only: bool = False,
-                      merge: bool = False) -> pathlib.Path:
+                      merge: bool = False,
+                      selection: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Exports a flanx checkpoint (run folder → newest step, or checkpoint_<step>) as a verified HF folder.
 
   Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
@@ -273,6 +276,7 @@ def export_checkpoint(*,
       'train_metrics': model_card.last_train_metrics(run_dir),
       'eval_results': model_card.eval_results([run_dir, checkpoint_path]),
       'config_gin': gfile.GFile(config_gin).read() if gfile.exists(config_gin) else None,
+      **_selection_card(run_dir, step, selection),
   }
   if gin_config.configurable_bindings('train'):  # the run's own config: describe how it trained (never guessed otherwise)
     card_info.update(base_model=gin_config.gin_value('train.initial_checkpoint_path') or '', train_steps=gin_config.gin_value(
@@ -294,6 +298,28 @@ def export_checkpoint(*,
   return export_model(lambda: restore_on_cpu(checkpoint_path, config), config, output_dir, vocabulary,
                       dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
                       overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
+
+
+def _selection_card(run_dir: str, step: int, selection: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Card facts on how the exported checkpoint was chosen, the run's evaluated checkpoints and its pictures."""
+  from flanx.inference import checkpoint_table  # pylint: disable=g-import-not-at-top
+  from flanx.interop import curves  # pylint: disable=g-import-not-at-top
+  table = checkpoint_table.collect(run_dir)
+  if selection is None and step in table and table[step]['metrics']:  # no rule: still report what is known
+    selection = {'step': step, 'rule': 'checkpoint named on the command line (newest unless --select/--metric)',
+                 'metrics': table[step]['metrics']}
+  metric = (selection or {}).get('metric')
+
+  def pictures(folder) -> list[str]:
+    rule = (selection or {}).get('rule')
+    written = curves.write_pictures(run_dir, str(folder), metric, step, rule)
+    try:  # the run folder gets them too (it may be read-only: the export does not depend on it)
+      curves.write_pictures(run_dir, None, metric, step, rule)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'Warning: could not write the pictures into {run_dir}: {type(e).__name__}: {e}', flush=True)
+    return [os.path.basename(p) for p in written]
+
+  return {'selection': selection, 'checkpoint_table': table, 'pictures': pictures}
 
 
 def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:
