@@ -5,7 +5,8 @@ t5x's eval decoder, beam search with one beam, up to TASK_FEATURE_LENGTHS['targe
 `eval_batches` batches of BATCH_SIZE examples (all of the split when None), one example per row whatever the
 training packing, and the task's seqio `metric_fns` are computed. The metrics go to TensorBoard and the metrics
 JSONL as `inference_eval/<task>/<metric>` (t5x's names), with `timing/inference_eval_seconds`; the first eval
-also reports the seconds spent compiling the decode. This is the same code path as `flanx.eval`
+also reports the seconds spent compiling the decode. The decoded examples (input, target, prediction, score) go to
+MODEL_DIR/inference_eval/<task>-<step>.jsonl, as t5x's infer_eval writes them. This is the same code path as `flanx.eval`
 (flanx.inference.seqio_eval), so evaluating a saved checkpoint later gives the same numbers.
 """
 
@@ -29,7 +30,8 @@ class InferenceEval:
   """Decodes the eval split with the trainer's params on the trainer's mesh; `run(params)` gives the scalars."""
 
   def __init__(self, config, mesh, shardings, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, split: str, max_batches: int | None, use_cached: bool = False):
+               batch_size: int, split: str, max_batches: int | None, use_cached: bool = False,
+               predictions_dir: str | None = None):
     from flanx.inference import inference_model, seqio_eval  # pylint: disable=g-import-not-at-top
     self.options = decode_settings(task_feature_lengths['targets'])
     self.num_examples = None if max_batches is None else max_batches * batch_size
@@ -38,6 +40,7 @@ class InferenceEval:
     self.evaluator = seqio_eval.make_evaluator(mixture_or_task_name, task_feature_lengths, split, use_cached,
                                              self.num_examples)
     self._seqio_eval = seqio_eval.seqio_eval
+    self.predictions_dir = predictions_dir
     self.compile_seconds: float | None = None
 
   def run(self, params, step: int) -> dict[str, float]:
@@ -53,9 +56,11 @@ class InferenceEval:
     self.model.predict = timed_predict
     start = time.perf_counter()
     try:
-      results, _ = self._seqio_eval(self.evaluator, self.model, step)
+      results, predictions = self._seqio_eval(self.evaluator, self.model, step)
     finally:
       self.model.predict, self.model.params = predict, None
+    if self.predictions_dir:
+      write_predictions(self.predictions_dir, step, predictions)
     scalars = {f'inference_eval/{task}/{k}': v for task, metrics in results.items() for k, v in metrics.items()}
     scalars['timing/inference_eval_seconds'] = time.perf_counter() - start
     if self.compile_seconds is None and batch_seconds:  # the first batch compiled the decode
@@ -63,6 +68,30 @@ class InferenceEval:
       self.compile_seconds = max(batch_seconds[0] - steady, 0.0)
       scalars['timing/inference_eval_compile_seconds'] = self.compile_seconds
     return scalars
+
+
+def from_arguments(config, shardings, a: Mapping[str, Any]) -> InferenceEval | None:
+  """The generation eval of a train() call (its arguments `a`); None with train.inference_eval=False."""
+  import os  # pylint: disable=g-import-not-at-top
+  if not a['inference_eval']:
+    return None
+  return InferenceEval(config, shardings.mesh, shardings, a['mixture_or_task_name'], a['task_feature_lengths'],
+                       a['batch_size'], a['eval_split'], a['eval_batches'], a['use_cached_tasks'],
+                       os.path.join(a['model_dir'], 'inference_eval'))
+
+
+def write_predictions(folder: str, step: int, predictions: Mapping[str, list]) -> None:
+  """`<folder>/<task>-<step:06d>.jsonl` (t5x's inference_eval file names): input, target, prediction, score."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
+  from flanx.training import runtime  # pylint: disable=g-import-not-at-top
+  if not runtime.is_first_host():
+    return
+  tf.io.gfile.makedirs(folder)
+  for task, rows in predictions.items():
+    with tf.io.gfile.GFile(os.path.join(folder, f'{task}-{step:06d}.jsonl'), 'w') as f:
+      f.write(''.join(json.dumps(row) + '\n' for row in rows))
 
 
 def make_eval(teacher_forced: Callable[[Any], dict[str, float]], generation: InferenceEval | None,

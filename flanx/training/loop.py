@@ -214,14 +214,9 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
   loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
   train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
                                      inject_nan_at_step=a['inject_nan_at_step'])
-  eval_fn = None
-  if a['eval_period']:
-    generation = (inference_eval.InferenceEval(config, shardings.mesh, shardings, a['mixture_or_task_name'],
-                                               a['task_feature_lengths'], a['batch_size'], a['eval_split'],
-                                               a['eval_batches'], a['use_cached_tasks'])
-                  if a['inference_eval'] else None)
-    eval_fn = inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'],
-                                                  a['eval_batches']), generation, writer.log)
+  eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
+                                      inference_eval.from_arguments(config, shardings, a), writer.log)
+             if a['eval_period'] else None)
   lengths = (plan.settings.task_feature_lengths['inputs'], plan.settings.task_feature_lengths['targets'])
   timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
   periods = {'train_steps': plan.train_steps, 'log_every': a['log_every'], 'eval_period': a['eval_period'],
