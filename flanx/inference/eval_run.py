@@ -6,7 +6,7 @@
   `<split>_metrics.json` exists);
 - 'wait': 'all', then keeps polling for new checkpoints (`poll_seconds`) as a side job beside the trainer, until
   the trainer released the run (no MODEL_DIR/run_lease.json) and all are evaluated, or none appeared for
-  `wait_timeout` seconds. It only reads the run and writes under MODEL_DIR/eval/: it never takes the lease.
+  `wait_timeout` seconds (also before the first checkpoint: the side job may start before the trainer). It only reads the run and writes under MODEL_DIR/eval/: it never takes the lease.
 
 Results of checkpoint_<step> of a run go to `<output>/checkpoint_<step>/` (`<split>_metrics.json` with the
 real step and path, `<split>_predictions.jsonl`), where <output> is EVAL_OUTPUT_DIR or MODEL_DIR/eval; the
@@ -46,21 +46,25 @@ def targets(checkpoint_path: str, mode: str, output_dir: str | None, split: str,
   """The checkpoints to evaluate, in order (see the module doc)."""
   if mode not in MODES:
     raise ValueError(f'evaluate.checkpoints={mode!r}: expected one of {MODES}')
-  if not checkpoints.is_flanx_checkpoint(checkpoint_path):  # a Hugging Face or t5x folder
+  if mode != 'wait' and not checkpoints.is_flanx_checkpoint(checkpoint_path):  # a Hugging Face or t5x folder
     if mode != 'newest':
       raise ValueError(f'evaluate.checkpoints={mode!r} evaluates the checkpoints of a flanx run folder; '
                        f'{checkpoint_path} is not one')
     out = output_dir or os.path.join(checkpoint_path.rstrip('/'), 'eval')
     yield Target(checkpoint_path, None, out, out)
     return
-  newest, run_dir, step = checkpoints.locate(checkpoint_path)
-  summary_dir = output_dir or os.path.join(run_dir, 'eval')
   one = os.path.basename(checkpoint_path.rstrip('/')).startswith('checkpoint_') or mode == 'newest'
   if one:
+    newest, run_dir, step = checkpoints.locate(checkpoint_path)
+    summary_dir = output_dir or os.path.join(run_dir, 'eval')
     yield Target(newest, step, output_dir or os.path.join(summary_dir, f'checkpoint_{step}'), summary_dir)
     return
   from flanx.inference import checkpoint_table  # pylint: disable=g-import-not-at-top
   from flanx.training import run_lease  # pylint: disable=g-import-not-at-top
+  run_dir = checkpoint_path.rstrip('/')
+  summary_dir = output_dir or os.path.join(run_dir, 'eval')
+  if mode == 'all':
+    checkpoints.locate(run_dir)  # FileNotFoundError naming the folder when it holds no checkpoint
   gfile, seen, last_new = _gfile(), set(), time.time()
   while True:
     fresh = [s for s in checkpoint_table.existing_steps(run_dir) if s not in seen]
@@ -76,7 +80,7 @@ def targets(checkpoint_path: str, mode: str, output_dir: str | None, split: str,
     if fresh:
       last_new = time.time()
       continue
-    if not gfile.exists(os.path.join(run_dir, run_lease.LEASE_FILE)):
+    if seen and not gfile.exists(os.path.join(run_dir, run_lease.LEASE_FILE)):
       if not [s for s in checkpoint_table.existing_steps(run_dir) if s not in seen]:
         log(f'{run_dir}: no trainer holds the run and every checkpoint is evaluated; done')
         return

@@ -55,9 +55,12 @@ def section(info: Mapping[str, Any]) -> list[str]:
   if not selection and not table and not pictures:
     return []
   lines = ['', '## Checkpoint selection', '']
-  if selection:
+  if selection and selection.get('rule'):
     lines.append(f'This export is `checkpoint_{selection["step"]}`, chosen as the {selection["rule"]} among the '
                  "run's evaluated checkpoints.")
+  elif selection:
+    lines.append(f'This export is `checkpoint_{selection["step"]}`, the checkpoint given to flanx.export (not chosen '
+                 'by a metric: `--select=best` or `--metric=NAME` choose the best evaluated one).')
   rows = {s: r for s, r in table.items() if r.get('metrics')}
   names = [n for n in sorted({k for r in rows.values() for k in r['metrics']})
            if n.startswith(('inference_eval/', 'eval/'))]

@@ -51,6 +51,7 @@ def _save(fig, path: str) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100)
+  tf.io.gfile.makedirs(os.path.dirname(path))
   with tf.io.gfile.GFile(path, 'wb') as f:
     f.write(buffer.getvalue())
   return path
@@ -93,42 +94,47 @@ def train_curves(run_dir: str, path: str | None = None) -> str | None:
     plt.close(fig)
 
 
-def _plotted_metric(table: Mapping[int, Mapping[str, Any]], metric: str | None) -> str | None:
+def _plotted_metrics(table: Mapping[int, Mapping[str, Any]], metric: str | Sequence[str] | None) -> list[str]:
   names = sorted({k for r in table.values() for k in r['metrics']})
-  if metric in names:
-    return metric
+  wanted = [m for m in ([metric] if isinstance(metric, str) else list(metric or [])) if m in names]
+  if wanted:
+    return wanted
   generation = [n for n in names if n.startswith('inference_eval/')]
   losses = [n for n in names if n.endswith('loss_per_nonpadding_target_token')]
-  return (generation or losses or names or [None])[0]
+  return (generation or losses or names)[:1]
 
 
-def checkpoints_plot(run_dir: str, path: str | None = None, metric: str | None = None, selected: int | None = None,
-                     rule: str | None = None) -> str | None:
-  """Writes checkpoints.png (None when no checkpoint has a metric)."""
+def checkpoints_plot(run_dir: str, path: str | None = None, metric: str | Sequence[str] | None = None,
+                     selected: int | None = None, rule: str | None = None) -> str | None:
+  """Writes checkpoints.png, one panel per monitored metric (None when no checkpoint has a metric)."""
+  import textwrap  # pylint: disable=g-import-not-at-top
   from flanx.inference import checkpoint_table  # pylint: disable=g-import-not-at-top
   table = checkpoint_table.collect(run_dir)
-  metric = _plotted_metric(table, metric)
-  if metric is None:
+  metrics = _plotted_metrics(table, metric)
+  if not metrics:
     return None
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(9, 5))
-  points = [(s, r['metrics'][metric], r['exists']) for s, r in table.items() if metric in r['metrics']]
-  for exists, style, label in ((True, dict(marker='o', color='tab:blue'), 'kept'),
-                               (False, dict(marker='x', color='tab:gray'), 'deleted')):
-    chosen = [(s, v) for s, v, e in points if e == exists]
-    if chosen:
-      ax.scatter([s for s, _ in chosen], [v for _, v in chosen], label=label, zorder=3, **style)
-  ax.plot([s for s, _, _ in points], [v for _, v, _ in points], color='tab:blue', alpha=0.3)
-  if selected is not None and selected in table and metric in table[selected]['metrics']:
-    value = table[selected]['metrics'][metric]
-    ax.scatter([selected], [value], marker='*', s=300, color='tab:red', zorder=4,
-               label=f'selected: checkpoint_{selected}')
-    ax.annotate(f'checkpoint_{selected}\n{value:.4g}', (selected, value), textcoords='offset points', xytext=(8, 8))
-  ax.set_xlabel('checkpoint step')
-  ax.set_ylabel(metric)
-  ax.set_title(f'per checkpoint; selection: {rule}' if rule else f'{metric} per checkpoint', fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 1.5 + 3.5 * len(metrics)), squeeze=False)
+  for ax, name in zip(axes[:, 0], metrics):
+    points = [(s, r['metrics'][name], r['exists']) for s, r in table.items() if name in r['metrics']]
+    for exists, style, label in ((True, dict(marker='o', color='tab:blue'), 'kept'),
+                                 (False, dict(marker='x', color='tab:gray'), 'deleted')):
+      chosen = [(s, v) for s, v, e in points if e == exists]
+      if chosen:
+        ax.scatter([s for s, _ in chosen], [v for _, v in chosen], label=label, zorder=3, **style)
+    ax.plot([s for s, _, _ in points], [v for _, v, _ in points], color='tab:blue', alpha=0.3)
+    if selected is not None and selected in table and name in table[selected]['metrics']:
+      value = table[selected]['metrics'][name]
+      ax.scatter([selected], [value], marker='*', s=300, color='tab:red', zorder=4,
+                 label=f'selected: checkpoint_{selected}')
+      ax.annotate(f'checkpoint_{selected}\n{value:.4g}', (selected, value), textcoords='offset points',
+                  xytext=(8, 8))
+    ax.set_xlabel('checkpoint step')
+    ax.set_ylabel(name.rsplit('/', 1)[-1])
+    ax.set_title(name, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(textwrap.fill(f'per checkpoint; selection: {rule}' if rule else 'per checkpoint', 110), fontsize=10)
   fig.tight_layout()
   try:
     return _save(fig, path or os.path.join(run_dir, CHECKPOINTS))
@@ -136,8 +142,8 @@ def checkpoints_plot(run_dir: str, path: str | None = None, metric: str | None =
     plt.close(fig)
 
 
-def write_pictures(run_dir: str, folder: str | None = None, metric: str | None = None, selected: int | None = None,
-                   rule: str | None = None) -> list[str]:
+def write_pictures(run_dir: str, folder: str | None = None, metric: str | Sequence[str] | None = None,
+                   selected: int | None = None, rule: str | None = None) -> list[str]:
   """Both pictures into `folder` (default: the run folder); the paths written."""
   folder = folder or run_dir
   written = [train_curves(run_dir, os.path.join(folder, TRAIN_CURVES)),
@@ -152,7 +158,7 @@ def at_end_of_training(model_dir: str, log: Callable[[str], None] = print) -> li
     return []
   try:
     record = keep_best.read_record(model_dir)
-    metric = (record.get('policy') or {}).get('metric', [None])[0]
+    metric = (record.get('policy') or {}).get('metric')
     paths = write_pictures(model_dir, metric=metric, selected=record.get('best'), rule=record.get('rule'))
   except Exception as e:  # pylint: disable=broad-except
     log(f'WARNING: could not draw the run pictures: {type(e).__name__}: {e}')

@@ -306,9 +306,8 @@ def _selection_card(run_dir: str, step: int, selection: Mapping[str, Any] | None
   from flanx.interop import curves  # pylint: disable=g-import-not-at-top
   table = checkpoint_table.collect(run_dir)
   if selection is None and step in table and table[step]['metrics']:  # no rule: still report what is known
-    selection = {'step': step, 'rule': 'checkpoint named on the command line (newest unless --select/--metric)',
-                 'metrics': table[step]['metrics']}
-  metric = (selection or {}).get('metric')
+    selection = {'step': step, 'rule': None, 'metrics': table[step]['metrics']}
+  metric = ((selection or {}).get('policy') or {}).get('metric') or (selection or {}).get('metric')
 
   def pictures(folder) -> list[str]:
     rule = (selection or {}).get('rule')
