@@ -44,6 +44,9 @@ def evaluate(*,
   step (`step` overrides it) and path; per-example predictions go to `<split>_predictions.jsonl` beside it.
   First it reports how much of each task the lengths cut (`truncation_examples` examples each; 0: no report).
   """
+  if not mixture_or_task_name:
+    raise ValueError(f'MIXTURE_OR_TASK_NAME is not set and {checkpoint_path} recorded no task (not a flanx run): '
+                     'name the seqio task or mixture to evaluate, e.g. --gin.MIXTURE_OR_TASK_NAME=\\"dolly\\"')
   config = model_config or T5Config()
   data.import_task_modules(mixture_or_task_module)
   log = lambda line: print(line, flush=True) if runtime.is_first_host() else None
