@@ -406,7 +406,7 @@ class _Saver:
         meta['eval_metrics'] = {k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')}
       self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step
-      self.log(f'checkpoint_{step} saved')
+      self.log(f'saving checkpoint_{step}')
 
   def last_good(self) -> str:
     return f'checkpoint_{self.last_saved}' if self.last_saved is not None else 'none yet'
