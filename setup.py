@@ -22,6 +22,7 @@ CORE = [
     'tensorboardX==2.6.5',
     'tqdm==4.70.1',
     'pyarrow==26.0.1',  # Flan collection files in Parquet
+    'matplotlib==3.11.2',  # train_curves.png / checkpoints.png (Agg backend, imported lazily)
 ]
 HF = ['transformers==5.23.0', 'tokenizers==0.23.3', 'torch==2.13.0',
       'peft==0.21.2', 'accelerate==1.15.0']  # peft: LoRA / prompt-tuning adapter export and its verification

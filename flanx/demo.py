@@ -2,9 +2,11 @@
 
 On the shipped `flanx_demo` task (tasks/data/demo_dolly.jsonl: arithmetic, sorting, reversing, copying with a
 twist), through the real entry points and gin files: evaluate a fresh byte-level T5 (exact match: before),
-fine-tune it with packing and constant-LR Adafactor (`flanx.train`, gin/runs/demo.gin), evaluate it again
-(after), decode a few held-out prompts (`flanx.infer`), export a verified Hugging Face folder (`flanx.export`)
-and show that transformers generates the same text. Everything goes into one new run folder.
+fine-tune it with packing and constant-LR Adafactor (`flanx.train`, gin/runs/demo.gin), evaluating every
+checkpoint as it trains (exact match and BLEU on decoded held-out records; the best two by BLEU are kept),
+evaluate the best checkpoint again (after), decode a few held-out prompts with it (`flanx.infer`), export it as a
+verified Hugging Face folder (`flanx.export --select=best`) and show that transformers generates the same text.
+Everything goes into one new run folder; the run's curves are MODEL_DIR/train_curves.png and checkpoints.png.
 
 `--peft=lora` does the same with LoRA (rank 16 on every projection, Adam) on the frozen fresh model: only the
 adapters train, eval/infer read the adapter checkpoint on its base, and the export is a PEFT adapter folder
@@ -84,6 +86,21 @@ def _exact_match(run_dir: str, checkpoint: str, eval_examples: int, batch_size: 
                           f'--gin.evaluate.num_examples={eval_examples}'])
   with open(os.path.join(out, 'validation_metrics.json')) as f:
     return json.load(f)['metrics']['flanx_demo']['exact_match']
+
+
+def _report_training(model_dir: str) -> tuple[str | None, str | None]:
+  """Prints one line per in-training eval; returns (the best checkpoint's folder, the rule), or (None, None)."""
+  from flanx.training import inference_eval, keep_best
+  with open(os.path.join(model_dir, 'train_metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  for row in rows:
+    if any(k.startswith('inference_eval/') for k in row):
+      print('    ' + inference_eval.eval_line(row['step'], row, row.get('timing/inference_eval_seconds', 0.0)),
+            flush=True)
+  record = keep_best.read_record(model_dir)
+  if record.get('best') is None:
+    return None, None
+  return os.path.join(model_dir, f'checkpoint_{record["best"]}'), record['rule']
 
 
 def _held_out_prompts(path: str, count: int) -> list[dict]:
@@ -193,10 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   t = time.time()
   _entry(train_main.main, train_flags + steps_flag)
   timings['train'] = time.time() - t
+  best, rule = _report_training(model_dir)
+  chosen = best or model_dir  # the best checkpoint by the run's keep_best rule (BLEU), else the newest
 
   print('3/5 Evaluating the fine-tuned model...', flush=True)
   t = time.time()
-  after = _exact_match(run_dir, model_dir, args.eval_examples, 32, model_flags)
+  after = _exact_match(run_dir, chosen, args.eval_examples, 32, model_flags)
   timings['evaluate after'] = time.time() - t
 
   print('4/5 Decoding held-out prompts with flanx...', flush=True)
@@ -204,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   prompts_file = os.path.join(run_dir, 'prompts.jsonl')
   records = _held_out_prompts(prompts_file, args.prompts)
   _entry(infer_main.main, ['--gin_file=runs/infer.gin'] + _DEMO_TASK + model_flags + [
-                           f'--gin.CHECKPOINT_PATH="{model_dir}"', f'--gin.INFER_OUTPUT_DIR="{run_dir}/infer"',
+                           f'--gin.CHECKPOINT_PATH="{chosen}"', f'--gin.INFER_OUTPUT_DIR="{run_dir}/infer"',
                            f'--gin.INPUT_FILE="{prompts_file}"', '--gin.MAX_DECODE_LENGTH=32',
                            '--gin.infer.vocabulary=@get_vocabulary()', '--gin.get_vocabulary.path="byte"'])
   with open(os.path.join(run_dir, 'infer', 'prompts-greedy.jsonl-00000-of-00001')) as f:
@@ -214,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   print('5/5 Exporting a verified ' + ('PEFT adapter folder and generating with peft' if lora else
                                        'Hugging Face folder and generating with transformers') + '...', flush=True)
   t = time.time()
-  _entry(export_main.main, [f'--checkpoint_dir={model_dir}', f'--output_dir={hf_dir}'] + (['--adapter_only'] if lora else []))
+  _entry(export_main.main, [f'--checkpoint_dir={model_dir}', f'--output_dir={hf_dir}'] + (['--adapter_only'] if lora else [])
+         + (['--select=best'] if best else []))
   hf_out = _hf_generate(hf_dir, [r['inputs'] for r in records], max_new_tokens=32, adapter=lora)
   timings['export + HF'] = time.time() - t
 
@@ -227,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       ['stage', 'time']))
   print(f'\nRun folder:        {run_dir}\nflanx checkpoints: {model_dir}\nHF export:         {hf_dir}\n'
         f'Logs:              {_LOG_DIR}\nTensorBoard:       {_tensorboard_command(model_dir)}')
+  pictures = [p for p in ('train_curves.png', 'checkpoints.png') if os.path.exists(os.path.join(model_dir, p))]
+  print(f'Selected:          {os.path.basename(chosen) if best else "the newest checkpoint"}'
+        + (f' ({rule}), exported to {hf_dir}' if best else ' (no checkpoint had generation metrics)'))
+  if pictures:
+    print('Curves:            ' + ', '.join(os.path.join(model_dir, p) for p in pictures))
   same = all(f == h for f, h in zip(flanx_out, hf_out))
   if not same:
     print(f"ERROR: {'peft' if lora else 'transformers'} generated different text from flanx", file=sys.stderr)

@@ -14,7 +14,13 @@ if __name__ == '__main__':
 
 from flanx.inference import evaluate as evaluation  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.inference import run_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx.training import compile_cache, runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _log(line: str) -> None:
+  if runtime.is_first_host():
+    print(line, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return aot.main('eval', argv, __doc__.splitlines()[0])
   entry = compile_cache.cached(evaluation.evaluate, lambda: evaluation.output_folder(
       gin_utils.gin_value('evaluate.checkpoint_path') or '', gin_utils.gin_value('evaluate.output_dir')))
-  results = gin_utils.run(entry, __doc__.splitlines()[0], argv, [aot.flag_parser()])
+  results = gin_utils.run(entry, __doc__.splitlines()[0], argv, [aot.flag_parser()],
+                          prepare=lambda bindings: run_config.fill_unset('evaluate', bindings, _log))
   if runtime.is_first_host():
     print(json.dumps(results, indent=2), flush=True)
   return 0

@@ -14,7 +14,8 @@ with --gin_file, from the given gin files alone (model gins; `export_checkpoint.
 
 Flags: --dtype=float32|bfloat16 (stored weights), --max_shard_size=5GB, --verify=true, --handler=true,
 --overwrite=false, --allow_unverified (a checkpoint from before flanx recorded checksums; never one that says it
-has them).
+has them). --select=best (the run's train.keep_best rule) or --metric=NAME [--mode=max|min] export the run's
+best evaluated checkpoint (flanx.inference.checkpoint_table); the card names it, the rule and the other checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 from typing import Sequence
 
 from flanx import gin_config
+from flanx.inference import checkpoint_table
 from flanx.interop import hf_export
 from flanx.training import checkpoints, recorded_config
 
@@ -48,6 +50,13 @@ def _flag_parser() -> argparse.ArgumentParser:
                       help='accept a checkpoint from before flanx recorded checksums, unverified')
   parser.add_argument('--overwrite', type=gin_config.parse_bool, nargs='?', const=True, 
                       help='replace a non-empty output_dir')
+  parser.add_argument('--select', choices=('newest', 'best'), default='newest',
+                      help="which checkpoint of a run folder: the newest (default) or the best by the run's "
+                      'train.keep_best rule (or --metric)')
+  parser.add_argument('--metric', help='select the run checkpoint best by this metric, e.g. '
+                      'inference_eval/dolly/bleu (recorded in training or by flanx.eval)')
+  parser.add_argument('--mode', choices=('max', 'min'), help='with --metric: higher or lower is better '
+                      '(default: min for losses, else max)')
   return parser
 
 
@@ -60,6 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   if flags.allow_unverified:
     bindings.append('checkpoint_checksums.required = False')
   recorded_config.reset()
+  selection = None
+  if flags.select == 'best' or flags.metric:
+    if not flags.checkpoint_dir:
+      raise SystemExit('--select=best / --metric need --checkpoint_dir=RUN_FOLDER')
+    try:
+      flags.checkpoint_dir, selection = checkpoint_table.choose(flags.checkpoint_dir, flags.metric, flags.mode)
+    except ValueError as e:
+      raise SystemExit(f'--select/--metric: {e}') from None
+    value = selection['metrics'].get(selection['metric'])
+    print(f"Selected {flags.checkpoint_dir} ({selection['rule']}"
+          + (f": {selection['metric']} = {value:.4g})" if value is not None else ')'), flush=True)
+  flags.select = flags.metric = flags.mode = None
   if gin_files:
     gin_config.parse_gin(gin_files, bindings, args.gin_search_paths, finalize=False)
   else:
@@ -80,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recorded_config.apply(recorded, source)  # data: describes the model and vocabulary, runs no code
     gin_config.parse_gin([], bindings, args.gin_search_paths, finalize=False)  # the command line wins
   overrides = {k: v for k, v in vars(flags).items() if v is not None and k != 'allow_unverified'}
-  path = hf_export.export_checkpoint(**overrides)
+  path = hf_export.export_checkpoint(**overrides, selection=selection)
   print(f'Wrote {path}', flush=True)
   return 0
 

@@ -372,13 +372,19 @@ def write_config(model_dir: str, filename: str = 'config.gin') -> str:
 
 
 def run(entry: Callable[[], Any], description: str, argv: Sequence[str] | None = None,
-        parents: Sequence[argparse.ArgumentParser] = ()) -> Any:
-  """Parses the command line, starts the multi-host runtime, parses gin, then calls `entry()`."""
+        parents: Sequence[argparse.ArgumentParser] = (), prepare: Callable[[Sequence[str]], Any] | None = None) -> Any:
+  """Parses the command line, starts the multi-host runtime, parses gin, then calls `entry()`.
+
+  `prepare(bindings)` runs after parsing, before the config is locked (e.g. to fill settings from a run's record).
+  """
   from flanx.training import runtime
   args, files, bindings = parse_args(sys.argv[1:] if argv is None else argv, description, parents)
   runtime.initialize_distributed(args.coordinator_address, args.process_count, args.process_index,
                                  args.initialization_timeout)
-  parse_gin(files, bindings, args.gin_search_paths)
+  parse_gin(files, bindings, args.gin_search_paths, finalize=prepare is None)
+  if prepare is not None:
+    prepare(bindings)
+    gin.finalize()
   return entry()
 
 

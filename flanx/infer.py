@@ -13,7 +13,13 @@ if __name__ == '__main__':
 
 from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx.inference import infer as inference  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx.inference import run_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx.training import compile_cache, runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _log(line: str) -> None:
+  if runtime.is_first_host():
+    print(line, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if aot.requested(argv):  # compile for a TPU pod here and report its memory; runs nothing
     return aot.main('infer', argv, __doc__.splitlines()[0])
   entry = compile_cache.cached(inference.infer, lambda: gin_utils.gin_value('infer.output_dir'))
-  path = gin_utils.run(entry, __doc__.splitlines()[0], argv, [aot.flag_parser()])
+  path = gin_utils.run(entry, __doc__.splitlines()[0], argv, [aot.flag_parser()],
+                       prepare=lambda bindings: run_config.fill_unset('infer', bindings, _log))
   if runtime.is_first_host():
     print(f'Wrote {path}', flush=True)
   return 0

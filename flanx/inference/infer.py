@@ -178,9 +178,12 @@ def infer(*,
   if input_file:
     records = read_prompts(input_file, _prompt_template(task or mixture_or_task_name, checkpoint_path))
     name = os.path.splitext(os.path.basename(input_file))[0]
+    if vocabulary is None and mixture_or_task_name:  # the task's (e.g. the run's, from its recorded config)
+      import seqio  # pylint: disable=g-import-not-at-top
+      vocabulary = seqio.get_mixture_or_task(mixture_or_task_name).output_features['inputs'].vocabulary
     if vocabulary is None:
       raise ValueError('infer.vocabulary must be set when reading prompts from a file '
-                       '(e.g. infer.vocabulary = @tasks.vocab.get_vocabulary())')
+                       '(e.g. infer.vocabulary = @tasks.vocab.get_vocabulary()), or MIXTURE_OR_TASK_NAME')
   elif mixture_or_task_name:
     records, task_vocab = _task_records(mixture_or_task_name, split, task_feature_lengths, use_cached_tasks,
                                         num_examples)

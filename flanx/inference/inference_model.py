@@ -26,17 +26,27 @@ class InferenceModel:
 
   profiler = profiling.OFF
 
-  def __init__(self, checkpoint_path: str, config: T5Config, batch_size: int, **decode_options):
+  def __init__(self, checkpoint_path: str | None, config: T5Config, batch_size: int, *,
+               mesh: jax.sharding.Mesh | None = None, shardings: steps.Shardings | None = None, **decode_options):
+    """`checkpoint_path` None: no params yet (set `.params`, e.g. the trainer's, or call load()); `mesh` and
+    `shardings`: the trainer's (default: make_mesh() and the shardings of an inference-only state)."""
     self.config, self.batch_size = config, batch_size
-    self.mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
-    self.shardings = steps.make_shardings(config, None, self.mesh, partitioning.axis_rules())
-    if peft.is_peft(config):
-      self.params = peft.combine(*_peft_params(checkpoint_path, config, self.shardings))
-    else:
-      self.params = load_params.load_sharded_params(checkpoint_path, config, self.shardings.params)
+    self.mesh = mesh or partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
+    self.shardings = shardings or steps.make_shardings(config, None, self.mesh, partitioning.axis_rules())
+    self.params = None
+    if checkpoint_path is not None:
+      self.load(checkpoint_path)
     self._prompt_tokens = peft.prompt_length(config)
     self._predict = predict.make_predict_fn(config, partitioning.replicated(self.mesh), **decode_options)
     self._score = steps.make_eval_step(config, self.shardings, per_example=True)
+
+  def load(self, checkpoint_path: str) -> None:
+    """Reads another checkpoint's params (the compiled predict/score functions are kept)."""
+    self.params = None  # free the previous params first
+    if peft.is_peft(self.config):
+      self.params = peft.combine(*_peft_params(checkpoint_path, self.config, self.shardings))
+    else:
+      self.params = load_params.load_sharded_params(checkpoint_path, self.config, self.shardings.params)
 
   def _global(self, batch: Mapping[str, np.ndarray]) -> dict:
     # Every process holds the same full batch (eval data is not sharded by host): build global arrays from it.

@@ -200,6 +200,8 @@ def export_model(load_params: Callable[[], PyTree], config: T5Config, output_dir
     info = {'name': output_dir.name, 'config': config, 'dtype': dtype, 'tokenizer': tokenizer_info,
             'verification': summary, 'param_count': param_count,
             'feature_lengths': lengths or None, **dict(card_info or {})}
+    if callable(info.get('pictures')):  # the run's pictures, drawn into the folder for the card to embed
+      info['pictures'] = info['pictures'](folder)
     (folder / 'README.md').write_text(model_card.render(info))
   return output_dir
 
@@ -240,7 +242,8 @@ def export_checkpoint(*,
                       mixture_or_task_module: str | None = None,
                       task_feature_lengths: Mapping[str, int] | None = None,
                       adapter_only: bool = False,
-                      merge: bool = False) -> pathlib.Path:
+                      merge: bool = False,
+                      selection: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Exports a flanx checkpoint (run folder → newest step, or checkpoint_<step>) as a verified HF folder.
 
   Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
@@ -257,7 +260,7 @@ def export_checkpoint(*,
 
 def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size, verify, vocab, newline_mode,
                        handler, overwrite, model_config, mixture_or_task_name, mixture_or_task_module,
-                       task_feature_lengths, adapter_only, merge) -> pathlib.Path:
+                       task_feature_lengths, adapter_only, merge, selection) -> pathlib.Path:
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
@@ -302,6 +305,7 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
       'eval_results': model_card.eval_results([run_dir, checkpoint_path]),
       'run_timing': model_card.run_timing(run_dir),
       'config_gin': gfile.GFile(config_gin).read() if gfile.exists(config_gin) else None,
+      **_selection_card(run_dir, step, selection),
   }
   if gin_config.configurable_bindings('train'):  # the run's own config: describe how it trained (never guessed otherwise)
     card_info.update(base_model=gin_config.gin_value('train.initial_checkpoint_path') or '', train_steps=gin_config.gin_value(
@@ -323,6 +327,27 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
   return export_model(lambda: restore_on_cpu(checkpoint_path, config), config, output_dir, vocabulary,
                       dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
                       overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
+
+
+def _selection_card(run_dir: str, step: int, selection: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Card facts on how the exported checkpoint was chosen, the run's evaluated checkpoints and its pictures."""
+  from flanx.inference import checkpoint_table  # pylint: disable=g-import-not-at-top
+  from flanx.interop import curves  # pylint: disable=g-import-not-at-top
+  table = checkpoint_table.collect(run_dir)
+  if selection is None and step in table and table[step]['metrics']:  # no rule: still report what is known
+    selection = {'step': step, 'rule': None, 'metrics': table[step]['metrics']}
+  metric = ((selection or {}).get('policy') or {}).get('metric') or (selection or {}).get('metric')
+
+  def pictures(folder) -> list[str]:
+    rule = (selection or {}).get('rule')
+    written = curves.write_pictures(run_dir, str(folder), metric, step, rule)
+    try:  # the run folder gets them too (it may be read-only: the export does not depend on it)
+      curves.write_pictures(run_dir, None, metric, step, rule)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'Warning: could not write the pictures into {run_dir}: {type(e).__name__}: {e}', flush=True)
+    return [os.path.basename(p) for p in written]
+
+  return {'selection': selection, 'checkpoint_table': table, 'pictures': pictures}
 
 
 def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:

@@ -93,8 +93,10 @@ def render(info: Mapping[str, Any]) -> str:
   """Markdown model card from collected facts (missing facts are left out, never invented)."""
   config: T5Config = info['config']
   name = info.get('name', 'flanx model')
+  from flanx.interop import card_checkpoints  # pylint: disable=g-import-not-at-top
   lines = ['---', 'library_name: transformers', 'pipeline_tag: text2text-generation',
-           'tags:', '- t5', '- text2text-generation', '- flanx', '---', '', f'# {name}', '',
+           'tags:', '- t5', '- text2text-generation', '- flanx', *card_checkpoints.front_matter(info), '---', '',
+           f'# {name}', '',
            'A T5-family encoder-decoder trained with flanx (JAX, t5x-compatible) and exported to Hugging Face '
            'format.', '']
   lines += ['## Training', '']
@@ -127,6 +129,7 @@ def render(info: Mapping[str, Any]) -> str:
     keys = [k for k in _TRAIN_KEYS if k in metrics] or [k for k in metrics if k != 'step']
     lines += _table([(k, metrics[k]) for k in keys])
   lines += _timing_lines(info.get('run_timing'))
+  lines += card_checkpoints.section(info)  # which checkpoint, by which rule; the evaluated ones; the pictures
   evals = info.get('eval_results') or []
   if evals:
     lines += ['', '## Evaluation', '', '| file | split | step | task | metric | value |', '|---|---|---|---|---|---|']

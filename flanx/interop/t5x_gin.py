@@ -871,8 +871,8 @@ TRAINING_ONLY = ('Adafactor', 'z_loss', 'label_smoothing', 'loss_normalizing_fac
 # Why common t5x bindings have no flanx counterpart (pattern in the binding's key -> reason).
 REASONS = (
     (('infer_eval', 'Evaluator', 'JSONLogger', 'EVALUATOR_', 'JSON_WRITE'),
-     "flanx's in-training evaluation is teacher-forced (loss, accuracy); run python -m flanx.eval for "
-     'decoded metrics'),
+     "flanx's in-training generation eval (train.inference_eval, on by default) decodes the training task's "
+     'eval split (train.eval_split, train.eval_batches); other tasks: python -m flanx.eval'),
     (('Vocabulary', 'vocabulary', 'VOCABULARY'), 'flanx takes the vocabulary from the seqio task'),
     (('hardware_rng', 'HARDWARE_RNG'), "flanx uses JAX's default PRNG"),
     (('stats_period', 'gc_period', 'concurrent_metrics', 'use_orbax', 'run_eval_before_training', 'actions'),

@@ -26,7 +26,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from flanx.training import checksums, run_folder
+from flanx.training import checksums, keep_best as keep_best_lib, run_folder
 
 PyTree = Any
 _PREFIX = 'checkpoint'
@@ -61,10 +61,13 @@ def _data_state_prefix(model_dir: str, step: int) -> str:
 
 
 class RunCheckpoints:
-  """Saves/restores a run's train state and data position; keeps the newest `keep` checkpoints."""
+  """Saves/restores a run's train state and data position; keeps the newest `keep` checkpoints (None: all), or,
+  with `keep_best`, those the policy keeps (flanx.training.keep_best), applied after each save commits."""
 
-  def __init__(self, model_dir: str, keep: int | None = 3, async_save: bool = True):
-    self.model_dir = model_dir
+  def __init__(self, model_dir: str, keep: int | None = None, async_save: bool = True,
+               keep_best: keep_best_lib.KeepBest | None = None):
+    self.model_dir, self.keep_best = model_dir, keep_best
+    keep = None if keep_best is not None else keep
     # cleanup_tmp_directories: a save killed mid-write leaves checkpoint_<step>.orbax-checkpoint-tmp; the
     # run folder's lease guarantees no other writer owns it, so the next start removes it.
     # Pruning keeps the newest `keep` and any checkpoint a reader (export) pinned while it reads it.
@@ -136,6 +139,8 @@ class RunCheckpoints:
       raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
     if step is not None and self.on_saved is not None:
       self.on_saved(step, time.perf_counter() - self._pending_since)
+    if step is not None and self.keep_best is not None:
+      self._keep_best()
 
   def _stopped(self, failed_step: int | None) -> str:
     """What a failed save leaves: the newest intact checkpoint, and how to go on."""
@@ -143,6 +148,22 @@ class RunCheckpoints:
     previous = f'{self.model_dir}/{_PREFIX}_{max(kept)}' if kept else 'none'
     return (f'Training stopped; the newest intact checkpoint is {previous}. Free space (or fix the storage error) '
             'and rerun the same command to resume from it.')
+
+  def _keep_best(self) -> None:
+    """Deletes the checkpoints (and data positions) the keep-best policy drops; records the decision."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    records = {s: self.read_meta(s).get('eval_metrics') for s in self._manager.all_steps()}
+    decision = keep_best_lib.decide(records, self.keep_best)
+    from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
+    pinned = checkpoint_pins.pinned_steps(self.model_dir)  # an export is reading it: drop it at a later save
+    for step, why in sorted(decision.items()):
+      if why == 'deleted' and step not in pinned:
+        self._manager.delete(step)
+        data_state = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
+        if jax.process_index() == 0 and tf.io.gfile.isdir(data_state):
+          tf.io.gfile.rmtree(data_state)
+    if jax.process_index() == 0:
+      keep_best_lib.write_record(self.model_dir, self.keep_best, records, decision)
 
   def read_meta(self, step: int) -> dict:
     """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""

@@ -19,11 +19,11 @@ import jax
 import numpy as np
 
 from flanx import gin_config
-from flanx.interop import load_params
+from flanx.interop import curves, load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, data_fingerprint, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import compile_cache, goodput, profiling, run_folder, start_step, steps, stop_signal, train_metrics
+from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -67,11 +67,13 @@ def train(*,
           continue_step: bool | None = None,
           restore_optimizer_state: bool = False,
           checkpoint_period: int = 1000,
-          keep_checkpoints: int | None = 3,
+          keep_checkpoints: int | None = None,
+          keep_best: Any = None,
           async_checkpointing: bool = True,
           eval_period: int = 0,
           eval_split: str = 'validation',
           eval_batches: int | None = None,
+          inference_eval: bool = True,
           num_microbatches: int = 1,
           seed: int = 42,
           data_seed: int = 42,
@@ -121,7 +123,8 @@ def train(*,
   clock, cache = goodput.RunClock(), contextlib.ExitStack()
   try:
     cache_stats = cache.enter_context(compile_cache.enabled(model_dir))
-    ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
+    ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing,
+                                       keep_best=plan.keep_best)
     state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
     if runtime.PreemptionFlag().is_set():
       _log(f'{stop_signal.reason()} during setup: stopping cleanly before training, at step {int(state.step)} '
@@ -139,9 +142,11 @@ def train(*,
                                   f'{model_dir}/{run_name}', writer.log)
     clock.attach(model_dir, resumed is not None, int(state.step), plan.train_steps, writer.log, cache_stats)
     with mesh, steps.activation_rules(shardings):
-      return _train_loop(plan, state, tx, shardings, iterator, saver, writer, clock, profiler)
+      result = _train_loop(plan, state, tx, shardings, iterator, saver, writer, clock, profiler)
   finally:
     _shut_down(ckpts, writer, folder, clock, cache, failing=sys.exc_info()[1] is not None)
+  curves.at_end_of_training(model_dir, _log)  # train_curves.png, checkpoints.png (first host)
+  return result
 
 
 def _shut_down(ckpts: checkpoints.RunCheckpoints | None, writer: MetricsWriter | None, folder: '_RunFolder',
@@ -175,6 +180,7 @@ class _Plan:
   settings: DataSettings
   schedule: Callable[[int], Any]
   start: start_step.StartPlan
+  keep_best: Any = None  # keep_best.KeepBest or None
 
   @property
   def train_steps(self) -> int:
@@ -204,7 +210,8 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   if start.restore_optimizer_state and peft_lib.is_peft(config):
     raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
                                     'params; a PEFT run trains adapters only (leave it False)')
-  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start)
+  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start,
+               run_checks.check_keep_best(a))
 
 
 def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
@@ -240,7 +247,8 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
   loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
   train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
                                      inject_nan_at_step=a['inject_nan_at_step'])
-  eval_fn = (_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches'])
+  eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
+                                      inference_eval.from_arguments(config, shardings, a), writer.log)
              if a['eval_period'] else None)
   lengths = (plan.settings.task_feature_lengths['inputs'], plan.settings.task_feature_lengths['targets'])
   timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
@@ -426,9 +434,12 @@ class _Saver:
       raise run_lease.LeaseHeldError(f'another process took over the lease of {self.folder.model_dir}; this run '
                                      f'stopped without saving (last checkpoint: {self.last_good()}).')
 
-  def save(self, state: steps.TrainState, step: int) -> None:
+  def save(self, state: steps.TrainState, step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
+    """`eval_metrics`: the in-training eval of this very step (keep-best ranks checkpoints by them)."""
     if self.last_saved != step:
       meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
+      if eval_metrics:
+        meta['eval_metrics'] = {k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')}
       with self.clock.part('checkpoint'):  # the blocking part: the write goes on in the background
         self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step
@@ -442,7 +453,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
           timing: train_metrics.IntervalMetrics, periods: Mapping[str, int], model_dir: str,
           clock: goodput.RunClock, profiler: profiling.Profiler = profiling.OFF) -> dict:
   """Steps until train_steps (or SIGTERM), logging, evaluating and checkpointing on their periods."""
-  step, metrics, status = int(state.step), {}, 'finished'
+  step, metrics, status, evaluated = int(state.step), {}, 'finished', {}
   preempted = runtime.PreemptionFlag().install()
   try:
     writer.advance(step)
@@ -467,16 +478,17 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
         writer.write(step, metrics)
       if eval_fn is not None and step % periods['eval_period'] == 0:
         with clock.part('eval'):
-          writer.write(step, eval_fn(state.model_params))
+          evaluated = {step: eval_fn(state.model_params, step)}
+        writer.write(step, evaluated[step])
       if step % periods['checkpoint_period'] == 0:
-        saver.save(state, step)
+        saver.save(state, step, evaluated.get(step))
       if preempted.is_set():
         writer.log(f'{stop_signal.reason()}: saving checkpoint_{step} and exiting (rerun the same command to resume).')
-        saver.save(state, step)
+        saver.save(state, step, evaluated.get(step))
         status = 'preempted'
         break
     else:
-      saver.save(state, step)
+      saver.save(state, step, evaluated.get(step))
   finally:
     profiler.stop()
     preempted.uninstall()

@@ -86,6 +86,7 @@ TRAIN_ARG_RULES: dict[str, tuple[Any, str]] = {
     'keep_checkpoints': (optional_positive_int, 'None or a positive integer'),
     'eval_period': (non_negative_int, 'an integer >= 0 (0: no evaluation during training)'),
     'eval_batches': (optional_positive_int, 'None or a positive integer'),
+    'inference_eval': (boolean, 'True or False'),
     'num_microbatches': (positive_int, 'a positive integer'),
     'seed': (any_int, 'an integer'),
     'data_seed': (any_int, 'an integer'),
@@ -105,6 +106,30 @@ def check_args(values: Mapping[str, Any], rules: Mapping[str, tuple[Any, str]], 
     if name in values and not ok(values[name]):
       key = gin_config.binding_source(configurable, name)
       raise RunConfigError(f'{key} = {values[name]!r}: expected {expected}')
+
+
+def check_keep_best(values: Mapping[str, Any]):
+  """train.keep_best as a KeepBest (None when unset); it needs in-training evals and replaces keep_checkpoints."""
+  from flanx import gin_config  # pylint: disable=g-import-not-at-top
+  from flanx.training import keep_best  # pylint: disable=g-import-not-at-top
+  key = gin_config.binding_source('train', 'keep_best')
+  try:
+    policy = keep_best.from_setting(values.get('keep_best'))
+  except ValueError as e:
+    raise RunConfigError(f'{key}: {e}') from None
+  if policy is None:
+    return None
+  if values.get('keep_checkpoints') is not None:
+    raise RunConfigError(f'{key} is set and so is {gin_config.binding_source("train", "keep_checkpoints")} = '
+                         f'{values["keep_checkpoints"]}: keep_best decides which checkpoints stay (the best '
+                         f'{policy.keep} and the newest); leave keep_checkpoints = None')
+  if not values.get('eval_period'):
+    raise RunConfigError(f'{key} ranks checkpoints by the in-training eval: set EVAL_PERIOD > 0 (a divisor of '
+                         'CHECKPOINT_PERIOD, so that every checkpoint has metrics)')
+  generation = [m for m in policy.metrics if m.startswith('inference_eval/')]
+  if generation and not values.get('inference_eval', True):
+    raise RunConfigError(f'{key} monitors {generation[0]}, a generation metric, but train.inference_eval = False')
+  return policy
 
 
 def check_batch_fits(batch_size: int, num_microbatches: int, data_parallel: int, process_count: int) -> None:

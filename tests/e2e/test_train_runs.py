@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from flanx.training import checkpoints, loop as train
 
 from train_helpers import (REPO, assert_trees_equal, read_metrics, run_bindings,  # pylint: disable=g-bad-import-order
                            saved_params, subprocess_env, train_command, train_in_process)
+import fixture_tasks  # pylint: disable=g-bad-import-order  (on the path train_helpers sets)
 
 
 def test_tiny_model_learns(tmp_path):
@@ -83,7 +85,8 @@ def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
   Unpacked and unshuffled, so each process's shard of every global batch holds the same examples as the
   single-process batch (in another order): the summed loss and the updates agree to float32 rounding.
   """
-  common = dict(CHECKPOINT_PERIOD=4, **{'train.pack': False, 'train.shuffle': False, 'train.async_checkpointing': False})
+  common = dict(CHECKPOINT_PERIOD=4, EVAL_PERIOD=4, **{'train.pack': False, 'train.shuffle': False,
+                                                       'train.async_checkpointing': False, 'train.eval_batches': 1})
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -100,6 +103,10 @@ def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
             for name in ('one', 'mesh', 'multi')}
   np.testing.assert_allclose(losses['mesh'], losses['one'], rtol=1e-5)
   np.testing.assert_allclose(losses['multi'], losses['one'], rtol=1e-5)
+  decoded = {name: (tmp_path / name / 'inference_eval' / f'{fixture_tasks.TASK}-000004.jsonl').read_text()
+             for name in ('one', 'mesh', 'multi')}  # the generation eval decodes alike on every layout
+  predictions = {name: [json.loads(line)['prediction'] for line in text.splitlines()] for name, text in decoded.items()}
+  assert len(predictions['one']) == 8 and predictions['mesh'] == predictions['one'] == predictions['multi']
   reference = saved_params(tmp_path / 'one', 4)
   assert_trees_equal(saved_params(tmp_path / 'mesh', 4), reference, atol=1e-5)
   assert_trees_equal(saved_params(tmp_path / 'multi', 4), reference, atol=1e-5)

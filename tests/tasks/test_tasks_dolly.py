@@ -176,7 +176,7 @@ def test_demo_task_uses_bytes_and_round_trips_newlines():
   for ex in task.get_dataset({'inputs': 256, 'targets': 64}, 'validation',
                              shuffle=False).take(50).as_numpy_iterator():
     assert vocabulary.decode(ex['targets']) == ex['targets_pretokenized'].decode()
-  assert {fn.__name__ for fn in task.metric_fns} == {'exact_match'}
+  assert {fn.__name__ for fn in task.metric_fns} == {'exact_match', 'bleu'}
 
 
 def test_synthetic_main_writes_the_same_file(tmp_path, monkeypatch):
