@@ -112,13 +112,17 @@ def train(*,
   """
   arguments = dict(locals())
   stop_signal.install()  # from here a SIGTERM means "stop cleanly" (the command line installs it even earlier)
-  plan = _plan(arguments)
-  tx = plan.optimizer(0)  # for shapes and shardings; rebuilt once the schedule offset is known
-  mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
-  run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
-  shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
-  run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
-  folder = _RunFolder(model_dir, take_over_stale_lease)
+  try:
+    plan = _plan(arguments)
+    tx = plan.optimizer(0)  # for shapes and shardings; rebuilt once the schedule offset is known
+    mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
+    run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
+    shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
+    run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
+    folder = _RunFolder(model_dir, take_over_stale_lease)
+  except BaseException:
+    stop_signal.release_sigint()  # a start refused before any work gives Ctrl-C back (a notebook keeps it)
+    raise
   ckpts = writer = None
   clock, cache = goodput.RunClock(), contextlib.ExitStack()
   try:
