@@ -8,29 +8,26 @@ import jax
 import numpy as np
 
 from flanx.inference import predict
-from flanx.interop import load_params
-from flanx.model import network, peft
+from flanx.model import peft
+from flanx.model.peft import frozen_base
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, partitioning
+from flanx.training import data, partitioning
 from flanx.training import steps
 
 
 class InferenceModel:
   """Params on a mesh plus jitted predict/score functions over host numpy batches of a fixed size.
 
-  A PEFT `config` (T5Config.lora / T5Config.prompt set, as the run trained) reads a PEFT run's checkpoint: its
-  adapters on the base its metadata names. Under prompt tuning every encoder input gets the prompt placeholders
-  in front (flanx.model.peft), as in training.
+  A PEFT `config` (its method set, as the run trained) reads a PEFT run's checkpoint: its trained params on the
+  base its metadata names (flanx.model.peft.frozen_base). Under prompt tuning every encoder input gets the prompt
+  placeholders in front (flanx.model.peft), as in training.
   """
 
   def __init__(self, checkpoint_path: str, config: T5Config, batch_size: int, **decode_options):
     self.config, self.batch_size = config, batch_size
     self.mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
     self.shardings = steps.make_shardings(config, None, self.mesh, partitioning.axis_rules())
-    if peft.is_peft(config):
-      self.params = peft.combine(*_peft_params(checkpoint_path, config, self.shardings))
-    else:
-      self.params = load_params.load_sharded_params(checkpoint_path, config, self.shardings.params)
+    self.params = frozen_base.load_model_params(checkpoint_path, config, self.shardings.params, self.shardings.frozen)
     self._prompt_tokens = peft.prompt_length(config)
     self._predict = predict.make_predict_fn(config, partitioning.replicated(self.mesh), **decode_options)
     self._score = steps.make_eval_step(config, self.shardings, per_example=True)
@@ -65,13 +62,3 @@ class InferenceModel:
       out = self._score(self.params, self._global(padded))
     return -np.asarray(out['loss'])[:n], np.asarray(out['num_correct'])[:n], np.asarray(out['weight_sum'])[:n]
 
-
-def _peft_params(checkpoint_path: str, config: T5Config, shardings: steps.Shardings):
-  """(adapters, frozen base) of a PEFT run's checkpoint: the base is its metadata's 'base', else its seed's init."""
-  trained, _ = steps.trained_part(config, network.abstract_params(config))
-  adapters = checkpoints.restore_params(checkpoint_path, steps.with_shardings(trained, shardings.params))
-  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0])
-  if meta.get('base'):
-    return adapters, load_params.load_sharded_params(meta['base'], peft.base_config(config), shardings.frozen)
-  whole = steps.init_params(config, int(meta.get('seed', 42)), shardings)
-  return adapters, steps.trained_part(config, whole)[1]

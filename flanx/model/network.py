@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flanx.model import peft
 from flanx.model.config import T5Config
 
 Array = jax.Array
@@ -180,8 +181,8 @@ class Dense(nn.Module):
   init_std: float
   dtype: str
   truncated: bool = False
-  lora: Any = None  # the model's LoraConfig: an adapter is added when it targets this projection
-  deterministic: bool = True  # LoRA dropout only
+  adapter: Any = None  # the model's PEFT method (flanx.model.peft), which may change this projection
+  deterministic: bool = True  # the method's dropout only
   # The CPU-friendly custom gradient (`matmul`); off under remat='dots', whose policy must see the dot itself.
   custom_grad: bool = True
 
@@ -191,21 +192,8 @@ class Dense(nn.Module):
             else nn.initializers.normal(self.init_std))
     kernel = _param(self, 'kernel', init, (x.shape[-1], self.features), self.axes)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = matmul(x, kernel) if self.custom_grad else _plain_matmul(x, kernel)
-    if self.lora is not None and self.lora.targets(self.scope.path):
-      return y + self._lora(x)
-    return y
-
-  def _lora(self, x: Array) -> Array:
-    """dropout(x)·A·B·(alpha/r) as PEFT: A kaiming-uniform (bound 1/sqrt(in)), B zero; sharded like the kernel."""
-    lora, fan_in = self.lora, x.shape[-1]
-    bound = fan_in ** -0.5
-    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-    a = _param(self, 'lora_a', uniform, (fan_in, lora.rank), (self.axes[0], None))
-    b = _param(self, 'lora_b', nn.initializers.zeros, (lora.rank, self.features), (None, self.axes[1]))
-    x = nn.Dropout(lora.dropout)(x, deterministic=self.deterministic)
-    h = jnp.einsum('...d,dr->...r', x.astype(self.dtype), a.astype(self.dtype))
-    return jnp.einsum('...r,rf->...f', h, b.astype(self.dtype)) * jnp.asarray(lora.scale, self.dtype)
+    apply_kernel = (lambda x: matmul(x, kernel)) if self.custom_grad else (lambda x: _plain_matmul(x, kernel))
+    return (self.adapter or peft.NO_PEFT).dense(self, x, apply_kernel)
 
 
 class Embed(nn.Module):
@@ -275,7 +263,7 @@ class Attention(nn.Module):
                decode_index: Array | None = None) -> Array:
     c = self.config
     custom = c.remat != 'dots'
-    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, lora=c.lora,
+    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, adapter=peft.method(c),
                               deterministic=self.deterministic, custom_grad=custom)
     # Queries, keys, values and the decode caches are [b, h, length, d]: every attention dot reads its operands
     # as stored (batch dims leading, contraction last), and the decode loop never transposes a cache.
@@ -318,8 +306,8 @@ class Attention(nn.Module):
     weights = weights.astype(c.dtype)
     out = attention_values(weights, v) if custom else jnp.einsum('bhqk,bhkd->bhqd', weights, v)
     out = jnp.transpose(out, (0, 2, 1, 3)).reshape(out.shape[0], out.shape[2], c.inner_dim)
-    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, lora=c.lora,
-                 deterministic=self.deterministic, custom_grad=custom, name='out')(out)
+    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype,
+                 adapter=peft.method(c), deterministic=self.deterministic, custom_grad=custom, name='out')(out)
 
 
 # GeLU is the tanh approximation, gated or not (t5x's `gelu` is flax's, approximate=True; Flan-T5 trained so).
@@ -341,8 +329,8 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     act = _ACTIVATIONS[c.activation]
-    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True, lora=c.lora,
-                           deterministic=self.deterministic, custom_grad=c.remat != 'dots')
+    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True,
+                           adapter=peft.method(c), deterministic=self.deterministic, custom_grad=c.remat != 'dots')
     if c.gated:
       h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
     else:
@@ -350,7 +338,7 @@ class MlpBlock(nn.Module):
     h = _constrain(h, ('batch', 'length', 'mlp'))
     # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
     h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
-    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, lora=c.lora,
+    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, adapter=peft.method(c),
                  deterministic=self.deterministic, custom_grad=c.remat != 'dots', name='wo')(h)
 
 
@@ -437,12 +425,7 @@ class Encoder(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     bias = RelativePositionBias(c, bidirectional=True, name='relpos_bias')(positions, positions)
-    x = self.embedder(tokens)
-    if c.prompt is not None:  # prompt tuning: in-segment positions < n hold placeholders (flanx.model.peft)
-      n = c.prompt.num_virtual_tokens
-      prompt = _param(self, 'prompt_embedding', nn.initializers.normal(1.0), (n, c.d_model), (None, 'embed'))
-      at_prompt = (positions < n)[..., None]
-      x = jnp.where(at_prompt, jnp.take(prompt, jnp.clip(positions, 0, n - 1), axis=0).astype(x.dtype), x)
+    x = peft.method(c).embed_inputs(self, self.embedder(tokens), positions)  # prompt tuning
     x = _dropout(c, x, deterministic)
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, EncoderLayer, c.num_encoder_layers, x, mask, bias, deterministic=deterministic)
