@@ -40,10 +40,11 @@ class T5Config:
   # 'layers' axis under encoder/layers and decoder/layers.
   scan_layers: bool = False
   # Parameter-efficient tuning (flanx.model.peft): at most one method's config, in the field named like it
-  # (the PEFT macro fills it): LoRA (LoraConfig), prompt tuning (PromptConfig) or (IA)³ (IA3Config); None = full
-  # fine-tuning.
+  # (the PEFT macro fills it): LoRA (LoraConfig), prompt tuning (PromptConfig), prefix tuning (PrefixConfig) or
+  # (IA)³ (IA3Config); None = full fine-tuning.
   lora: Any = None
   prompt: Any = None
+  prefix: Any = None
   ia3: Any = None
 
   @property

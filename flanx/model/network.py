@@ -260,7 +260,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
-               decode_index: Array | None = None) -> Array:
+               decode_index: Array | None = None, prefix: tuple[Array, Array] | None = None) -> Array:
+    """`prefix` (prefix tuning): keys and values [n, heads, d_kv] attended before the layer's own; `mask` and
+    `bias` already cover them."""
     c = self.config
     custom = c.remat != 'dots'
     dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, adapter=peft.method(c),
@@ -294,6 +296,11 @@ class Attention(nn.Module):
         k, v = cached_k.value, cached_v.value
     else:
       k, v = project_kv()
+    if prefix is not None:  # prefix tuning: [n, h, d] keys/values before the layer's own, the same for every row
+      lead = lambda p, t: jnp.concatenate(
+          [jnp.broadcast_to(jnp.swapaxes(p, 0, 1).astype(t.dtype), t.shape[:1] + (p.shape[1], p.shape[0], p.shape[2])),
+           t], axis=2)
+      k, v = lead(prefix[0], k), lead(prefix[1], v)
 
     scores = (attention_scores(q, k) if custom
               else jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32))
@@ -369,10 +376,10 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array | None, self_mask: Array, self_bias: Array, cross_mask: Array,
-               decode_index: Array | None) -> tuple[Array, None]:
+               decode_index: Array | None, prefix: tuple[Array, Array] | None = None) -> tuple[Array, None]:
     c, det = self.config, self.deterministic
     h = LayerNorm(c, name='pre_self_attention_layer_norm')(x)
-    h = Attention(c, det, self.decode, name='self_attention')(h, h, self_mask, self_bias, decode_index)
+    h = Attention(c, det, self.decode, name='self_attention')(h, h, self_mask, self_bias, decode_index, prefix)
     x = x + _dropout(c, h, det)
     h = LayerNorm(c, name='pre_cross_attention_layer_norm')(x)
     h = Attention(c, det, self.decode, cross=True, name='encoder_decoder_attention')(h, encoded, cross_mask, None)
@@ -389,19 +396,22 @@ _REMAT_POLICIES = {
 
 
 def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], num_layers: int, x: Array, *args,
-                **layer_kwargs) -> Array:
-  """Applies `num_layers` layers, looped (layers_i) or scanned (layers, leading 'layers' axis), remat optional."""
+                per_layer: Any = None, **layer_kwargs) -> Array:
+  """Applies `num_layers` layers, looped (layers_i) or scanned (layers, leading 'layers' axis), remat optional.
+  `per_layer` (a tree with a leading layer axis, or None) gives layer i its slice as the last argument."""
   c: T5Config = parent.config
   if c.remat != 'none':
     layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+  extra = () if per_layer is None else (per_layer,)
   if c.scan_layers:
     scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 1}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                      in_axes=(nn.broadcast,) * len(args) + (0,) * len(extra), length=num_layers,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = scanned(c, name='layers', **layer_kwargs)(x, *args)
+    x, _ = scanned(c, name='layers', **layer_kwargs)(x, *args, *extra)
     return x
   for i in range(num_layers):
-    x, _ = layer_cls(c, name=f'layers_{i}', **layer_kwargs)(x, *args)
+    layer_extra = tuple(jax.tree.map(lambda t, i=i: t[i], e) for e in extra)
+    x, _ = layer_cls(c, name=f'layers_{i}', **layer_kwargs)(x, *args, *layer_extra)
   return x
 
 
@@ -470,12 +480,19 @@ class Decoder(nn.Module):
     cross_mask = encoder_valid[:, None, None, :]
     if segment_ids is not None and encoder_segment_ids is not None:
       cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
-    self_bias = RelativePositionBias(c, bidirectional=False, name='relpos_bias')(query_positions, key_positions)
+    relpos = RelativePositionBias(c, bidirectional=False, name='relpos_bias')
+    self_bias = relpos(query_positions, key_positions)
+    prefix = peft.method(c).decoder_prefix(self, c)  # prefix tuning: n keys/values before every layer's own
+    if prefix is not None:  # they sit at positions -n..-1 before each segment's first token, visible to all
+      n = prefix[0].shape[1]
+      prefix_positions = jnp.broadcast_to(jnp.arange(-n, 0), (query_positions.shape[0], n))
+      self_bias = jnp.concatenate([relpos(query_positions, prefix_positions), self_bias], axis=-1)
+      self_mask = jnp.concatenate([jnp.ones(self_mask.shape[:-1] + (n,), bool), self_mask], axis=-1)
 
     x = _dropout(c, self.embedder(tokens), deterministic)
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, DecoderLayer, c.num_decoder_layers, x, encoded, self_mask, self_bias, cross_mask,
-                    decode_index, deterministic=deterministic, decode=decode)
+                    decode_index, per_layer=prefix, deterministic=deterministic, decode=decode)
     x = LayerNorm(c, name='decoder_norm')(x)
     x = _dropout(c, x, deterministic)
     if c.tie_embeddings:

@@ -1,6 +1,6 @@
-"""Parameter-efficient tuning: LoRA, prompt tuning and (IA)³ as plug-ins behind one interface.
+"""Parameter-efficient tuning: LoRA, prompt tuning, prefix tuning and (IA)³ as plug-ins behind one interface.
 
-Each method is one module here (lora.py, prompt.py, ia3.py): a gin-configurable config dataclass that
+Each method is one module here (lora.py, prompt.py, prefix.py, ia3.py): a gin-configurable config dataclass that
 implements `Method` (method.py): which params it adds and trains, how they start, how it changes the network
 (a projection, the encoder's input embeddings, the decoder's self-attention keys), how it exports to and reads
 from a Hugging Face `peft` folder, and whether it merges into the weights. A run picks one with the macro
@@ -19,13 +19,14 @@ from flanx.model.peft.ia3 import IA3Config
 from flanx.model.peft.lora import (ADAPTER_LEAVES, HF_PROJECTION_NAMES, LoraConfig, hf_module_name, merge_lora,
                                    module_block)
 from flanx.model.peft.method import Method
+from flanx.model.peft.prefix import PrefixConfig
 from flanx.model.peft.prompt import (PROMPT_INITS, PROMPT_PLACEHOLDER_ID, PromptConfig, add_prompt_placeholders,
                                      prompt_init_ids)
 
 PyTree = Any
 
 # name (the PEFT macro's value, the T5Config field) → the method's config class.
-METHODS: dict[str, type[Method]] = {m.name: m for m in (LoraConfig, PromptConfig, IA3Config)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (LoraConfig, PromptConfig, PrefixConfig, IA3Config)}
 _TRAINED_LEAVES = frozenset(leaf for m in METHODS.values() for leaf in m.trained_leaves)
 NO_PEFT = Method()  # full fine-tuning: every hook leaves the model unchanged
 

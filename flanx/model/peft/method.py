@@ -35,6 +35,11 @@ class Method:
     del module, positions
     return x
 
+  def decoder_prefix(self, module: Any, config: Any) -> Any:
+    """Keys and values that lead every decoder self-attention: (k, v), each [layers, n, heads, d_kv], or None."""
+    del module, config
+    return None
+
   def prompt_length(self) -> int:
     """Placeholder tokens the inputs carry in front (flanx.training.data, InferenceModel)."""
     return 0

@@ -1,4 +1,4 @@
-"""(IA)³ through the real trainer (PEFT='ia3'): exact resume, checkpoints holding only
+"""Prefix tuning and (IA)³ through the real trainer (PEFT='prefix' / 'ia3'): exact resume, checkpoints holding only
 the method's params, and peft folders (and, for (IA)³, a merged model) verified against transformers + peft."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from flanx.model import peft
 from train_helpers import assert_trees_equal, saved_params, train_in_process  # pylint: disable=g-bad-import-order
 
 RUNS = {
+    'prefix': {'PEFT': "'prefix'", 'PrefixConfig.num_virtual_tokens': 3, 'CHECKPOINT_PERIOD': 2},
     'ia3': {'PEFT': "'ia3'", 'CHECKPOINT_PERIOD': 2, 'T5Config.dropout_rate': 0.1, 'LEARNING_RATE': 0.1},
 }
 

@@ -1,4 +1,4 @@
-"""(IA)³: flanx's models against `peft`'s (exported folders give flanx's logits and greedy
+"""Prefix tuning and (IA)³: flanx's models against `peft`'s (exported folders give flanx's logits and greedy
 tokens), packed == unpacked, scanned == looped, step 0 == the base, (IA)³ merges, and folders read back."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from flanx.interop import hf_format, peft_adapter
 from flanx.model import network, peft
 
 
-def _model(tiny_config, random_params, method, scan=False, seed=4):
+def _model(tiny_config, random_params, method, scan=False, seed=4, **dims):
   """(base config, PEFT config, whole params): random base, the method's params random too (not at their start)."""
-  base = tiny_config(scan_layers=scan)
+  base = tiny_config(scan_layers=scan, **dims)
   config = base.replace(**{method.name: method})
   trained, _ = peft.split_trainable(network.init_params(config, jax.random.key(3)))
   rng = np.random.default_rng(seed)
@@ -44,13 +44,36 @@ def _export(tmp_path, base, config, params):
   return str(base_folder), folder
 
 
+PREFIXES = [peft.PrefixConfig(num_virtual_tokens=3), peft.PrefixConfig(num_virtual_tokens=2, prefix_projection=True,
+                                                                         encoder_hidden_size=16)]
 IA3S = [peft.IA3Config(), peft.IA3Config(target_modules=('q', 'o', 'wi_0', 'wo'), feedforward_modules=('wi_0', 'wo'))]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', IA3S, ids=['ia3', 'ia3-wi0-q-o'])
+@pytest.mark.parametrize('method', PREFIXES + IA3S, ids=['prefix', 'prefix-projected', 'ia3', 'ia3-wi0-q-o'])
 def test_adapter_folder_reproduces_flanx_through_peft(tiny_config, random_params, method, tmp_path):
   base, config, params = _model(tiny_config, random_params, method)
+  _check_through_peft(base, config, params, method, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dims', [{'num_encoder_layers': 4, 'num_decoder_layers': 4}, {'d_kv': 6}],
+                         ids=['4-layers', 'inner-dim-not-d-model'])
+def test_prefix_through_peft_on_other_shapes(tiny_config, random_params, dims, tmp_path):
+  """4 layers: peft's reading of its table (decoder layers 0, 1, 2, 3 use entries 0, 4, 0, 4 of 2L = 8); heads·d_kv
+  ≠ d_model (as Flan-T5 small): token_dim is heads·d_kv."""
+  method = peft.PrefixConfig(num_virtual_tokens=3)
+  base, config, params = _model(tiny_config, random_params, method, **dims)
+  _check_through_peft(base, config, params, method, tmp_path)
+
+
+def test_prefix_needs_equal_stacks(tiny_config):
+  config = tiny_config(num_decoder_layers=3).replace(prefix=peft.PrefixConfig(num_virtual_tokens=2))
+  with pytest.raises(ValueError, match='equal stacks'):
+    network.abstract_params(config)
+
+
+def _check_through_peft(base, config, params, method, tmp_path):
   base_folder, folder = _export(tmp_path, base, config, params)
   settings = json.loads((folder / peft_adapter.CONFIG_FILE).read_text())
   assert settings['peft_type'] == method.peft_type and settings['task_type'] == 'SEQ_2_SEQ_LM'
@@ -77,7 +100,18 @@ def test_adapter_folder_reproduces_flanx_through_peft(tiny_config, random_params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', [IA3S[1]], ids=['ia3'])
+def test_prefix_peft_defaults_and_t5_layers(tiny_config, random_params, tmp_path):
+  """peft's PrefixTuningConfig defaults (no projection) and its T5 sizes: one table [n, 2·L·inner]."""
+  from peft import PrefixTuningConfig  # pylint: disable=g-import-not-at-top
+  assert peft.PrefixConfig().prefix_projection == PrefixTuningConfig(num_virtual_tokens=1).prefix_projection
+  base, config, params = _model(tiny_config, random_params, peft.PrefixConfig(num_virtual_tokens=3))
+  tensors = peft_adapter.adapter_tensors(params, config)
+  assert {k: v.shape for k, v in tensors.items()} == {
+      'prompt_embeddings': (3, 2 * base.num_encoder_layers * base.inner_dim)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', [PREFIXES[0], IA3S[1]], ids=['prefix', 'ia3'])
 def test_packed_segments_and_scanned_layers_match(tiny_config, random_params, method):
   base, config, params = _model(tiny_config, random_params, method)
   enc, dec = _probe(base)
@@ -97,9 +131,9 @@ def test_packed_segments_and_scanned_layers_match(tiny_config, random_params, me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', [peft.IA3Config()], ids=['ia3'])
+@pytest.mark.parametrize('method', [peft.PrefixConfig(num_virtual_tokens=2), peft.IA3Config()], ids=['prefix', 'ia3'])
 def test_init_and_merge(tiny_config, random_params, method):
-  """(IA)³ starts as the base exactly and merges into it."""
+  """(IA)³ starts as the base exactly and merges into it; a fresh prefix is N(0, 1), as peft's embedding."""
   base = tiny_config()
   config = base.replace(**{method.name: method})
   params = network.init_params(config, jax.random.key(1))
@@ -112,3 +146,6 @@ def test_init_and_merge(tiny_config, random_params, method):
     merged = method.merge(jax.tree.map(np.asarray, tuned))
     assert jax.tree.structure(merged) == jax.tree.structure(peft.split_trainable(tuned)[1])
     np.testing.assert_allclose(_logits(base, merged, enc, dec), _logits(config, tuned, enc, dec), rtol=1e-5, atol=1e-5)
+  else:
+    table = np.asarray(trained['decoder']['prefix_embedding'])
+    assert table.shape == (2, 2 * base.num_encoder_layers * base.inner_dim) and 0.5 < table.std() < 1.5
