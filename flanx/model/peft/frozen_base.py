@@ -1,7 +1,8 @@
 """The one loader of a PEFT run's frozen base, shared by the trainer, InferenceModel and export.
 
 The base is what the run's INITIAL_CHECKPOINT_PATH names (a flanx checkpoint, a Hugging Face folder or a t5x
-checkpoint; a checkpoint records it as meta['base']), else the base model's initialisation from the run's seed.
+checkpoint; a checkpoint records it as meta['base']), else the base part of the PEFT model's initialisation from
+the run's seed (what a fresh run without an initial checkpoint starts from).
 The trainer refuses to resume on another base (flanx.training.run_checks), so training, inference and export all
 read the same one.
 """
@@ -24,8 +25,10 @@ def load(config: Any, source: str | None, seed: int, shardings: PyTree, cast: bo
   base = peft.base_config(config)
   if source:
     params = load_params.load_sharded_params(source, base, shardings)
-  else:
-    params = jax.jit(lambda key: network.init_params(base, key), out_shardings=shardings)(jax.random.key(seed))
+  else:  # the base part of the PEFT model's own initialisation, as a fresh run starts (with scanned layers the
+    # base model alone would draw other values once the method adds params inside a layer)
+    init = lambda key: peft.split_trainable(network.init_params(config, key))[1]
+    params = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   dtype = peft.base_dtype(config)
   if cast and dtype != 'float32':
     params = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree), donate_argnums=0)(params)
