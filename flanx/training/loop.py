@@ -18,7 +18,7 @@ import numpy as np
 
 from flanx import gin_config
 from flanx.interop import load_params
-from flanx.model import network, peft as peft_lib
+from flanx.model import peft as peft_lib
 from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules

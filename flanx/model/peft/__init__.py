@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+# The methods' configs and the helpers other modules and gin files use, re-exported under flanx.model.peft.
 from flanx.model.peft.ia3 import IA3Config
 from flanx.model.peft.lora import (ADAPTER_LEAVES, HF_PROJECTION_NAMES, LoraConfig, hf_module_name, merge_lora,
                                    module_block)
