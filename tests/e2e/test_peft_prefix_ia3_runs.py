@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import jax
+import numpy as np
 import pytest
 
 from flanx import export
@@ -35,11 +36,18 @@ def test_run_resumes_exactly_and_exports_through_peft(tmp_path, name):
   out = tmp_path / 'adapter'
   assert export.main(['--checkpoint_dir', str(straight), '--output_dir', str(out), '--adapter_only']) == 0  # verified
   settings = json.loads((out / 'adapter_config.json').read_text())
-  assert settings['peft_type'] == peft.METHODS[name].peft_type and settings['base_model_name_or_path'] == str(out / 'base')
+  assert settings['peft_type'] == peft.METHODS[name].peft_type
+  assert settings['base_model_name_or_path'] == str(out / 'base')
   merged = tmp_path / 'merged'
   if name == 'ia3':
     assert export.main(['--checkpoint_dir', str(straight), '--output_dir', str(merged), '--merge']) == 0  # verified
     assert (merged / 'model.safetensors').is_file() and not (merged / 'adapter_config.json').exists()
+    # The peft folder reads back as a new run's start (a negligible learning rate keeps it there).
+    second = tmp_path / 'second'
+    train_in_process(second, 1, **{**bindings, 'LEARNING_RATE': 1e-20, 'T5Config.dropout_rate': 0.0,
+                                   'INITIAL_CHECKPOINT_PATH': f'"{out / "base"}"',
+                                   'train.initial_adapter_path': f'"{out}"'})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), saved_params(second, 1), trained)
   else:
     with pytest.raises(ValueError, match='--adapter_only'):
       export.main(['--checkpoint_dir', str(straight), '--output_dir', str(merged), '--merge'])
