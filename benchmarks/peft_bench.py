@@ -1,12 +1,13 @@
-"""Parameter-efficient tuning on CPU: what full fine-tuning, LoRA and prompt tuning cost (flan-t5-small shape).
+"""Parameter-efficient tuning on CPU: what full fine-tuning and each PEFT method cost (flan-t5-small shape).
 
   python -m benchmarks.peft_bench [--batch 8 --inputs 512 --targets 256 --steps 5 --out runs/peft_bench]
 
-Per method (full; LoRA r=8 and r=16 on q and v, PEFT's default targets; prompt tuning with 100 tokens), each in its
+Per method (full; LoRA r=8 and r=16 on q and v, PEFT's default targets; prompt tuning with 100 tokens; prefix
+tuning with 20 positions; (IA)³ with peft's T5 defaults), each in its
 own process so the peak belongs to that method alone: trainable params, optimizer-state bytes (Adafactor, as the
 runs use, and Adam), bytes of the frozen base, XLA's memory plan of the compiled train step (arguments, outputs,
-temporaries) and the process's peak RSS after a few steps. Then step time full vs LoRA r=8 in ONE process,
-interleaved step by step (same load for both), as medians and their ratio. Random weights and a random unpacked
+temporaries) and the process's peak RSS after a few steps. Then the step time of every method in ONE process,
+interleaved step by step (same load for all), as medians and their ratios to full fine-tuning. Random weights and a random unpacked
 batch; the prompt run's inputs hold the 100 placeholders within the same input length. Writes results.json and
 prints a Markdown table.
 """
@@ -28,18 +29,15 @@ METHODS = {
     'lora_r8': {'lora': {'rank': 8, 'alpha': 16.0}},
     'lora_r16': {'lora': {'rank': 16, 'alpha': 32.0}},
     'prompt_100': {'prompt': {'num_virtual_tokens': 100}},
+    'prefix_20': {'prefix': {'num_virtual_tokens': 20}},
+    'ia3': {'ia3': {}},
 }
 
 
 def _config(method: str):
   from flanx.model import peft  # pylint: disable=g-import-not-at-top
-  spec = METHODS[method]
   config = common.load_config('flan_t5_small', 'float32')
-  if 'lora' in spec:
-    config = config.replace(lora=peft.LoraConfig(**spec['lora']))
-  if 'prompt' in spec:
-    config = config.replace(prompt=peft.PromptConfig(**spec['prompt']))
-  return config
+  return config.replace(**{name: peft.METHODS[name](**settings) for name, settings in METHODS[method].items()})
 
 
 def _nbytes(tree) -> int:
@@ -106,10 +104,10 @@ def worker(method: str, args) -> dict:
 
 
 def interleaved(args) -> dict:
-  """Step time of full fine-tuning and LoRA r=8 in one process, alternating steps; medians and their ratio."""
+  """Step time of every method in one process, alternating steps; medians and their ratios to full tuning."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flanx.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  sides = {m: list(_setup(m, args)) for m in ('full', 'lora_r8')}
+  sides = {m: list(_setup(m, args)) for m in METHODS}
   times = {m: [] for m in sides}
   for i in range(args.timing_steps + 1):  # the first round compiles
     for m, (_, _, mesh, shardings, step, state, batch) in sides.items():
@@ -120,9 +118,9 @@ def interleaved(args) -> dict:
         if i:
           times[m].append(time.perf_counter() - start)
       sides[m][5] = state
-  full, lora = (float(np.median(times[m])) for m in ('full', 'lora_r8'))
-  return {'full_median_s': full, 'lora_r8_median_s': lora, 'lora_over_full': lora / full, 'rounds': args.timing_steps,
-          'full_times': times['full'], 'lora_times': times['lora_r8']}
+  medians = {m: float(np.median(t)) for m, t in times.items()}
+  return {'rounds': args.timing_steps, 'median_s': medians, 'over_full': {m: t / medians['full'] for m, t in
+                                                                         medians.items()}, 'times': times}
 
 
 def _mib(n: int) -> str:
@@ -138,8 +136,8 @@ def markdown(rows: list[dict], timing: dict) -> str:
     lines.append(f"| {r['method']} | {r['trainable_params']:,} | {_mib(r['adafactor_state_bytes'])} MiB | "
                  f"{_mib(r['adam_state_bytes'])} MiB | {xla} | {_mib(r['peak_rss_bytes'])} |")
   lines.append('')
-  lines.append(f"Step time, interleaved ({timing['rounds']} rounds, medians): full {timing['full_median_s']:.2f} s, "
-               f"LoRA r=8 {timing['lora_r8_median_s']:.2f} s, ratio LoRA/full {timing['lora_over_full']:.2f}.")
+  steps_text = ', '.join(f"{m} {t:.2f} s ({timing['over_full'][m]:.2f} x full)" for m, t in timing['median_s'].items())
+  lines.append(f"Step time, interleaved ({timing['rounds']} rounds, medians): {steps_text}.")
   return '\n'.join(lines)
 
 

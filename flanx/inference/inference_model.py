@@ -8,20 +8,20 @@ import jax
 import numpy as np
 
 from flanx.inference import predict
-from flanx.interop import load_params
-from flanx.model import network, peft
+from flanx.model import peft
+from flanx.model.peft import frozen_base
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, partitioning, profiling
+from flanx.training import data, partitioning, profiling
 from flanx.training import steps
 
 
 class InferenceModel:
   """Params on a mesh plus jitted predict/score functions over host numpy batches of a fixed size.
 
-  A PEFT `config` (T5Config.lora / T5Config.prompt set, as the run trained) reads a PEFT run's checkpoint: its
-  adapters on the base its metadata names. Under prompt tuning every encoder input gets the prompt placeholders
-  in front (flanx.model.peft), as in training. Setting `profiler` (flanx.training.profiling) traces chosen
-  predict batches.
+  A PEFT `config` (its method set, as the run trained) reads a PEFT run's checkpoint: its trained params on the
+  base its metadata names (flanx.model.peft.frozen_base). Under prompt tuning every encoder input gets the prompt
+  placeholders in front (flanx.model.peft), as in training. Setting `profiler`
+  (flanx.training.profiling) traces chosen predict batches.
   """
 
   profiler = profiling.OFF
@@ -43,10 +43,8 @@ class InferenceModel:
   def load(self, checkpoint_path: str) -> None:
     """Reads another checkpoint's params (the compiled predict/score functions are kept)."""
     self.params = None  # free the previous params first
-    if peft.is_peft(self.config):
-      self.params = peft.combine(*_peft_params(checkpoint_path, self.config, self.shardings))
-    else:
-      self.params = load_params.load_sharded_params(checkpoint_path, self.config, self.shardings.params)
+    self.params = frozen_base.load_model_params(checkpoint_path, self.config, self.shardings.params,
+                                                self.shardings.frozen)
 
   def _global(self, batch: Mapping[str, np.ndarray]) -> dict:
     # Every process holds the same full batch (eval data is not sharded by host): build global arrays from it.
@@ -79,13 +77,3 @@ class InferenceModel:
       out = self._score(self.params, self._global(padded))
     return -np.asarray(out['loss'])[:n], np.asarray(out['num_correct'])[:n], np.asarray(out['weight_sum'])[:n]
 
-
-def _peft_params(checkpoint_path: str, config: T5Config, shardings: steps.Shardings):
-  """(adapters, frozen base) of a PEFT run's checkpoint: the base is its metadata's 'base', else its seed's init."""
-  trained, _ = steps.trained_part(config, network.abstract_params(config))
-  adapters = checkpoints.restore_params(checkpoint_path, steps.with_shardings(trained, shardings.params))
-  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0])
-  if meta.get('base'):
-    return adapters, load_params.load_sharded_params(meta['base'], peft.base_config(config), shardings.frozen)
-  whole = steps.init_params(config, int(meta.get('seed', 42)), shardings)
-  return adapters, steps.trained_part(config, whole)[1]

@@ -18,7 +18,6 @@ import re
 from typing import Any, Callable, Mapping
 
 import gin
-import numpy as np
 
 from flanx import gin_config
 from flanx.interop import staging
@@ -247,9 +246,9 @@ def export_checkpoint(*,
   """Exports a flanx checkpoint (run folder → newest step, or checkpoint_<step>) as a verified HF folder.
 
   Unset arguments come from the parsed gin config (the run's config.gin by default, see the module doc).
-  A LoRA run (PEFT='lora') exports either its adapter as a PEFT folder (`adapter_only`; the base is written
-  beside it as a verified HF folder when it is not one already) or the base with the adapters folded in (`merge`);
-  a prompt-tuning run (PEFT='prompt') exports its prompt as a PEFT PROMPT_TUNING folder (`adapter_only`).
+  A PEFT run exports its adapter as a peft folder (`adapter_only`; the base is written beside it as a verified HF
+  folder when it is not one already), or, for a method that merges (LoRA, (IA)³), the base with it folded in
+  (`merge`); prompt and prefix tuning have only `adapter_only`.
   While the run's trainer is live, the checkpoint read is pinned against its pruning (checkpoint_pins).
   """
   arguments = dict(locals())
@@ -265,15 +264,7 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
   config = peft.configure(run_config(model_config), gin_config.run_value('peft'))
-  if (adapter_only or merge) and not peft.is_peft(config):
-    raise ValueError(f'{checkpoint_dir}: --adapter_only/--merge need a PEFT run (PEFT = \'lora\' or \'prompt\'); this '
-                     'run tuned the whole model')
-  if config.prompt is not None and not adapter_only:
-    raise ValueError(f'{checkpoint_dir} holds a tuned prompt: pass --adapter_only (a PEFT prompt-tuning folder); a '
-                     'prompt has no weights to --merge into')
-  if config.lora is not None and adapter_only == merge:
-    raise ValueError(f'{checkpoint_dir} holds LoRA adapters: pass --adapter_only (a PEFT adapter folder) or --merge '
-                     '(a plain Hugging Face folder with the adapters folded in)')
+  peft.check_export_mode(config, adapter_only, merge, checkpoint_dir)
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
   comparable = True  # whether --vocab can be compared with the run's task vocabulary
@@ -312,16 +303,14 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
         'train.train_steps'), batch_size=gin_config.gin_value('train.batch_size'), learning_rate=_learning_rate_text(step),
                      optimizer=gin_config.describe_binding('train.optimizer', 'adafactor'))
   print(f'Exporting {checkpoint_path} (step {step}) to {output_dir}.', flush=True)
-  if peft.is_peft(config):
-    base_source = checkpoints.read_meta(checkpoint_path).get('base')
-    params = peft.combine(restore_on_cpu(checkpoint_path, config),
-                          _peft_base(base_source, config, checkpoints.read_meta(checkpoint_path).get('seed', 42)))
+  if adapter_only or merge:  # a PEFT run (check_export_mode): its trained params on its frozen base
+    params = restore_peft_on_cpu(checkpoint_path, config)
     if adapter_only:
-      return export_adapter(params, config, output_dir, vocabulary, base_source, verify=verify,
-                            overwrite=overwrite, feature_lengths=lengths, handler=handler)
-    holder = {'params': peft.merge_lora(params, config.lora)}
+      return export_adapter(params, config, output_dir, vocabulary, checkpoints.read_meta(checkpoint_path).get('base'),
+                            verify=verify, overwrite=overwrite, feature_lengths=lengths, handler=handler)
+    holder = {'params': peft.method(config).merge(params)}
     del params
-    return export_model(lambda: holder.pop('params'), config.replace(lora=None), output_dir, vocabulary,
+    return export_model(lambda: holder.pop('params'), peft.base_config(config), output_dir, vocabulary,
                         dtype=dtype, max_shard_bytes=parse_size(max_shard_size), verify=verify, handler=handler,
                         overwrite=overwrite, card_info=card_info, feature_lengths=lengths)
   return export_model(lambda: restore_on_cpu(checkpoint_path, config), config, output_dir, vocabulary,
@@ -350,18 +339,18 @@ def _selection_card(run_dir: str, step: int, selection: Mapping[str, Any] | None
   return {'selection': selection, 'checkpoint_table': table, 'pictures': pictures}
 
 
-def _peft_base(source: str | None, config: T5Config, seed: int) -> PyTree:
-  """A LoRA run's frozen base on the host: its initial checkpoint (any format), else the seed's initialisation."""
+
+def restore_peft_on_cpu(checkpoint_path: str, config: T5Config) -> PyTree:
+  """A PEFT checkpoint's whole model on the host CPU: its trained params on the frozen base its metadata names."""
   import jax  # pylint: disable=g-import-not-at-top
-  from flanx.interop import load_params  # pylint: disable=g-import-not-at-top
   from flanx.model import network  # pylint: disable=g-import-not-at-top
-  base_config = peft.base_config(config)
-  if not source:
-    with jax.default_device(jax.devices('cpu')[0]):
-      return jax.tree.map(np.asarray, network.init_params(base_config, jax.random.key(seed)))
-  if checkpoints.is_flanx_checkpoint(source):
-    return restore_on_cpu(source, base_config)
-  return load_params.load_params(source, base_config)
+  from flanx.model.peft import frozen_base  # pylint: disable=g-import-not-at-top
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  trained, base = (jax.tree.map(lambda _: cpu, tree) for tree in peft.split_trainable(network.abstract_params(config)))
+  try:
+    return frozen_base.load_model_params(checkpoint_path, config, trained, base)
+  except (KeyError, TypeError) as e:
+    raise ValueError(f'{checkpoint_path}: params do not match the model config {config} ({e})') from e
 
 
 def export_adapter(params: PyTree, config: T5Config, output_dir: str | os.PathLike, vocabulary: Any,

@@ -39,10 +39,13 @@ class T5Config:
   # nn.scan over layers: one compiled layer body (fast compile at XL/XXL); params gain a leading
   # 'layers' axis under encoder/layers and decoder/layers.
   scan_layers: bool = False
-  # Parameter-efficient tuning (flanx.model.peft): LoRA adapters on chosen projections (a LoraConfig), or None.
+  # Parameter-efficient tuning (flanx.model.peft): at most one method's config, in the field named like it
+  # (the PEFT macro fills it): LoRA (LoraConfig), prompt tuning (PromptConfig), prefix tuning (PrefixConfig) or
+  # (IA)³ (IA3Config); None = full fine-tuning.
   lora: Any = None
-  # Prompt tuning (flanx.model.peft.PromptConfig): learned vectors before the encoder input, or None.
   prompt: Any = None
+  prefix: Any = None
+  ia3: Any = None
 
   @property
   def gated(self) -> bool:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flanx.model import peft
 from flanx.model.config import T5Config
 
 Array = jax.Array
@@ -180,8 +181,8 @@ class Dense(nn.Module):
   init_std: float
   dtype: str
   truncated: bool = False
-  lora: Any = None  # the model's LoraConfig: an adapter is added when it targets this projection
-  deterministic: bool = True  # LoRA dropout only
+  adapter: Any = None  # the model's PEFT method (flanx.model.peft), which may change this projection
+  deterministic: bool = True  # the method's dropout only
   # The CPU-friendly custom gradient (`matmul`); off under remat='dots', whose policy must see the dot itself.
   custom_grad: bool = True
 
@@ -191,21 +192,8 @@ class Dense(nn.Module):
             else nn.initializers.normal(self.init_std))
     kernel = _param(self, 'kernel', init, (x.shape[-1], self.features), self.axes)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = matmul(x, kernel) if self.custom_grad else _plain_matmul(x, kernel)
-    if self.lora is not None and self.lora.targets(self.scope.path):
-      return y + self._lora(x)
-    return y
-
-  def _lora(self, x: Array) -> Array:
-    """dropout(x)·A·B·(alpha/r) as PEFT: A kaiming-uniform (bound 1/sqrt(in)), B zero; sharded like the kernel."""
-    lora, fan_in = self.lora, x.shape[-1]
-    bound = fan_in ** -0.5
-    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-    a = _param(self, 'lora_a', uniform, (fan_in, lora.rank), (self.axes[0], None))
-    b = _param(self, 'lora_b', nn.initializers.zeros, (lora.rank, self.features), (None, self.axes[1]))
-    x = nn.Dropout(lora.dropout)(x, deterministic=self.deterministic)
-    h = jnp.einsum('...d,dr->...r', x.astype(self.dtype), a.astype(self.dtype))
-    return jnp.einsum('...r,rf->...f', h, b.astype(self.dtype)) * jnp.asarray(lora.scale, self.dtype)
+    apply_kernel = (lambda x: matmul(x, kernel)) if self.custom_grad else (lambda x: _plain_matmul(x, kernel))
+    return (self.adapter or peft.NO_PEFT).dense(self, x, apply_kernel)
 
 
 class Embed(nn.Module):
@@ -272,10 +260,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, kv_inputs: Array | None, mask: Array, bias: Array | None,
-               decode_index: Array | None = None) -> Array:
+               decode_index: Array | None = None, prefix: tuple[Array, Array] | None = None) -> Array:
+    """`prefix` (prefix tuning): keys and values [n, heads, d_kv] attended before the layer's own; `mask` and
+    `bias` already cover them."""
     c = self.config
     custom = c.remat != 'dots'
-    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, lora=c.lora,
+    dense = functools.partial(Dense, c.inner_dim, ('embed', 'joined_kv'), dtype=c.dtype, adapter=peft.method(c),
                               deterministic=self.deterministic, custom_grad=custom)
     # Queries, keys, values and the decode caches are [b, h, length, d]: every attention dot reads its operands
     # as stored (batch dims leading, contraction last), and the decode loop never transposes a cache.
@@ -306,6 +296,11 @@ class Attention(nn.Module):
         k, v = cached_k.value, cached_v.value
     else:
       k, v = project_kv()
+    if prefix is not None:  # prefix tuning: [n, h, d] keys/values before the layer's own, the same for every row
+      lead = lambda p, t: jnp.concatenate(
+          [jnp.broadcast_to(jnp.swapaxes(p, 0, 1).astype(t.dtype), t.shape[:1] + (p.shape[1], p.shape[0], p.shape[2])),
+           t], axis=2)
+      k, v = lead(prefix[0], k), lead(prefix[1], v)
 
     scores = (attention_scores(q, k) if custom
               else jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32))
@@ -318,8 +313,8 @@ class Attention(nn.Module):
     weights = weights.astype(c.dtype)
     out = attention_values(weights, v) if custom else jnp.einsum('bhqk,bhkd->bhqd', weights, v)
     out = jnp.transpose(out, (0, 2, 1, 3)).reshape(out.shape[0], out.shape[2], c.inner_dim)
-    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype, lora=c.lora,
-                 deterministic=self.deterministic, custom_grad=custom, name='out')(out)
+    return Dense(c.d_model, ('joined_kv', 'embed'), (c.num_heads * c.d_kv) ** -0.5, c.dtype,
+                 adapter=peft.method(c), deterministic=self.deterministic, custom_grad=custom, name='out')(out)
 
 
 # GeLU is the tanh approximation, gated or not (t5x's `gelu` is flax's, approximate=True; Flan-T5 trained so).
@@ -341,8 +336,8 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = self.config
     act = _ACTIVATIONS[c.activation]
-    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True, lora=c.lora,
-                           deterministic=self.deterministic, custom_grad=c.remat != 'dots')
+    wi = functools.partial(Dense, c.d_ff, ('embed', 'mlp'), c.d_model ** -0.5, c.dtype, truncated=True,
+                           adapter=peft.method(c), deterministic=self.deterministic, custom_grad=c.remat != 'dots')
     if c.gated:
       h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
     else:
@@ -350,7 +345,7 @@ class MlpBlock(nn.Module):
     h = _constrain(h, ('batch', 'length', 'mlp'))
     # t5x drops out the hidden activations broadcast over length; HF drops element-wise.
     h = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
-    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, lora=c.lora,
+    return Dense(c.d_model, ('mlp', 'embed'), c.d_ff ** -0.5, c.dtype, truncated=True, adapter=peft.method(c),
                  deterministic=self.deterministic, custom_grad=c.remat != 'dots', name='wo')(h)
 
 
@@ -381,10 +376,10 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array | None, self_mask: Array, self_bias: Array, cross_mask: Array,
-               decode_index: Array | None) -> tuple[Array, None]:
+               decode_index: Array | None, prefix: tuple[Array, Array] | None = None) -> tuple[Array, None]:
     c, det = self.config, self.deterministic
     h = LayerNorm(c, name='pre_self_attention_layer_norm')(x)
-    h = Attention(c, det, self.decode, name='self_attention')(h, h, self_mask, self_bias, decode_index)
+    h = Attention(c, det, self.decode, name='self_attention')(h, h, self_mask, self_bias, decode_index, prefix)
     x = x + _dropout(c, h, det)
     h = LayerNorm(c, name='pre_cross_attention_layer_norm')(x)
     h = Attention(c, det, self.decode, cross=True, name='encoder_decoder_attention')(h, encoded, cross_mask, None)
@@ -401,19 +396,22 @@ _REMAT_POLICIES = {
 
 
 def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], num_layers: int, x: Array, *args,
-                **layer_kwargs) -> Array:
-  """Applies `num_layers` layers, looped (layers_i) or scanned (layers, leading 'layers' axis), remat optional."""
+                per_layer: Any = None, **layer_kwargs) -> Array:
+  """Applies `num_layers` layers, looped (layers_i) or scanned (layers, leading 'layers' axis), remat optional.
+  `per_layer` (a tree with a leading layer axis, or None) gives layer i its slice as the last argument."""
   c: T5Config = parent.config
   if c.remat != 'none':
     layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+  extra = () if per_layer is None else (per_layer,)
   if c.scan_layers:
     scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 1}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                      in_axes=(nn.broadcast,) * len(args) + (0,) * len(extra), length=num_layers,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = scanned(c, name='layers', **layer_kwargs)(x, *args)
+    x, _ = scanned(c, name='layers', **layer_kwargs)(x, *args, *extra)
     return x
   for i in range(num_layers):
-    x, _ = layer_cls(c, name=f'layers_{i}', **layer_kwargs)(x, *args)
+    layer_extra = tuple(jax.tree.map(lambda t, i=i: t[i], e) for e in extra)
+    x, _ = layer_cls(c, name=f'layers_{i}', **layer_kwargs)(x, *args, *layer_extra)
   return x
 
 
@@ -437,12 +435,7 @@ class Encoder(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     bias = RelativePositionBias(c, bidirectional=True, name='relpos_bias')(positions, positions)
-    x = self.embedder(tokens)
-    if c.prompt is not None:  # prompt tuning: in-segment positions < n hold placeholders (flanx.model.peft)
-      n = c.prompt.num_virtual_tokens
-      prompt = _param(self, 'prompt_embedding', nn.initializers.normal(1.0), (n, c.d_model), (None, 'embed'))
-      at_prompt = (positions < n)[..., None]
-      x = jnp.where(at_prompt, jnp.take(prompt, jnp.clip(positions, 0, n - 1), axis=0).astype(x.dtype), x)
+    x = peft.method(c).embed_inputs(self, self.embedder(tokens), positions)  # prompt tuning
     x = _dropout(c, x, deterministic)
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, EncoderLayer, c.num_encoder_layers, x, mask, bias, deterministic=deterministic)
@@ -487,12 +480,19 @@ class Decoder(nn.Module):
     cross_mask = encoder_valid[:, None, None, :]
     if segment_ids is not None and encoder_segment_ids is not None:
       cross_mask = cross_mask & _segment_mask(segment_ids, encoder_segment_ids)
-    self_bias = RelativePositionBias(c, bidirectional=False, name='relpos_bias')(query_positions, key_positions)
+    relpos = RelativePositionBias(c, bidirectional=False, name='relpos_bias')
+    self_bias = relpos(query_positions, key_positions)
+    prefix = peft.method(c).decoder_prefix(self, c)  # prefix tuning: n keys/values before every layer's own
+    if prefix is not None:  # they sit at positions -n..-1 before each segment's first token, visible to all
+      n = prefix[0].shape[1]
+      prefix_positions = jnp.broadcast_to(jnp.arange(-n, 0), (query_positions.shape[0], n))
+      self_bias = jnp.concatenate([relpos(query_positions, prefix_positions), self_bias], axis=-1)
+      self_mask = jnp.concatenate([jnp.ones(self_mask.shape[:-1] + (n,), bool), self_mask], axis=-1)
 
     x = _dropout(c, self.embedder(tokens), deterministic)
     x = _constrain(x, ('batch', 'length', 'embed'))
     x = _run_layers(self, DecoderLayer, c.num_decoder_layers, x, encoded, self_mask, self_bias, cross_mask,
-                    decode_index, deterministic=deterministic, decode=decode)
+                    decode_index, per_layer=prefix, deterministic=deterministic, decode=decode)
     x = LayerNorm(c, name='decoder_norm')(x)
     x = _dropout(c, x, deterministic)
     if c.tie_embeddings:

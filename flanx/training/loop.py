@@ -20,7 +20,8 @@ import numpy as np
 
 from flanx import gin_config
 from flanx.interop import curves, load_params
-from flanx.model import network, peft as peft_lib
+from flanx.model import peft as peft_lib
+from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, data_fingerprint, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
@@ -97,8 +98,9 @@ def train(*,
   """Trains (or resumes) a model on a seqio task/mixture and returns the final metrics.
 
   `optimizer` is a factory `(learning_rate=schedule, param_axes=axes) -> Optimizer` (default: t5x's Adafactor).
-  `peft='lora'` (gin macro PEFT) trains LoRA adapters (`LoraConfig.*`) on a frozen base: only the adapters and
-  their optimizer state are in the checkpoints, which name the base (INITIAL_CHECKPOINT_PATH, or the seed).
+  `peft` (gin macro PEFT: 'lora', 'prompt', 'prefix' or 'ia3', flanx.model.peft) trains that method's params on a
+  frozen base: only they and their optimizer state are in the checkpoints, which name the base
+  (INITIAL_CHECKPOINT_PATH, or the seed); a resume on another base or with other PEFT settings is refused.
   Steps follow t5x (flanx.training.start_step): from a t5x initial checkpoint the step continues from the
   checkpoint's and TRAIN_STEPS is absolute (`continue_step`, `relative_steps`); `restore_optimizer_state` also
   continues its Adafactor state (default: fresh).
@@ -207,13 +209,7 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   start = start_step.plan_start(a['initial_checkpoint_path'], a['train_steps'], a['relative_steps'],
                                 a['continue_step'], a['restore_optimizer_state'],
                                 gin_config.binding_source('train', 'train_steps'))
-  if a['initial_adapter_path'] and (config.lora is None or not a['initial_checkpoint_path']):
-    raise run_checks.RunConfigError(
-        f'train.initial_adapter_path={a["initial_adapter_path"]!r} continues a PEFT LoRA adapter: it needs PEFT = '
-        '\'lora\' and INITIAL_CHECKPOINT_PATH = the base the adapter was trained on (its base_model_name_or_path)')
-  if start.restore_optimizer_state and peft_lib.is_peft(config):
-    raise start_step.StartStepError('train.restore_optimizer_state=True restores a t5x optimizer state of the full '
-                                    'params; a PEFT run trains adapters only (leave it False)')
+  peft_run.check_settings(config, a['initial_checkpoint_path'], a['initial_adapter_path'], start.restore_optimizer_state)
   return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start,
                run_checks.check_keep_best(a))
 
@@ -225,6 +221,7 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   a, config = plan.arguments, plan.config
   signature = run_checks.run_signature(config, a['batch_size'], a['task_feature_lengths'], a['mixture_or_task_name'],
                                        a['pack'])
+  signature.update(peft_lib.resume_signature(config, a['initial_checkpoint_path']))  # PEFT: the same frozen base
   sources = data_fingerprint.fingerprint(a['mixture_or_task_name'])
   _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'], sources)
   state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, a['initial_checkpoint_path'],
@@ -263,8 +260,8 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
 
 
 def _prompt_vocabulary(config: T5Config, mixture_or_task_name: str) -> Any:
-  """The task's input vocabulary when the prompt starts from a text (PromptConfig.init='text'), else None."""
-  if config.prompt is None or config.prompt.init != 'text':
+  """The task's input vocabulary when the PEFT method starts from a text (PromptConfig.init='text'), else None."""
+  if not peft_lib.method(config).needs_vocabulary():
     return None
   import seqio  # pylint: disable=g-import-not-at-top
   return seqio.get_mixture_or_task(mixture_or_task_name).output_features['inputs'].vocabulary
@@ -355,18 +352,11 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
     latest, params, opt_state, meta = ckpts.restore_newest_intact(target.params, target.opt_state, log)
     log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
     state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
-                             opt_state=opt_state, frozen=_frozen_base(config, initial_checkpoint_path, seed, shardings))
+                             opt_state=opt_state, frozen=peft_run.frozen_base(config, initial_checkpoint_path, seed, shardings))
     return state, int(meta['batches_read']), latest
   start = start or start_step.StartPlan(0, 0, False)
-  if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh adapters
-    adapters = (_read_adapter(initial_adapter_path, config, shardings) if initial_adapter_path
-                else steps.init_adapters(config, seed, shardings))
-    params = peft_lib.combine(adapters, _frozen_base(config, initial_checkpoint_path, seed, shardings, cast=False))
-    if initial_adapter_path:
-      log(f'LoRA adapters read from {initial_adapter_path}.')
-    what = (f'LoRA adapters (rank {config.lora.rank})' if config.lora is not None
-            else f'a {config.prompt.num_virtual_tokens}-token prompt')
-    log(f'{what} on the frozen base {initial_checkpoint_path}.')
+  if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh (or read) adapters
+    params = peft_run.initial_params(config, initial_checkpoint_path, initial_adapter_path, seed, shardings, log)
   elif initial_checkpoint_path:
     params = load_params.load_sharded_params(initial_checkpoint_path, config, shardings.params)
     continuing = f', continuing at step {start.step}' if start.step else ''
@@ -378,48 +368,8 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
       return steps.TrainState(step=step, params=params, opt_state=opt_state), 0, None
   else:
     params = steps.init_params(config, seed, shardings)
-  if config.prompt is not None:  # the prompt starts as rows of the base's token embedding
-    params = _init_prompt(params, config, seed, prompt_vocabulary, shardings)
+  params = peft_run.init_from_base(params, config, seed, prompt_vocabulary, shardings, initial_adapter_path)
   return steps.new_state(params, tx, shardings, step=start.step, base_dtype=peft_lib.base_dtype(config)), 0, None
-
-
-def _read_adapter(folder: str, config: T5Config, shardings: steps.Shardings):
-  """A PEFT LoRA folder's adapters on the mesh; its rank, alpha and adapted modules must be this run's LoraConfig."""
-  from flanx.interop import peft_adapter  # pylint: disable=g-import-not-at-top
-  adapters, lora = peft_adapter.read_adapter(folder, config)
-  expected = steps.trained_part(config, network.abstract_params(config))[0]
-  got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), adapters)
-  if lora.scale != config.lora.scale or jax.tree.structure(got) != jax.tree.structure(expected) or any(
-      a.shape != b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected))):
-    raise run_checks.RunConfigError(
-        f'{folder}: its adapter (rank {lora.rank}, alpha {lora.alpha}, modules {lora.hf_target_regex()}) is not the '
-        f'one this run trains (LoraConfig: rank {config.lora.rank}, alpha {config.lora.alpha}, modules '
-        f'{config.lora.hf_target_regex()}); set LoraConfig.rank = {lora.rank}, LoraConfig.alpha = {lora.alpha}, '
-        f'LoraConfig.target_modules = {lora.target_modules}, LoraConfig.blocks = {lora.blocks}')
-  return jax.device_put(adapters, shardings.params)
-
-
-def _init_prompt(params, config: T5Config, seed: int, vocabulary: Any, shardings: steps.Shardings):
-  """`params` with encoder/prompt_embedding set to base embedding rows (PromptConfig.init, see flanx.model.peft)."""
-  embedding = params['token_embedder']['embedding']
-  encode = None if vocabulary is None else vocabulary.encode
-  ids = peft_lib.prompt_init_ids(config.prompt, embedding.shape[0], seed, encode)
-  prompt = jax.device_put(embedding[np.asarray(ids)].astype(np.float32), shardings.params['encoder']['prompt_embedding'])
-  return {**params, 'encoder': {**params['encoder'], 'prompt_embedding': prompt}}
-
-
-def _frozen_base(config: T5Config, initial_checkpoint_path: str | None, seed: int, shardings: steps.Shardings,
-                 cast: bool = True):
-  """A PEFT run's frozen base params (None otherwise): the initial checkpoint's, else the seed's initialisation."""
-  if not peft_lib.is_peft(config):
-    return None
-  if initial_checkpoint_path:
-    base = load_params.load_sharded_params(initial_checkpoint_path, peft_lib.base_config(config), shardings.frozen)
-  else:
-    base = steps.trained_part(config, steps.init_params(config, seed, shardings))[1]
-  if cast and peft_lib.base_dtype(config) != 'float32':
-    base = jax.tree.map(lambda x: x.astype(peft_lib.base_dtype(config)), base)
-  return base
 
 
 class _Saver:

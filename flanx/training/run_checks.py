@@ -8,6 +8,8 @@ import difflib
 import math
 from typing import Any, Mapping
 
+from flanx.model import peft
+
 
 class RunConfigError(ValueError):
   """The run's settings are invalid, or disagree with the checkpoints already in MODEL_DIR."""
@@ -184,10 +186,14 @@ def check_resumable(saved: Mapping[str, Any] | None, new: Mapping[str, Any], che
     return  # written before settings were recorded: nothing to compare
   differ = lambda keys: [k for k in keys if k in saved and _normal(saved[k]) != _normal(new.get(k))]
   model, data = differ(_MODEL_KEYS), differ(_DATA_KEYS) if restore_data else []
-  if not model and not data:
+  peft_settings = differ(peft.RESUME_KEYS)
+  if not model and not data and not peft_settings:
     return
-  lines = [f'  {k}: checkpoint has {saved[k]!r}, this run has {new.get(k)!r}' for k in model + data]
+  lines = [f'  {k}: checkpoint has {saved[k]!r}, this run has {new.get(k)!r}' for k in model + peft_settings + data]
   advice = []
+  if peft_settings:
+    advice.append('a PEFT run resumes only on the frozen base (INITIAL_CHECKPOINT_PATH) and with the PEFT settings '
+                  'it trained with: restore them, or start a new MODEL_DIR')
   if model:
     advice.append('the model settings must match the checkpoint (or use a new MODEL_DIR, with '
                   'INITIAL_CHECKPOINT_PATH pointing at this checkpoint to fine-tune from it)')

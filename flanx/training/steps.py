@@ -73,7 +73,7 @@ class Shardings:
 
 def trained_part(config: T5Config, tree: PyTree) -> tuple[PyTree, PyTree]:
   """(trained, frozen) halves of a param-shaped tree: all and None, or the adapters and the base under PEFT."""
-  return peft.split_trainable(tree) if peft.is_peft(config) else (tree, None)
+  return peft.trained_part(config, tree)
 
 
 def make_shardings(config: T5Config, optimizer: Optimizer | None, mesh: Mesh, rules: tuple) -> Shardings:
@@ -177,9 +177,7 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
   independent of restarts. `inject_nan_at_step` is a fault-injection hook for testing the non-finite guard.
   """
   model = network.Transformer(config)
-  dropout = config.dropout_rate > 0.0
-
-  dropout = dropout or (config.lora is not None and config.lora.dropout > 0.0)
+  dropout = config.dropout_rate > 0.0 or peft.method(config).needs_dropout_rng()
 
   def summed_loss(params, frozen, batch, weights, key):
     params = params if frozen is None else peft.combine(params, frozen)
