@@ -18,6 +18,8 @@ import socket
 import time
 from typing import Iterator, Sequence
 
+from flanx.training import run_lease
+
 PINS = 'read_pins'
 PIN_TTL_S = 6 * 3600
 LEASE_STALE_S = 300  # run_lease's default: a heartbeat older than this is not a live trainer
@@ -31,7 +33,6 @@ def _gfile():
 
 def live_holder(run_dir: str) -> str | None:
   """'host H, pid P' of the trainer holding `run_dir`'s lease with a recent heartbeat, else None."""
-  from flanx.training import run_lease  # pylint: disable=g-import-not-at-top
   path = os.path.join(run_dir, run_lease.LEASE_FILE)
   gfile = _gfile()
   try:
@@ -41,16 +42,6 @@ def live_holder(run_dir: str) -> str | None:
   except Exception:  # pylint: disable=broad-except  (no lease, or one being rewritten: no live trainer known)
     return None
   return f'host {holder.get("host")}, pid {holder.get("pid")}' if age < LEASE_STALE_S else None
-
-
-def _pid_running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def pinned_steps(run_dir: str, now: float | None = None) -> set[int]:
@@ -72,7 +63,7 @@ def pinned_steps(run_dir: str, now: float | None = None) -> set[int]:
         written = float(json.load(f)['time'])
     except Exception:  # pylint: disable=broad-except
       written = now  # unreadable (being written): count it
-    if now - written > PIN_TTL_S or (match.group(2) == host and not _pid_running(int(match.group(3)))):
+    if now - written > PIN_TTL_S or (match.group(2) == host and not run_lease.pid_running(int(match.group(3)))):
       continue
     steps.add(int(match.group(1)))
   return steps

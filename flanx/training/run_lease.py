@@ -49,7 +49,7 @@ def _kvstore_url(run_dir: str) -> str:
   return 'file://' + os.path.abspath(run_dir) + '/'
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -105,7 +105,7 @@ class RunLease:
     """A holder on this host whose process is gone (or whose pid is ours: an earlier life of this container)."""
     if holder.host != socket.gethostname() or holder.pid <= 0 or holder.token in _HELD_HERE:
       return False
-    return holder.pid == os.getpid() or not _pid_running(holder.pid)
+    return holder.pid == os.getpid() or not pid_running(holder.pid)
 
   def acquire(self, take_over_stale: bool = False) -> 'RunLease':
     """Takes the lease (and starts the heartbeat) or raises LeaseHeldError naming the holder."""
