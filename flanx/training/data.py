@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator, Mapping
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping
 
 import gin
 import jax
@@ -73,39 +75,94 @@ def _prompt_converter(prompt_tokens: int, pack: bool):
 class CheckpointableIterator:
   """A tf.data iterator whose position is saved with each checkpoint (exact resume).
 
-  tf.data can serialize iterator state for native ops; for sources it cannot (Python generators) the
-  position falls back to re-reading and skipping the consumed batches of the same seeded pipeline.
+  `make_dataset` builds the pipeline; it is called once per start (lazily, so a restore builds the only copy).
+  tf.data serializes the iterator state of native ops (TFRecord reads, e.g. seqio caches); a pipeline with a
+  Python-generator source cannot be serialized: the save says so (a warning naming the checkpoint) and a restore
+  rebuilds the pipeline from scratch, so that no state of an earlier iterator (a source's epoch counter, a
+  shuffle's seed generator) survives, and replays the batches already read: the same stream, at the cost of
+  re-reading it (the log gives the number of batches and an estimate of the time).
   """
 
-  def __init__(self, dataset):
-    self._dataset = dataset
-    self._iterator = iter(dataset)
+  def __init__(self, make_dataset: Callable[[], Any], log: Callable[[str], None] | None = None):
+    if not callable(make_dataset):
+      raise TypeError('CheckpointableIterator takes a function that builds the dataset (rebuilt on restore)')
+    self._make_dataset = make_dataset
+    self._iterator = None
+    self._log = log or _first_host_print
     self.batches_read = 0
+    self.unsaved_reason: str | None = None  # why the last save() could not write the position
 
   def __iter__(self) -> Iterator[Batch]:
     return self
 
+  def _tf_iterator(self):
+    if self._iterator is None:
+      self._iterator = iter(self._make_dataset())
+    return self._iterator
+
   def __next__(self) -> Batch:
-    batch = next(self._iterator)
+    batch = next(self._tf_iterator())
     self.batches_read += 1
     return {k: v.numpy() for k, v in batch.items()}
 
-  def save(self, prefix: str) -> None:
-    """Writes the iterator state to files starting with `prefix` (best effort; see class doc)."""
+  def save(self, prefix: str) -> bool:
+    """Writes the iterator state to files starting with `prefix`; False (and a warning naming the checkpoint)
+    when the pipeline cannot be serialized: a resume from it then replays the batches read."""
     import tensorflow as tf
     try:
-      tf.train.Checkpoint(iterator=self._iterator).write(prefix)
-    except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError, TypeError, ValueError):
-      pass  # not serializable: restore() will skip batches instead
+      tf.train.Checkpoint(iterator=self._tf_iterator()).write(prefix)
+      self.unsaved_reason = None
+      return True
+    except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError, TypeError, ValueError) as e:
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      first = self.unsaved_reason is None
+      self.unsaved_reason = reason
+      where = _checkpoint_name(prefix)
+      detail = (f' ({type(e).__name__}: {reason[:200]}; e.g. a Python-generator source)' if first else '')
+      self._log(f'WARNING: the input pipeline position could not be saved with {where}{detail}: a resume from it '
+                f'rebuilds the pipeline and replays the {self.batches_read} batches read.')
+      return False
 
   def restore(self, prefix: str | None, batches_read: int) -> None:
-    """Continues after `batches_read` batches: from saved state when present, else by skipping."""
+    """Continues after `batches_read` batches: from saved state when present, else by rebuilding the pipeline
+    and replaying them."""
     import tensorflow as tf
+    self.close()
     if prefix is not None and tf.io.gfile.exists(prefix + '.index'):
-      tf.train.Checkpoint(iterator=self._iterator).read(prefix).assert_consumed()
+      tf.train.Checkpoint(iterator=self._tf_iterator()).read(prefix).assert_consumed()
     else:
-      self._iterator = iter(self._dataset.skip(batches_read))
+      self._replay(batches_read, 'not saved' if prefix is not None else 'not used (train.restore_data=False)')
     self.batches_read = batches_read
+
+  def _replay(self, batches: int, why: str) -> None:
+    """A fresh pipeline, advanced by `batches` batches (timed: the first few give the estimate)."""
+    start = time.monotonic()
+    iterator = self._tf_iterator()
+    probe = min(batches, 8)
+    for _ in range(probe):
+      next(iterator)
+    if batches > probe:
+      estimate = (time.monotonic() - start) / probe * (batches - probe)
+      self._log(f'Data position {why}: rebuilt the input pipeline and replaying {batches} batches '
+                f'(~{estimate:.0f} s estimated) to continue where the checkpoint left off.')
+      for _ in range(batches - probe):
+        next(iterator)
+    self._log(f'Replayed {batches} batches of the rebuilt input pipeline in {time.monotonic() - start:.1f} s.')
+
+  def close(self) -> None:
+    """Releases the tf.data iterator now (Python-generator sources can stall interpreter exit otherwise)."""
+    self._iterator = None
+
+
+def _checkpoint_name(prefix: str) -> str:
+  """'checkpoint_N' from a data-state prefix (…/data_state/checkpoint_N/process_i), else the prefix."""
+  parent = os.path.basename(os.path.dirname(prefix))
+  return parent if parent.startswith('checkpoint_') else prefix
+
+
+def _first_host_print(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
 
 def to_global(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:

@@ -191,7 +191,7 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
                      else plan.start.schedule_offset)
   tx = plan.optimizer(schedule_offset) if schedule_offset else tx
-  iterator = data.CheckpointableIterator(plan.settings.dataset('train'))
+  iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train'), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
   meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
@@ -435,6 +435,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
       saver.save(state, step)
   finally:
     preempted.uninstall()
+    iterator.close()  # now, not at interpreter exit (a Python-generator source can stall it there)
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
 
 
