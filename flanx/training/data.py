@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -18,6 +18,53 @@ def import_task_modules(module: str | None) -> None:
   """Imports MIXTURE_OR_TASK_MODULE (comma-separated allowed) so its registrations exist."""
   for name in filter(None, (module or '').split(',')):
     importlib.import_module(name.strip())
+
+
+CACHE_DIRS_ENV = 'FLANX_TASK_CACHE_DIRS'
+
+
+class TaskCacheError(FileNotFoundError):
+  """USE_CACHED_TASKS=True, but a task has no (complete) seqio cache, or cannot be cached."""
+
+
+@gin.configurable
+def task_cache_dirs(dirs: Sequence[str] | None = None) -> list[str]:
+  """Folders holding seqio task caches (what `seqio.scripts.cache_tasks_main --output_cache_dir` wrote): the gin
+  binding, else $FLANX_TASK_CACHE_DIRS (comma-separated); seqio's own global cache dirs are searched as well."""
+  if dirs is None:
+    dirs = [d.strip() for d in os.environ.get(CACHE_DIRS_ENV, '').split(',') if d.strip()]
+  return list(dirs)
+
+
+def check_cached(mixture_or_task_name: str, split: str) -> None:
+  """Registers `task_cache_dirs()` with seqio and raises TaskCacheError naming every task of the mixture that
+  has no completed cache of `split` (and the folders searched) or cannot be cached: never a silent fallback
+  to preprocessing on the fly, which is what seqio does for a task without a CacheDatasetPlaceholder."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  seqio.add_global_cache_dirs(task_cache_dirs())
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  missing = []
+  for task in tasks:
+    if not task.supports_caching:
+      missing.append(f'{task.name}: cannot be cached (no seqio.CacheDatasetPlaceholder in its preprocessors)')
+      continue
+    cache_dir = task.cache_dir
+    if cache_dir is None:
+      searched = [os.path.join(d, seqio.utils.get_task_dir_from_name(task.name))
+                  for d in seqio.utils.get_global_cache_dirs()]
+      missing.append(f'{task.name}: no completed cache (searched {searched or "nothing: no cache folder is set"})')
+    elif not tf.io.gfile.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
+      missing.append(f'{task.name}: the cache in {cache_dir} has no {split!r} split')
+  if missing:
+    names = ','.join(t.name for t in tasks)
+    raise TaskCacheError(
+        f'USE_CACHED_TASKS=True, but {len(missing)} of the {len(tasks)} tasks of {mixture_or_task_name!r} cannot be '
+        'read from a cache:\n  ' + '\n  '.join(missing) + '\nWrite the caches with `python -m '
+        f'seqio.scripts.cache_tasks_main --module_import=<task module> --tasks={names} --output_cache_dir=DIR '
+        '--pipeline_options=--runner=DirectRunner` and point gin `flanx.training.data.task_cache_dirs.dirs` (or '
+        f'${CACHE_DIRS_ENV}) at DIR, or set USE_CACHED_TASKS=False to preprocess on the fly.')
 
 
 @gin.configurable
@@ -36,6 +83,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   count, index = jax.process_count(), jax.process_index()
   if batch_size % count:
     raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the {count} processes')
+  if use_cached:
+    check_cached(mixture_or_task_name, split)
   lengths = dict(task_feature_lengths)
   converter = seqio.EncDecFeatureConverter(pack=pack)
   if prompt_tokens:

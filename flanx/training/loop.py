@@ -161,6 +161,8 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   run_checks.check_args(a, run_checks.TRAIN_ARG_RULES)
   data.import_task_modules(a['mixture_or_task_module'])
   run_checks.check_task_name(a['mixture_or_task_name'])
+  if a['use_cached_tasks']:
+    data.check_cached(a['mixture_or_task_name'], 'train')  # USE_CACHED_TASKS: every task's cache exists, now
   settings = DataSettings(a['mixture_or_task_name'], a['task_feature_lengths'], a['batch_size'], a['pack'],
                           a['shuffle'], a['data_seed'], a['use_cached_tasks'], peft_lib.prompt_length(config))
   start = start_step.plan_start(a['initial_checkpoint_path'], a['train_steps'], a['relative_steps'],
