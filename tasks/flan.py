@@ -12,17 +12,18 @@ Registered (cheaply; files are read when a dataset is first built):
 - `flan2022_<submix>_<variant>`: one task per submixture and template variant. Its source mixes
   the collection's tasks (task_name) examples-proportionally with the submixture's per-task cap:
   each epoch holds exactly min(n, cap) examples of a task with n examples (a fresh seeded sample
-  of the capped tasks every epoch), so task t has rate min(n_t, cap) / sum_u min(n_u, cap).
+  of the capped tasks every epoch, the same whether read from seqio's cache or not), so task t has
+  rate min(n_t, cap) / sum_u min(n_u, cap).
 - `<submix>_submix`: the submixture's variants at equal rates (flan2021, t0: zs/fs x opt/noopt;
   niv2, cot, dialog: zs_opt and fs_opt).
 - `flan2022_submix`: flan2021 0.4, t0 0.32, niv2 0.2, cot 0.05, dialog 0.03.
 - `dolly_flan`: Dolly plus a Flan replay fraction (gin `tasks.flan.flan_replay_fraction.fraction`).
 
-Order: each epoch reads the files in a seeded order and each file front to back; the task's
-shuffle buffer (20k examples) mixes from there. Files sorted by task_name therefore mix poorly:
-use shuffled or many-sharded exports (most are). Counting reads the files once per process; each
-epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid
-reading other variants' files).
+Order: each epoch reads the files in a new seeded order, FILES_IN_FLIGHT at a time (record by record), each
+front to back; the task's shuffle buffer (20k examples) mixes from there. Caps apply after that (and after
+seqio's cache: the tasks are cacheable, see `cap_per_epoch`). Counting reads the files once per process; each
+epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid reading other
+variants' files).
 """
 
 import collections

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import time
@@ -10,6 +11,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import gin
 import jax
 import numpy as np
+
+from flanx.training.data_layout import DataLayout, data_layout
 
 Batch = dict[str, np.ndarray]
 
@@ -70,19 +73,24 @@ def check_cached(mixture_or_task_name: str, split: str) -> None:
 @gin.configurable
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str, batch_size: int,
                 *, shuffle: bool, pack: bool, seed: int = 42, num_epochs: int | None = None,
-                use_cached: bool = False, drop_remainder: bool = True, prompt_tokens: int = 0):
+                use_cached: bool = False, drop_remainder: bool = True, prompt_tokens: int = 0,
+                layout: DataLayout | None = None):
   """This host's share of a seqio dataset, converted for the encoder-decoder and batched.
 
-  `batch_size` is global; each of the jax processes reads 1/process_count of the data (seqio ShardInfo) and
-  yields batch_size/process_count rows. A fixed seed keeps shuffling and mixing reproducible (exact resume).
+  `batch_size` is global. With a `layout` (flanx.training.data_layout: the mesh decides), the hosts of one
+  replica set read the same shard and the others disjoint ones, each yielding layout.host_batch_size rows;
+  without, each of the jax processes reads 1/process_count of the data (seqio ShardInfo) and yields
+  batch_size/process_count rows. A fixed seed keeps shuffling and mixing reproducible (exact resume).
   `prompt_tokens` (prompt tuning): that many placeholders lead every example's inputs, before packing; the task
   is asked for inputs that much shorter so the converted length stays task_feature_lengths['inputs'].
   """
   import seqio  # heavy (tensorflow): imported on use
   import tensorflow as tf
   count, index = jax.process_count(), jax.process_index()
+  if layout is not None:
+    count, index = layout.num_shards, layout.shard_id
   if batch_size % count:
-    raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the {count} processes')
+    raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the {count} input shards (hosts)')
   if use_cached:
     check_cached(mixture_or_task_name, split)
   lengths = dict(task_feature_lengths)
@@ -140,13 +148,16 @@ class CheckpointableIterator:
     self._log = log or _first_host_print
     self.batches_read = 0
     self.unsaved_reason: str | None = None  # why the last save() could not write the position
+    self._python_ops: list[str] = []
 
   def __iter__(self) -> Iterator[Batch]:
     return self
 
   def _tf_iterator(self):
     if self._iterator is None:
-      self._iterator = iter(self._make_dataset())
+      dataset = self._make_dataset()
+      self._python_ops = python_ops(dataset)
+      self._iterator = iter(dataset)
     return self._iterator
 
   def __next__(self) -> Batch:
@@ -159,7 +170,10 @@ class CheckpointableIterator:
     when the pipeline cannot be serialized: a resume from it then replays the batches read."""
     import tensorflow as tf
     try:
-      tf.train.Checkpoint(iterator=self._tf_iterator()).write(prefix)
+      iterator = self._tf_iterator()
+      if self._python_ops:  # tf.data may write a state it cannot restore (a generator nested in an interleave)
+        raise TypeError(f'the pipeline runs Python code ({", ".join(self._python_ops)})')
+      tf.train.Checkpoint(iterator=iterator).write(prefix)
       self.unsaved_reason = None
       return True
     except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError, TypeError, ValueError) as e:
@@ -203,6 +217,18 @@ class CheckpointableIterator:
     self._iterator = None
 
 
+_PYTHON_OPS = ('PyFunc', 'PyFuncStateless', 'EagerPyFunc')
+
+
+def python_ops(dataset) -> list[str]:
+  """The Python-calling ops (from_generator, py_function, numpy_function) anywhere in a dataset's graph, its
+  nested functions included: their state lives in Python, so no saved iterator position can restore it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+  return sorted({op for op in ops if op in _PYTHON_OPS})
+
+
 def _checkpoint_name(prefix: str) -> str:
   """'checkpoint_N' from a data-state prefix (…/data_state/checkpoint_N/process_i), else the prefix."""
   parent = os.path.basename(os.path.dirname(prefix))
@@ -215,10 +241,17 @@ def _first_host_print(message: str) -> None:
 
 
 def to_global(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """Assembles per-host batches into global arrays sharded over the mesh's 'data' axis."""
-  count = jax.process_count()
+  """Assembles per-host batches into global arrays sharded over the mesh's 'data' axis (a replica set's hosts
+  hold the same rows: the global batch is host rows x input shards)."""
+  count = input_shards(sharding.mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * count,) + v.shape[1:])
           for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def input_shards(mesh: jax.sharding.Mesh) -> int:
+  """How many disjoint input shards the hosts read on `mesh` (its replica sets; data_layout)."""
+  return data_layout(mesh, mesh.shape['data']).num_shards
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int) -> tuple[Batch, int]:

@@ -20,7 +20,7 @@ from flanx import gin_config
 from flanx.interop import load_params
 from flanx.model import network, peft as peft_lib
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import checkpoints, data, data_layout, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
@@ -193,7 +193,8 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
                      else plan.start.schedule_offset)
   tx = plan.optimizer(schedule_offset) if schedule_offset else tx
-  iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train'), log=_log)
+  layout = data_layout.data_layout(shardings.mesh, a['batch_size'])  # a replica set's hosts read the same rows
+  iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train', layout=layout), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
   meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
@@ -445,10 +446,11 @@ def _make_eval(config: T5Config, shardings: steps.Shardings, settings: DataSetti
                max_batches: int | None) -> Callable[[Any], dict[str, float]]:
   """Teacher-forced loss/accuracy over one pass of the eval split, batched as in training (packed)."""
   eval_step = steps.make_eval_step(config, shardings)
-  rows = settings.batch_size // jax.process_count()
+  layout = data_layout.data_layout(shardings.mesh, settings.batch_size)
+  rows = layout.host_batch_size
 
   def run(params) -> dict[str, float]:
-    ds = settings.dataset(split, shuffle=False, num_epochs=1, drop_remainder=False)
+    ds = settings.dataset(split, shuffle=False, num_epochs=1, drop_remainder=False, layout=layout)
     batches = ds.as_numpy_iterator()
     if max_batches is not None:
       batches = (b for i, b in zip(range(max_batches), batches))
