@@ -3,7 +3,8 @@
 The global batch is split over the mesh's 'data' axis: data index i holds rows [i*B/D, (i+1)*B/D). A host holds
 the rows of the data indices its devices sit at. Hosts whose devices sit at the same data indices (a model axis
 that spans hosts) must feed identical rows: they form one replica set, read the same input shard and build the
-same per-host batch; hosts of different replica sets read disjoint shards. So the input is split into as many
+same per-host batch (its rows in the order of their data indices, which need not be contiguous: TPU meshes
+interleave hosts); hosts of different replica sets read disjoint shards. So the input is split into as many
 shards as there are replica sets, not as many as there are hosts.
 """
 
@@ -36,12 +37,10 @@ def data_layout(mesh: jax.sharding.Mesh, batch_size: int, process_index: int | N
   for position, device in np.ndenumerate(mesh.devices):
     rows.setdefault(device.process_index, set()).add(position[data_axis])
   replica_sets = sorted({tuple(sorted(r)) for r in rows.values()})
-  for a in replica_sets:  # every host's rows are one whole shard: equal, contiguous, disjoint blocks
-    if len(a) != len(replica_sets[0]) or list(a) != list(range(a[0], a[0] + len(a))):
-      raise ValueError(f'the mesh gives hosts uneven or scattered rows of the batch ({replica_sets}); order the '
-                       "devices so that each host's data indices are one contiguous block of equal size")
-  if len({i for a in replica_sets for i in a}) != sum(len(a) for a in replica_sets):
-    raise ValueError(f'hosts hold overlapping but unequal rows of the batch ({replica_sets})')
+  sizes = {len(a) for a in replica_sets}
+  if len(sizes) > 1 or len({i for a in replica_sets for i in a}) != sum(len(a) for a in replica_sets):
+    raise ValueError(f'the mesh gives hosts uneven or overlapping rows of the batch ({replica_sets}): each host '
+                     "must hold the same number of the batch's data indices, and two hosts the same or none")
   num_shards = len(replica_sets)
   if batch_size % mesh.shape['data']:
     raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the mesh data axis ({mesh.shape["data"]})')

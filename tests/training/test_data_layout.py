@@ -39,8 +39,24 @@ def test_one_host_reads_everything():
   assert (only.shard_id, only.num_shards, only.host_batch_size) == (0, 1, 8)
 
 
-def test_scattered_rows_are_refused():
-  mesh = fake_mesh(2, data=4, model=1)
+def test_interleaved_rows_are_fine_uneven_ones_refused():
+  mesh = fake_mesh(2, data=4, model=1)  # hosts alternate along the data axis, as TPU meshes may lay them out
   mesh.devices = np.array([[types.SimpleNamespace(process_index=p)] for p in (0, 1, 0, 1)], dtype=object)
-  with pytest.raises(ValueError, match=r'uneven or scattered rows of the batch \(\[\(0, 2\), \(1, 3\)\]\)'):
-    data_layout.data_layout(mesh, 8, 0)
+  assert [(l.shard_id, l.num_shards, l.host_batch_size) for l in layouts(mesh, 8, 2)] == [(0, 2, 4), (1, 2, 4)]
+  mesh = fake_mesh(3, data=3, model=2)
+  mesh.devices = np.array([[types.SimpleNamespace(process_index=p) for p in row] for row in ((0, 1), (0, 1), (2, 2))],
+                          dtype=object)  # hosts 0 and 1 hold rows 0-1, host 2 row 2 only
+  with pytest.raises(ValueError, match=r'uneven or overlapping rows of the batch \(\[\(0, 1\), \(2,\)\]\)'):
+    data_layout.data_layout(mesh, 6, 0)
+
+
+@pytest.mark.parametrize('model, per_host, shards', [(2, 16, 8), (4, 32, 4), (8, 32, 4), (16, 128, 1)])
+def test_v4_64_meshes_with_a_model_axis_across_hosts_are_fed(model, per_host, shards):
+  # The compile check's view (8 hosts, 32 devices as libtpu lays them out): model=8 spans 2 hosts, which then load
+  # the same 32 rows; before the data layout the check refused every model axis wider than a host.
+  pytest.importorskip('libtpu', reason='libtpu lays out the compile-only TPU devices')
+  from flanx.training import aot, partitioning, tpu_topology  # pylint: disable=g-import-not-at-top
+  tpu = tpu_topology.parse('v4-64')
+  mesh = partitioning.make_mesh(data=-1, model=model, devices=tpu_topology.compile_only_devices(tpu))
+  assert aot.check_host_batches(128, partitioning.batch_sharding(mesh), tpu.hosts) == per_host
+  assert len({data_layout.data_layout(mesh, 128, p).shard_id for p in range(tpu.hosts)}) == shards
