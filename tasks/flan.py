@@ -12,22 +12,22 @@ Registered (cheaply; files are read when a dataset is first built):
 - `flan2022_<submix>_<variant>`: one task per submixture and template variant. Its source mixes
   the collection's tasks (task_name) examples-proportionally with the submixture's per-task cap:
   each epoch holds exactly min(n, cap) examples of a task with n examples (a fresh seeded sample
-  of the capped tasks every epoch), so task t has rate min(n_t, cap) / sum_u min(n_u, cap).
+  of the capped tasks every epoch, the same whether read from seqio's cache or not), so task t has
+  rate min(n_t, cap) / sum_u min(n_u, cap).
 - `<submix>_submix`: the submixture's variants at equal rates (flan2021, t0: zs/fs x opt/noopt;
   niv2, cot, dialog: zs_opt and fs_opt).
 - `flan2022_submix`: flan2021 0.4, t0 0.32, niv2 0.2, cot 0.05, dialog 0.03.
 - `dolly_flan`: Dolly plus a Flan replay fraction (gin `tasks.flan.flan_replay_fraction.fraction`).
 
-Order: each epoch reads the files in a seeded order and each file front to back; the task's
-shuffle buffer (20k examples) mixes from there. Files sorted by task_name therefore mix poorly:
-use shuffled or many-sharded exports (most are). Counting reads the files once per process; each
-epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid
-reading other variants' files).
+Order: each epoch reads the files in a new seeded order, FILES_IN_FLIGHT at a time (record by record), each
+front to back; the task's shuffle buffer (20k examples) mixes from there. Caps apply after that (and after
+seqio's cache: the tasks are cacheable, see `cap_per_epoch`). Counting reads the files once per process; each
+epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid reading other
+variants' files).
 """
 
 import collections
 import dataclasses
-import itertools
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -88,7 +88,9 @@ def flan_replay_fraction(fraction: float = 0.1) -> float:
   return fraction
 
 
-_SCANS: Dict[Any, Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]] = {}
+# Per-file record counts of a file list, by (submix, variant, task_name), and the read report.
+_SCANS: Dict[Any, Tuple[List[Dict[Tuple[str, str, str], int]], records_lib.ReadReport]] = {}
+FILES_IN_FLIGHT = 4  # files a source reads at once (interleaved): mixes neighbouring files' tasks early
 
 
 def iter_matches(files: Sequence[layouts_lib.FlanFile], on_error: str,
@@ -105,24 +107,43 @@ def iter_matches(files: Sequence[layouts_lib.FlanFile], on_error: str,
         yield match
 
 
-def scan_files(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
-               ) -> Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]:
-  """Examples per (submix, variant, task_name) in `files` (read once per process)."""
+def scan_files_per_file(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
+                        ) -> Tuple[List[Dict[Tuple[str, str, str], int]], records_lib.ReadReport]:
+  """Examples per (submix, variant, task_name) in each of `files` (read once per process)."""
   key = (tuple((f.layout, f.submix, f.variant) + tuple(spec_lib.file_key(p) for p in f.paths) for f in files),
          on_error, records_lib.max_record_bytes())
   if key not in _SCANS:
     report = records_lib.ReadReport(f'Flan files ({len(files)}: {[f.name for f in files[:2]]}...)')
-    counts = collections.Counter()
-    for match in iter_matches(files, on_error, report):
-      counts[match[:3]] += 1
-      report.kept += 1
+    per_file = []
+    for file in files:
+      counts = collections.Counter()
+      for match in iter_matches([file], on_error, report):
+        counts[match[:3]] += 1
+        report.kept += 1
+      per_file.append(dict(counts))
     report.log()
-    _SCANS[key] = (dict(counts), report)
+    _SCANS[key] = (per_file, report)
   return _SCANS[key]
 
 
+def scan_files(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
+               ) -> Tuple[Dict[Tuple[str, str, str], int], records_lib.ReadReport]:
+  """Examples per (submix, variant, task_name) in `files` (read once per process)."""
+  per_file, report = scan_files_per_file(files, on_error)
+  total = collections.Counter()
+  for counts in per_file:
+    total.update(counts)
+  return dict(total), report
+
+
 class FlanFileSource(seqio.DataSource):
-  """Examples of one (submixture, template variant), capped examples-proportional over tasks."""
+  """Examples of one (submixture, template variant), each once, with their place in their Flan task.
+
+  Every example carries `task_name`, `task_size` (the task's examples in this variant) and `task_ordinal` (its
+  index among them, in file order): what `cap_per_epoch` needs to keep exactly min(n, cap) of each task per
+  epoch, so the capping runs after seqio's cache. One shard per file: seqio's cache script reads the files in
+  parallel and hosts read disjoint files, never parsing another host's records.
+  """
 
   def __init__(self, submix: Submix, variant: str, pattern: Optional[str] = None,
                cap: Optional[int] = None, seed: int = spec_lib.DEFAULT_SEED,
@@ -135,6 +156,8 @@ class FlanFileSource(seqio.DataSource):
     self._seed = seed
     self._on_error = records_lib.check_on_error(on_error)
     self._scan: Optional[Tuple[Dict[str, int], records_lib.ReadReport]] = None
+    self._files: Optional[List[layouts_lib.FlanFile]] = None
+    self._offsets: Optional[List[Dict[str, int]]] = None
     super().__init__(splits=('train',))
 
   @property
@@ -142,7 +165,7 @@ class FlanFileSource(seqio.DataSource):
     return False
 
   def list_shards(self, split: str) -> Sequence[str]:
-    return [split]
+    return [f.name for f in self.files()]
 
   def files(self) -> List[layouts_lib.FlanFile]:
     """The files of the configured folder / pattern that may hold this submixture and variant."""
@@ -166,14 +189,20 @@ class FlanFileSource(seqio.DataSource):
     """Examples per task_name and the read report (one read, shared by every source that
     reads the same files)."""
     if self._scan is None:
-      files = tuple(self.files())
-      counts, report = scan_files(files, self._on_error)
-      mine = {task: n for (submix, variant, task), n in counts.items()
-              if submix == self.submix.name and variant == self.variant}
-      if not mine:
+      files = self.files()
+      per_file, report = scan_files_per_file(tuple(files), self._on_error)
+      mine = [{task: n for (submix, variant, task), n in counts.items()
+               if submix == self.submix.name and variant == self.variant} for counts in per_file]
+      totals = collections.Counter()
+      offsets = []
+      for counts in mine:  # where each file's examples of a task start among the task's examples
+        offsets.append({task: totals[task] for task in counts})
+        totals.update(counts)
+      if not totals:
         raise ValueError(f'no {self.submix.name} {self.variant} records in {len(files)} files '
                          f'({[f.name for f in files[:3]]}...)')
-      self._scan = (dict(sorted(mine.items())), report)
+      self._files, self._offsets = files, offsets
+      self._scan = (dict(sorted(totals.items())), report)
     return self._scan
 
   def cap_of(self, task: str) -> float:
@@ -188,67 +217,114 @@ class FlanFileSource(seqio.DataSource):
     return {t: c / total for t, c in capped.items()}
 
   def num_input_examples(self, split: str) -> int:
+    """Examples per epoch once capped (the source itself yields every example once)."""
     counts, _ = self.scan()
     return int(sum(min(n, self.cap_of(t)) for t, n in counts.items()))
 
-  def epoch(self, epoch: int, shuffle: bool = True, seed: Optional[int] = None
-            ) -> Iterator[Tuple[str, str, str]]:
-    """(task_name, inputs, targets) of one epoch: exactly min(n, cap) examples per task."""
+  def read_file(self, index: int) -> Iterator[Dict[str, Any]]:
+    """The examples of this submixture and variant in file `index` (of `files()`), with their task position."""
     counts, _ = self.scan()
-    seed = self._seed if seed is None else int(seed)
-    keep = {}
-    for task, n in counts.items():
-      if n > self.cap_of(task):
-        rng = np.random.default_rng([seed, epoch, records_lib.stable_int(task)])
-        mask = np.zeros(n, dtype=bool)
-        mask[rng.choice(n, self.cap, replace=False)] = True
-        keep[task] = mask
-    files = self.files()
-    if shuffle:
-      rng = np.random.default_rng([seed, epoch, records_lib.stable_int('files')])
-      files = [files[i] for i in rng.permutation(len(files))]
-    seen = collections.Counter()
-    for task, inputs, targets in self._records(files):
-      ordinal = seen[task]
+    offsets, seen = self._offsets[index], collections.Counter()
+    for task, inputs, targets in self._records([self._files[index]]):
+      ordinal = offsets.get(task, 0) + seen[task]
       seen[task] += 1
-      if task not in counts or ordinal >= counts[task]:
-        raise RuntimeError(f'Flan files changed while reading: task {task!r} now has more than '
-                           f'{counts.get(task, 0)} examples')
-      if task in keep and not keep[task][ordinal]:
-        continue
-      yield task, inputs, targets
+      if task not in offsets or ordinal >= counts[task]:
+        raise RuntimeError(f'Flan files changed while reading: {self._files[index].name} now has more {task!r} '
+                           'examples than when it was counted')
+      yield {'inputs': inputs, 'targets': targets, 'task_name': task, 'task_size': counts[task],
+             'task_ordinal': ordinal}
 
   def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1):
+    """This shard's files (all without `shard_info`), each read front to back, FILES_IN_FLIGHT at a time; with
+    `shuffle`, in a seeded order that changes every pass (tf.data's own shuffle: no Python state, so a rebuilt
+    pipeline repeats it exactly)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     del sequence_length, use_cached, num_epochs
     if split != 'train':
       raise ValueError(f'Flan files have only a train split, not {split!r}')
     registrations.check()
     self.scan()
-    epochs = itertools.count()
-
-    def generate():
-      # Each pass over the dataset (e.g. under repeat()) is a new epoch with a fresh sample.
-      for task, inputs, targets in self.epoch(next(epochs), shuffle, seed):
-        yield {'inputs': inputs, 'targets': targets, 'task_name': task}
-
-    text = tf.TensorSpec([], tf.string)
-    ds = tf.data.Dataset.from_generator(
-        generate, output_signature={'inputs': text, 'targets': text, 'task_name': text})
+    indices = np.arange(len(self._files), dtype=np.int64)
     if shard_info is not None and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    return ds
+      indices = indices[shard_info.index::shard_info.num_shards]
+    text, number = tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)
+    signature = {'inputs': text, 'targets': text, 'task_name': text, 'task_size': number, 'task_ordinal': number}
+    files = tf.data.Dataset.from_tensor_slices(indices)
+    if shuffle:
+      seed = self._seed if seed is None else int(seed)
+      files = files.shuffle(len(indices), seed=records_lib.stable_int(seed, 'files') % 2**31,
+                            reshuffle_each_iteration=True)
+    return files.interleave(
+        lambda i: tf.data.Dataset.from_generator(lambda i: self.read_file(int(i)), args=(i,),
+                                                 output_signature=signature),
+        cycle_length=max(1, min(FILES_IN_FLIGHT, len(indices))), block_length=1)
 
 
-class ResamplingTask(seqio.Task):
-  """A task whose source draws a fresh sample each epoch: never cached in memory by seqio
-  (seqio caches sources under 10k examples, which would replay the first epoch's sample)."""
+def _mix32(v):
+  """A 32-bit integer hash (murmur3-style finalizer) in int64 arithmetic that never overflows."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for shift in (16, 16):
+    v = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(v, tf.bitwise.right_shift(v, shift)) * 0x45D9F3B, 0xFFFFFFFF)
+  return tf.bitwise.bitwise_xor(v, tf.bitwise.right_shift(v, 16))
 
-  def get_dataset(self, *args, **kwargs):
-    kwargs['try_in_mem_cache'] = False
-    return super().get_dataset(*args, **kwargs)
+
+def _permute(x, n, key):
+  """A pseudo-random bijection of [0, n) (int64 scalars), chosen by `key`: a 4-round Feistel network on the
+  smallest even-bit power of two >= n, cycle-walked back into [0, n)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  half = tf.constant(1, tf.int64)
+  half = tf.while_loop(lambda h: tf.bitwise.left_shift(tf.constant(1, tf.int64), 2 * h) < n, lambda h: h + 1,
+                       [half])[0]
+  mask = tf.bitwise.left_shift(tf.constant(1, tf.int64), half) - 1
+  keys = [_mix32(tf.bitwise.bitwise_and(key + 0x3C6EF372 * r, 0x7FFFFFFF)) for r in range(4)]
+
+  def feistel(v):
+    left, right = tf.bitwise.right_shift(v, half), tf.bitwise.bitwise_and(v, mask)
+    for k in keys:
+      left, right = right, tf.bitwise.bitwise_xor(left, tf.bitwise.bitwise_and(_mix32(right + k), mask))
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(left, half), right)
+
+  return tf.while_loop(lambda v: v >= n, feistel, [feistel(x)])[0]
+
+
+def cap_per_epoch(dataset, cap: int, seed: int, num_epochs: Optional[int]):
+  """`num_epochs` passes (None: forever) over `dataset` (one pass of a FlanFileSource's examples), keeping in
+  each exactly min(n, cap) of every task's n examples: those whose pseudo-random rank (a permutation of the
+  task's ordinals, fresh per epoch and task, seeded) is below the cap. Stateless, so exact on any host and after a
+  rebuild; tasks without a name (SirNeural) are never capped."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def one_epoch(epoch):
+    def keep(ex):
+      size, ordinal = tf.cast(ex['task_size'], tf.int64), tf.cast(ex['task_ordinal'], tf.int64)
+      key = _mix32(tf.bitwise.bitwise_and(tf.strings.to_hash_bucket_fast(ex['task_name'], 2**31 - 1)
+                                          + _mix32(tf.constant(seed % 2**31, tf.int64) + epoch), 0x7FFFFFFF))
+      return tf.logical_or(tf.logical_or(size <= cap, tf.equal(ex['task_name'], layouts_lib.UNNAMED_TASK)),
+                           _permute(ordinal, size, key) < cap)
+    return dataset.filter(keep)
+
+  epochs = tf.data.Dataset.range(num_epochs) if num_epochs else tf.data.Dataset.range(2**62)
+  return epochs.flat_map(one_epoch)
+
+
+class CappedTask(seqio.Task):
+  """A Flan variant task: seqio's pipeline over one pass of the files (cacheable up to the tokenized examples),
+  then `cap_per_epoch`, so every epoch holds exactly min(n, cap) examples of each task_name, freshly sampled."""
+
+  def __init__(self, *args, cap: int, seed: int, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.cap, self.cap_seed = cap, seed
+
+  def get_dataset(self, sequence_length=None, split='train', use_cached=False, shuffle=True,
+                  shuffle_buffer_size=None, seed=None, shard_info=None, num_epochs=1, **kwargs):
+    kwargs['try_in_mem_cache'] = False  # a pass is re-read each epoch (the file order changes)
+    one_pass = super().get_dataset(sequence_length, split, use_cached=use_cached, shuffle=shuffle,
+                                   shuffle_buffer_size=shuffle_buffer_size, seed=seed, shard_info=shard_info,
+                                   num_epochs=1, **kwargs)
+    seed = self.cap_seed if seed is None else int(seed)
+    return cap_per_epoch(one_pass, self.cap, seed, num_epochs)
 
 
 def task_name(submix: str, variant: str) -> str:
@@ -275,10 +351,10 @@ def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str,
     for variant in submix.variants:
       source = FlanFileSource(submix, variant, pattern, caps.get(submix.name), on_error=on_error,
                               layout=layout)
-      task = ResamplingTask(prefix + task_name(submix.name, variant), source=source,
-                            output_features=features,
-                            preprocessors=list(spec_lib.TASK_PREPROCESSORS),
-                            shuffle_buffer_size=shuffle_buffer)
+      task = CappedTask(prefix + task_name(submix.name, variant), source=source, output_features=features,
+                        preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                                       seqio.preprocessors.append_eos_after_trim],
+                        shuffle_buffer_size=shuffle_buffer, cap=source.cap, seed=spec_lib.DEFAULT_SEED)
       spec_lib.add_task(task)
       variant_tasks.append(task.name)
     mixture = f'{prefix}{submix.name}_submix'

@@ -361,6 +361,8 @@ def register(spec: DatasetSpec) -> List[str]:
   for variant in spec.variants:
     name = spec.task_name(variant)
     preprocessors = list(TASK_PREPROCESSORS)
+    if not variant.few_shot:  # reading, templating and tokenizing are deterministic: seqio may cache them
+      preprocessors.insert(1, seqio.CacheDatasetPlaceholder())
     if variant.few_shot:  # exemplars fit min(few_shot_budget, the run's inputs length - EOS)
       preprocessors.insert(0, functools.partial(few_shot_lib.fit_exemplars, max_tokens=spec.few_shot_budget,
                                                 on_overflow='keep', task_name=name))

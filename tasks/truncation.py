@@ -28,6 +28,8 @@ def truncation_report(task: Any, feature_lengths: Mapping[str, int], split: str 
     raise TypeError(f'{task.name} is a mixture: report on each of its tasks (mixture.tasks)')
   dataset = task.source.get_dataset(split=split, shuffle=False)
   for prep in task.preprocessors:
+    if isinstance(prep, seqio.CacheDatasetPlaceholder):  # marks where seqio's cache would stop: not a step
+      continue
     prep = seqio.utils.add_kwargs_to_transform(_untrimmed(prep), sequence_length=dict(feature_lengths),
                                                output_features=task.output_features)
     dataset = prep(dataset)

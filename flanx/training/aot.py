@@ -189,30 +189,21 @@ def abstract_batch(batch_size: int, lengths: Mapping[str, int], pack: bool, shar
 
 
 def check_host_batches(batch_size: int, sharding: Any, hosts: int) -> int:
-  """The rows each host loads (as data.get_dataset splits them); errors when the mesh cannot take them.
+  """The rows each host loads (as data.get_dataset splits them on the mesh); errors when the mesh cannot take them.
 
-  Each host reads batch_size / hosts rows of its own and data.to_global (make_array_from_process_local_data)
-  places them on its devices, so every host's devices must hold exactly that many distinct rows of the global
-  batch: a mesh whose model axis spans hosts makes hosts share rows, which the per-host pipeline cannot feed.
+  The hosts' input follows flanx.training.data_layout (t5x's): hosts whose devices hold the same rows of the global
+  batch (a model axis spanning hosts) form a replica set and load the same batch_size / replica sets rows; the
+  mesh must give every host one contiguous block of rows, of the same size.
   """
+  from flanx.training import data_layout  # pylint: disable=g-import-not-at-top
   if batch_size % hosts:
-    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by the {hosts} hosts of the slice '
-                            '(each host loads batch_size / hosts rows)')
-  per_host = batch_size // hosts
-  data_size = sharding.mesh.shape['data']
-  if batch_size % data_size:
-    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by the mesh data axis ({data_size})')
-  rows: dict[int, set] = {}
-  for device, index in sharding.devices_indices_map((batch_size,)).items():
-    start, stop, _ = index[0].indices(batch_size)
-    rows.setdefault(device.process_index, set()).update(range(start, stop))
-  for host, host_rows in sorted(rows.items()):
-    if len(host_rows) != per_host:
-      raise CompileCheckError(
-          f'host {host} holds {len(host_rows)} rows of the batch on its devices but loads {per_host}: the mesh '
-          f'{dict(sharding.mesh.shape)} spreads the data axis across hosts in a way the per-host input pipeline '
-          'cannot feed; change make_mesh.model or BATCH_SIZE')
-  return per_host
+    raise CompileCheckError(f'BATCH_SIZE={batch_size} is not divisible by the {hosts} hosts of the slice')
+  try:
+    first = min(d.process_index for d in sharding.mesh.devices.flat)
+    return data_layout.data_layout(sharding.mesh, batch_size, first).host_batch_size
+  except ValueError as e:
+    raise CompileCheckError(f'the mesh {dict(sharding.mesh.shape)} cannot be fed: {e}; change make_mesh.model or '
+                            'BATCH_SIZE') from e
 
 
 def per_device_bytes(tree: Any) -> int:

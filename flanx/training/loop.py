@@ -23,7 +23,7 @@ from flanx.interop import curves, load_params
 from flanx.model import peft as peft_lib
 from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, data_fingerprint, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
@@ -204,6 +204,8 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   run_checks.check_args(a, run_checks.TRAIN_ARG_RULES)
   data.import_task_modules(a['mixture_or_task_module'])
   run_checks.check_task_name(a['mixture_or_task_name'])
+  if a['use_cached_tasks']:
+    data.check_cached(a['mixture_or_task_name'], 'train')  # USE_CACHED_TASKS: every task's cache exists, now
   settings = DataSettings(a['mixture_or_task_name'], a['task_feature_lengths'], a['batch_size'], a['pack'],
                           a['shuffle'], a['data_seed'], a['use_cached_tasks'], peft_lib.prompt_length(config))
   start = start_step.plan_start(a['initial_checkpoint_path'], a['train_steps'], a['relative_steps'],
@@ -231,7 +233,8 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
                      else plan.start.schedule_offset)
   tx = plan.optimizer(schedule_offset) if schedule_offset else tx
-  iterator = data.CheckpointableIterator(plan.settings.dataset('train'))
+  layout = data_layout.data_layout(shardings.mesh, a['batch_size'])  # a replica set's hosts read the same rows
+  iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train', layout=layout), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
   meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
@@ -446,6 +449,7 @@ def _loop(state: steps.TrainState, train_step: Callable, iterator: data.Checkpoi
   finally:
     profiler.stop()
     preempted.uninstall()
+    iterator.close()  # now, not at interpreter exit (a Python-generator source can stall it there)
   return {'step': step, 'status': status, **{k: float(v) for k, v in metrics.items()}}
 
 
@@ -453,10 +457,11 @@ def _make_eval(config: T5Config, shardings: steps.Shardings, settings: DataSetti
                max_batches: int | None) -> Callable[[Any], dict[str, float]]:
   """Teacher-forced loss/accuracy over one pass of the eval split, batched as in training (packed)."""
   eval_step = steps.make_eval_step(config, shardings)
-  rows = settings.batch_size // jax.process_count()
+  layout = data_layout.data_layout(shardings.mesh, settings.batch_size)
+  rows = layout.host_batch_size
 
   def run(params) -> dict[str, float]:
-    ds = settings.dataset(split, shuffle=False, num_epochs=1, drop_remainder=False)
+    ds = settings.dataset(split, shuffle=False, num_epochs=1, drop_remainder=False, layout=layout)
     batches = ds.as_numpy_iterator()
     if max_batches is not None:
       batches = (b for i, b in zip(range(max_batches), batches))

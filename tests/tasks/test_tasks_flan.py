@@ -108,21 +108,32 @@ def test_source_rates_are_capped_proportions(registered):
                                                      for n in sizes.values())
 
 
-def test_one_epoch_holds_exactly_the_capped_counts(registered):
-  source = seqio.get_mixture_or_task('t_flan2022_flan2021_zs_opt').source
-  epoch0 = list(source.epoch(0))
-  assert collections.Counter(t for t, _, _ in epoch0) == {'anli': 5, 'boolq': 3, 'squad': 5}
-  assert list(source.epoch(0)) == epoch0  # seeded
-  assert set(list(source.epoch(1))) != set(epoch0)  # a fresh sample of capped tasks
-  # Through seqio: two epochs via repeat, each with the capped counts and its own sample.
+def test_each_epoch_holds_exactly_the_capped_counts(registered):
+  # Through seqio: three epochs, each with the capped counts and its own sample of the capped tasks.
   task = seqio.get_mixture_or_task('t_flan2022_flan2021_zs_opt')
   examples = [(ex['task_name'].decode(), ex['inputs_pretokenized'].decode()) for ex in
-              task.get_dataset(None, shuffle=False, num_epochs=2).as_numpy_iterator()]
-  first, second = examples[:13], examples[13:]
-  assert collections.Counter(t for t, _ in first) == {'anli': 5, 'boolq': 3, 'squad': 5}
-  assert collections.Counter(t for t, _ in second) == {'anli': 5, 'boolq': 3, 'squad': 5}
-  assert set(first) == {(t, i) for t, i, _ in epoch0}
-  assert set(second) != set(first)
+              task.get_dataset(None, shuffle=False, num_epochs=3).as_numpy_iterator()]
+  epochs = [examples[:13], examples[13:26], examples[26:]]
+  for epoch in epochs:
+    assert collections.Counter(t for t, _ in epoch) == {'anli': 5, 'boolq': 3, 'squad': 5}
+    assert len(set(epoch)) == 13  # no example twice within an epoch
+  assert len({frozenset(e) for e in epochs}) == 3  # fresh samples of the capped tasks
+  again = [(ex['task_name'].decode(), ex['inputs_pretokenized'].decode()) for ex in
+           task.get_dataset(None, shuffle=False, num_epochs=3).as_numpy_iterator()]
+  assert again == examples  # seeded
+
+
+def test_capping_is_a_uniform_exact_sample():
+  # cap_per_epoch on a synthetic task of 10 examples, cap 3: exactly 3 per epoch, each example about equally often
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  n, cap, epochs = 10, 3, 400
+  ds = tf.data.Dataset.from_tensor_slices({'task_name': ['t'] * n, 'task_size': [n] * n,
+                                           'task_ordinal': list(range(n))})
+  kept = [int(ex['task_ordinal']) for ex in flan.cap_per_epoch(ds, cap, 7, epochs).as_numpy_iterator()]
+  assert len(kept) == cap * epochs
+  frequency = collections.Counter(kept)
+  assert set(frequency) == set(range(n))
+  assert all(abs(f - cap * epochs / n) < 45 for f in frequency.values()), frequency  # 120 +- 5 sigma
 
 
 def test_mixture_rates_equal_hand_computation(registered):
@@ -189,7 +200,7 @@ def test_bad_flan_records(tmp_path):
                                  on_error='skip')
     counts, report = source.scan()
     assert counts == {'anli': 3} and dict(report.skipped) == {kind: 1}
-    assert len(list(source.epoch(0))) == 3
+    assert len(list(source.read_file(0))) == 3
 
 
 def test_unconfigured_pattern_is_a_clear_error(monkeypatch):

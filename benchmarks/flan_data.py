@@ -1,0 +1,122 @@
+"""The Flan input pipeline at a realistic size (issue 23): cache build, first batch, memory, throughput, resume.
+
+  python -m benchmarks.flan_mirror /tmp/flan --rows 304000           # the folder (Open-Orca layout)
+  FLANX_VOCAB=<spm model> python -m benchmarks.flan_data /tmp/flan --work /tmp/flan_bench --resume_steps 100,1000
+
+Reports, for flan2022_submix at 1024/256 packed, batch 16 (this host's share; one process):
+- cache build time with seqio's cache script on the DirectRunner (rows/s), unless --skip_cache;
+- for the uncached and the cached pipeline: time to the first batch, the process RSS after it and at the end, and
+  examples/s (packed rows/s and examples/s per core) over --batches batches;
+- resume after N batches for each N in --resume_steps: time from a new iterator to its first batch (the position
+  restored, or the pipeline rebuilt and replayed), and whether the next batches equal the straight run's.
+The data path only: model compile and step time are measured by the train benchmarks. Run it on a quiet machine
+(record `uptime` and `lscpu` with the numbers in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+LENGTHS = {'inputs': 1024, 'targets': 256}
+
+
+def rss_gb() -> float:
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build_cache(folder: pathlib.Path, cache: pathlib.Path) -> dict:
+  env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
+  start = time.perf_counter()
+  subprocess.run([sys.executable, '-m', 'seqio.scripts.cache_tasks_main', '--module_import=tasks.flan',
+                  '--tasks=flan2022_.*', f'--output_cache_dir={cache}',
+                  f'--pipeline_options=--runner=DirectRunner,--direct_num_workers={os.cpu_count()},'
+                  '--direct_running_mode=multi_processing'], env=env, check=True)
+  seconds = time.perf_counter() - start
+  rows = sum(json.loads(p.read_text())['examples'] for p in cache.glob('flan2022_*/stats.train.json'))
+  size = sum(p.stat().st_size for p in cache.rglob('*') if p.is_file())
+  return {'cache_seconds': seconds, 'cache_rows': rows, 'cache_rows_per_s': rows / seconds, 'cache_gb': size / 1e9}
+
+
+def pipeline(batch_size: int, cached: bool):
+  from flanx.training import data  # pylint: disable=g-import-not-at-top
+  return lambda: data.get_dataset('flan2022_submix', LENGTHS, 'train', batch_size, shuffle=True, pack=True,
+                                  use_cached=cached)
+
+
+def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int], work: pathlib.Path) -> dict:
+  from flanx.training import data  # pylint: disable=g-import-not-at-top
+  make = pipeline(batch_size, cached)
+  start = time.perf_counter()
+  iterator = data.CheckpointableIterator(make, log=lambda m: None)
+  straight = [next(iterator)]
+  first = time.perf_counter() - start
+  rss_first = rss_gb()
+  start = time.perf_counter()
+  examples = 0
+  for _ in range(batches):
+    batch = next(iterator)
+    examples += int(np.sum(batch['decoder_segment_ids'].max(axis=1)))  # packed examples in the batch
+  seconds = time.perf_counter() - start
+  out = {'first_batch_s': first, 'rss_gb_first': rss_first, 'rss_gb_end': rss_gb(),
+         'rows_per_s': batches * batch_size / seconds, 'examples_per_s': examples / seconds,
+         'examples_per_s_per_core': examples / seconds / os.cpu_count()}
+  iterator.close()
+  for n in resume_steps:
+    iterator = data.CheckpointableIterator(make, log=lambda m: None)
+    for _ in range(n):
+      next(iterator)
+    prefix = str(work / f'{"cached" if cached else "uncached"}_{n}' / 'checkpoint' / 'process_0')
+    saved = iterator.save(prefix)
+    expected = [next(iterator) for _ in range(3)]
+    iterator.close()
+    start = time.perf_counter()
+    resumed = data.CheckpointableIterator(make, log=lambda m: None)
+    resumed.restore(prefix, n)
+    got = [next(resumed) for _ in range(3)]
+    out[f'resume_{n}_s'] = time.perf_counter() - start
+    out[f'resume_{n}_position_saved'] = saved
+    out[f'resume_{n}_equal'] = all(np.array_equal(a[k], b[k]) for a, b in zip(expected, got) for k in a)
+    resumed.close()
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('folder', type=pathlib.Path)
+  parser.add_argument('--work', type=pathlib.Path, required=True)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--batches', type=int, default=200)
+  parser.add_argument('--resume_steps', default='100,1000')
+  parser.add_argument('--skip_cache', action='store_true')
+  args = parser.parse_args()
+  os.environ['FLANX_FLAN_DATA'] = str(args.folder)
+  cache = args.work / 'cache'
+  os.environ['FLANX_TASK_CACHE_DIRS'] = str(cache)
+  steps = [int(s) for s in args.resume_steps.split(',') if s]
+  result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count()}
+  if not args.skip_cache:
+    result.update(build_cache(args.folder, cache))
+  import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers flan2022_submix)
+  for cached in (False, True):
+    if cached and not (cache / 'flan2022_flan2021_zs_opt' / 'COMPLETED').exists():
+      continue
+    result['cached' if cached else 'uncached'] = measure(args.batch_size, args.batches, cached, steps, args.work)
+    print(json.dumps(result, indent=1), flush=True)
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+  main()
