@@ -23,7 +23,7 @@ def _train_args(model_dir) -> list[str]:
           f'--gin.CHECKPOINT_PERIOD={PERIOD}', f'--gin.EVAL_PERIOD={PERIOD}', f'--gin.BATCH_SIZE={BATCH}',
           '--gin.NUM_MICROBATCHES=2', "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
           f'--gin.train.eval_batches={EVAL_BATCHES}', '--gin.train.progress_bar=False',
-          '--gin.train.truncation_examples=0',
+          '--gin.train.truncation_examples=0', '--gin.train.log_every=5',
           f"--gin.train.keep_best={{'metric': ('{BLEU}', '{ACCURACY}'), 'mode': 'max', 'keep': {KEEP}}}",
           '--gin.LEARNING_RATE=0.05'
           ] + ['--gin.' + b.replace(' = ', '=') for b in TINY_MODEL]
@@ -43,7 +43,9 @@ def _not_blank(path) -> None:
 @pytest.mark.slow
 def test_keep_best_eval_every_checkpoint_export_best(tmp_path):
   run = tmp_path / 'run'
-  killed = _run([sys.executable, str(TESTS / 'crash_launcher.py'), 'mid_step', '20', '--'] + _train_args(run))
+  # Killed at step 15, between checkpoints 10 and 20 (a kill on a checkpoint step would wait for that checkpoint,
+  # which is saved after the step's metrics: crash_launcher's 10-minute wait, then the same kill).
+  killed = _run([sys.executable, str(TESTS / 'crash_launcher.py'), 'mid_step', '15', '--'] + _train_args(run))
   assert killed.returncode == -9, killed.stderr[-3000:]
   resumed = _run([sys.executable, '-m', 'flanx.train'] + _train_args(run))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
