@@ -50,11 +50,26 @@ def install() -> bool:
   signal.signal(signal.SIGTERM, _on_signal)
   if sys.excepthook is sys.__excepthook__:  # an abort while still importing: one line, not a traceback
     sys.excepthook = _one_line_abort
+  if not getattr(sys.unraisablehook, 'flanx_stop_signal', False):
+    sys.unraisablehook = _quiet_swallowed_abort(sys.unraisablehook)
   current = signal.getsignal(signal.SIGINT)
   if current is not _on_signal:
     _previous_sigint[0] = current
     signal.signal(signal.SIGINT, _on_signal)
   return True
+
+
+def _quiet_swallowed_abort(previous):
+  """A second Ctrl-C that lands in a callback Python cannot raise from (jax's gc hook) is 'ignored' with a
+  printed traceback; the abort is already recorded (_aborted) and happens at the next check, so print nothing."""
+
+  def hook(unraisable) -> None:
+    if isinstance(unraisable.exc_value, SecondInterrupt):
+      return
+    previous(unraisable)
+
+  hook.flanx_stop_signal = True
+  return hook
 
 
 def _one_line_abort(kind, value, traceback) -> None:

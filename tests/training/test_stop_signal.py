@@ -3,6 +3,7 @@ to whoever handled it before (a notebook, Python's default). Real signals sent t
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -57,3 +58,21 @@ def test_a_swallowed_second_ctrl_c_still_aborts_at_the_next_check(handlers):
     pass  # as if a gc callback had swallowed it
   with pytest.raises(stop_signal.SecondInterrupt):
     runtime.PreemptionFlag().is_set()
+
+
+def test_a_second_ctrl_c_swallowed_in_a_gc_callback_prints_no_traceback(handlers, capsys):
+  import types  # pylint: disable=g-import-not-at-top
+  previous, seen = sys.unraisablehook, []
+  try:
+    sys.unraisablehook = lambda unraisable: seen.append(unraisable.exc_value)  # whoever handled them before
+    stop_signal.install()
+    swallowed = types.SimpleNamespace(exc_type=stop_signal.SecondInterrupt, exc_value=stop_signal.SecondInterrupt('x'),
+                                      exc_traceback=None, err_msg='Exception ignored in', object=None)
+    sys.unraisablehook(swallowed)
+    assert capsys.readouterr().err == ''
+    other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError('kept'), exc_traceback=None,
+                                  err_msg='Exception ignored in', object=None)
+    sys.unraisablehook(other)
+    assert seen == [other.exc_value]  # anything else still reaches the previous hook
+  finally:
+    sys.unraisablehook = previous
