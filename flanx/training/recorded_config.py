@@ -1,8 +1,9 @@
 """A config recorded in a checkpoint (meta `config_gin`, MODEL_DIR/config.gin) is data, never code.
 
 Commands that describe a checkpoint by the config it was written with (`flanx.export`) read it through `apply`,
-which keeps only what describes the model and its vocabulary: bindings of `train`, `T5Config`, `LoraConfig`,
-`PromptConfig`, the learning-rate schedules and optimizers (for the model card), `get_vocabulary`, and macros,
+which keeps only what describes the model and its vocabulary: bindings of `train`, `T5Config`, the PEFT method
+configs (`LoraConfig`, `PromptConfig`, `PrefixConfig`, `IA3Config`), the learning-rate schedules and optimizers
+(for the model card), `get_vocabulary`, and macros,
 whose values may refer to no other configurables. Everything else is left out: `import` lines (the configurables
 above are registered by importing flanx's own modules here), `include`s, dynamic registration, and any binding
 of how the command itself behaves (`export_checkpoint.overwrite`, output paths, verification). Command-line
@@ -21,8 +22,9 @@ import gin
 from gin import config_parser
 
 # Configurables a recorded config may bind or refer to: the model, its vocabulary, how it was trained (card).
-DESCRIBING = ('train', 'T5Config', 'LoraConfig', 'PromptConfig', 'constant', 'linear_warmup', 'rsqrt_decay',
-              'adafactor', 'adamw_optimizer', 'get_vocabulary')
+DESCRIBING = ('train', 'T5Config', 'LoraConfig', 'PromptConfig', 'PrefixConfig', 'IA3Config', 'constant',
+              'linear_warmup', 'rsqrt_decay', 'warmup_cosine_decay', 'adafactor', 'adamw_optimizer', 'adam_optimizer',
+              'lion_optimizer', 'get_vocabulary')
 # What registers them (flanx's own code; imported here, never by the recorded text).
 _REGISTERING = ('flanx.model.config', 'flanx.model.peft', 'flanx.training.schedules', 'flanx.training.adafactor',
                 'flanx.training.optimizer', 'flanx.training.loop', 'tasks.vocab')

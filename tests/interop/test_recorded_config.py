@@ -123,3 +123,10 @@ def test_the_command_line_wins_and_a_recorded_task_module_is_not_imported(run, t
                  '--handler=false', '--vocab=byte', '--gin.T5Config.d_model=32') == 0
   assert json.loads((tmp_path / 'out' / 'config.json').read_text())['d_model'] == 32
   assert not marker.exists()
+
+
+def test_every_peft_method_config_may_be_recorded():
+  from flanx.model import peft  # pylint: disable=g-import-not-at-top
+  from flanx.training import recorded_config  # pylint: disable=g-import-not-at-top
+  for method in peft.METHODS.values():  # an export of that method's run needs its settings (e.g. prefix length)
+    assert method.__name__ in recorded_config.DESCRIBING, method.__name__

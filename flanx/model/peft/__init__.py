@@ -5,7 +5,8 @@ implements `Method` (method.py): which params it adds and trains, how they start
 (a projection, the encoder's input embeddings, the decoder's self-attention keys), how it exports to and reads
 from a Hugging Face `peft` folder, and whether it merges into the weights. A run picks one with the macro
 `PEFT = '<name>'`, which puts the method's config (default bindings) into the T5Config field of the same name.
-Adding a method: its module, an entry in METHODS below and that T5Config field.
+Adding a method: its module, an entry in METHODS below and that T5Config field (and its config's name in
+flanx.training.recorded_config.DESCRIBING, so an export reads it from the recorded config; a test checks).
 
 Everything else (network, steps, trainer, inference, export) calls the hooks of `method(config)` without asking
 which method it is; with no method the hooks leave the model as it is (full fine-tuning).
