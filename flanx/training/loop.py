@@ -243,6 +243,12 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
   return state, tx, iterator, resumed, meta
 
 
+def _evaluates(eval_period: int, step: int, train_steps: int) -> bool:
+  """Whether an eval step falls in (step, train_steps]: only then is the eval set up (reading the eval split; a
+  short run on a small file may have none, and a run that never evaluates must not need one)."""
+  return bool(eval_period) and (step // eval_period + 1) * eval_period <= train_steps
+
+
 def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: steps.Shardings,
                 iterator: data.CheckpointableIterator, saver: '_Saver', writer: MetricsWriter,
                 clock: goodput.RunClock, profiler: profiling.Profiler) -> dict:
@@ -253,7 +259,7 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
                                      inject_nan_at_step=a['inject_nan_at_step'])
   eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
                                       inference_eval.from_arguments(config, shardings, a), writer.log)
-             if a['eval_period'] else None)
+             if _evaluates(a['eval_period'], int(state.step), plan.train_steps) else None)
   lengths = (plan.settings.task_feature_lengths['inputs'], plan.settings.task_feature_lengths['targets'])
   timing = train_metrics.IntervalMetrics(config, plan.settings.batch_size, lengths, plan.schedule)
   periods = {'train_steps': plan.train_steps, 'log_every': a['log_every'], 'eval_period': a['eval_period'],
