@@ -219,3 +219,36 @@ def test_storage_callbacks_after_a_failed_save_are_quiet_other_unraisable_errors
   assert storage_callbacks.quiet() and sys.unraisablehook is not record  # what every command line installs
   storage_callbacks.unquiet()
   assert sys.unraisablehook is record
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_tensorboard_stops_the_run_instead_of_hanging(tmp_path, monkeypatch):
+  """TensorBoard's writer thread dies on the full disk; tensorboardX then blocks each write once its queue is full
+  (forever: nothing drains it). The next write must stop the run with one line."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+  from flanx.training import metrics_writer  # pylint: disable=g-import-not-at-top
+  writer = metrics_writer.MetricsWriter(str(tmp_path / 'run'), progress=False)
+
+  def full(self, event):  # pylint: disable=unused-argument
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(event_file_writer.EventsWriter, 'write_event', full)
+  outcome = []
+
+  def steps():
+    try:
+      for step in range(1, 50):
+        writer.write(step, {f'metric_{i}': 1.0 for i in range(12)})
+        time.sleep(0.02)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append(e)
+
+  runner = threading.Thread(target=steps, daemon=True)
+  runner.start()
+  runner.join(timeout=30)
+  assert not runner.is_alive(), 'write() blocked on TensorBoard\'s full queue'
+  assert len(outcome) == 1 and type(outcome[0]).__name__ == 'CheckpointWriteError', outcome
+  assert f'writing {tmp_path}/run failed: No space left on device' in str(outcome[0])
+  writer.close(after_error=True)
