@@ -118,6 +118,11 @@ def _chain(error: BaseException) -> list[BaseException]:
   return out
 
 
+def one_line(error: BaseException | str) -> str:
+  """The message of `error` on one line, without gin's 'In call to configurable' lines."""
+  return _text(error)
+
+
 def _text(error: BaseException | str) -> str:
   """The message on one line (gin and TensorFlow messages span several), shortened when huge."""
   text = str(error)
@@ -190,6 +195,8 @@ def run(main: Callable[[], int | None], run_dir: Callable[[], str | None] | None
   """Calls a command's `main()` and turns an exception into one line on stderr and an exit code (2: user
   error, 1: anything else). `run_dir()` names the command's run folder, for errors.log (None: no log)."""
   show = verbose()
+  from flanx.training import storage_callbacks  # pylint: disable=g-import-not-at-top  (stdlib only)
+  storage_callbacks.quiet()  # a failed checkpoint read or write: its error is the one line, not 10-100 tracebacks
   try:
     return main() or 0
   except KeyboardInterrupt:

@@ -17,7 +17,7 @@ if __name__ == '__main__':
   aot.restart_with_compiler_stack(sys.argv[1:])
   stop_signal.install()
 
-from flanx import gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
+from flanx import cli_errors, gin_config as gin_utils  # noqa: E402  pylint: disable=g-import-not-at-top
 from flanx.training import checkpoints, run_checks, run_lease, runtime, loop as trainer  # noqa: E402
 
 
@@ -29,11 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     result = gin_utils.run(trainer.train, __doc__.splitlines()[0], argv, [aot.flag_parser()])
   except (trainer.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:
-    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    print(f'ERROR: {cli_errors.one_line(e)}', file=sys.stderr, flush=True)
     return 1
   except (gin_utils.GinConfigError, run_checks.RunConfigError, run_lease.LeaseHeldError,
           checkpoints.CheckpointRestoreError) as e:  # bad settings or a busy/damaged run folder: one message
-    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    print(f'ERROR: {cli_errors.one_line(e)}', file=sys.stderr, flush=True)
     return 2
   except stop_signal.SecondInterrupt:
     print(stop_signal.ABORT_MESSAGE, file=sys.stderr, flush=True)
@@ -44,7 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  from flanx import cli_errors  # pylint: disable=g-import-not-at-top
   _code = cli_errors.run(main, run_dir=lambda: gin_utils.gin_value('train.model_dir'))
   if _code == 1:  # a failed write (disk full) leaves storage threads (orbax, tensorstore) failing in the background:
     sys.stdout.flush()  # the run already stopped, released its lease and said why; do not wait for them or let

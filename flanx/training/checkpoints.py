@@ -26,7 +26,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from flanx.training import checksums, keep_best as keep_best_lib, run_folder
+from flanx.training import checksums, keep_best as keep_best_lib, run_folder, storage_callbacks
 
 PyTree = Any
 _PREFIX = 'checkpoint'
@@ -83,6 +83,7 @@ class RunCheckpoints:
     self._failed = False  # a save failed: the run is stopping
     for name in _NOISY_LOGGERS:  # a failed save is reported once, by _wait
       logging.getLogger(name).addFilter(_QUIET_STORAGE_ERRORS)
+    self._quieted = storage_callbacks.quiet()  # and so are its writer threads' late callbacks
     self._manager = ocp.CheckpointManager(_local_or_remote(model_dir), options=options, item_names=('params', 'opt_state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -101,19 +102,33 @@ class RunCheckpoints:
         data_iterator.save(_data_state_prefix(self.model_dir, step))
       except (OSError, tf.errors.OpError) as e:  # disk full: one line, and no partial position left behind
         self._failed = True
-        folder = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
-        if tf.io.gfile.isdir(folder):
-          tf.io.gfile.rmtree(folder)
-        raise run_folder.write_failed(folder, e, self._stopped(step)) from e
+        error = run_folder.write_failed(os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}'), e,
+                                        self._stopped(step))  # the free space when it failed, then clean up
+        self._drop_data_state(step)
+        raise error from e
     try:
       self._manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
           meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save)
       self._failed = True
-      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
+      error = run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step))
+      self._drop_data_state(step)  # written before the failed save: no position without its checkpoint
+      raise error from e
     self._pending, self._pending_since = step, started
     self._prune_data_states(keep_from=min(self._manager.all_steps() + [step]))
+
+  def _drop_data_state(self, step: int | None) -> None:
+    """Deletes the data position of a save that failed (best effort: the storage may be failing)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    folder = os.path.join(self.model_dir, 'data_state', f'{_PREFIX}_{step}')
+    if step is None or jax.process_index() != 0 or step in self._manager.all_steps():
+      return
+    try:
+      if tf.io.gfile.isdir(folder):
+        tf.io.gfile.rmtree(folder)
+    except (OSError, tf.errors.OpError):
+      pass
 
   def _prune_data_states(self, keep_from: int) -> None:
     """Drops data positions of checkpoints orbax no longer keeps (older than the oldest kept step)."""
@@ -136,7 +151,9 @@ class RunCheckpoints:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       self._failed = True
-      raise run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step)) from e
+      error = run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step))
+      self._drop_data_state(step)  # written before the failed save: no position without its checkpoint
+      raise error from e
     if step is not None and self.on_saved is not None:
       self.on_saved(step, time.perf_counter() - self._pending_since)
     if step is not None and self.keep_best is not None:
@@ -271,6 +288,8 @@ class RunCheckpoints:
     self._manager.close()
     for name in _NOISY_LOGGERS:
       logging.getLogger(name).removeFilter(_QUIET_STORAGE_ERRORS)
+    if self._quieted:
+      storage_callbacks.unquiet()
 
 
 def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:

@@ -151,9 +151,13 @@ class RunClock:
     if self._path is None or not runtime.is_first_host():
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
-    with tf.io.gfile.GFile(self._path + '.tmp', 'w') as f:
-      f.write(json.dumps(run or self.summary(), indent=1) + '\n')
-    tf.io.gfile.rename(self._path + '.tmp', self._path, overwrite=True)
+    try:
+      with tf.io.gfile.GFile(self._path + '.tmp', 'w') as f:
+        f.write(json.dumps(run or self.summary(), indent=1) + '\n')
+      tf.io.gfile.rename(self._path + '.tmp', self._path, overwrite=True)
+    except (OSError, tf.errors.OpError) as e:  # disk full: the one line every failed write gives
+      from flanx.training import run_folder  # pylint: disable=g-import-not-at-top
+      raise run_folder.write_failed(self._path, e) from e
 
   def finish(self) -> dict[str, Any]:
     """Stops listening; once attached, saves the totals and logs the table of this start and of the whole run."""

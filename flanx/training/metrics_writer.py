@@ -41,7 +41,9 @@ class MetricsWriter:
       if resume_step is not None:
         _truncate_jsonl(jsonl, resume_step)
       # purge_step: TensorBoard hides events at or after it from earlier event files (a resumed run's repeats).
-      self._tb = SummaryWriter(os.path.join(model_dir, name),
+      # max_queue: tensorboardX's put blocks once its queue is full, forever if its writer thread died (a full
+      # disk); with room for many steps, the next write() sees that death and stops the run with one line.
+      self._tb = SummaryWriter(os.path.join(model_dir, name), max_queue=_TENSORBOARD_QUEUE,
                                purge_step=None if resume_step is None else resume_step + 1)
       self._jsonl = tf.io.gfile.GFile(jsonl, 'a')
     if progress and total_steps is not None and _is_terminal(sys.stderr):  # where tqdm draws
@@ -113,6 +115,7 @@ def _ignore_errors(fn):
   return call
 
 
+_TENSORBOARD_QUEUE = 1000  # events (one per scalar) waiting for TensorBoard's writer thread
 _tensorboard_errors: list[BaseException] = []  # storage errors that ended a TensorBoard writer thread
 
 

@@ -165,3 +165,90 @@ def test_a_full_disk_under_the_data_position_keeps_the_previous_checkpoint(tmp_p
   ckpts.close()
   assert not (tmp_path / 'data_state' / 'checkpoint_2').exists()  # no partial position left behind
   assert checkpoints.RunCheckpoints(str(tmp_path)).latest_step() == 1
+
+
+def _late_tensorstore_callbacks(folder) -> None:
+  """Real TensorStore writes whose asyncio loop closes before they finish (what a failed orbax save leaves): each
+  finished write then tries to hand its result to the closed loop from TensorStore's own thread."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  loop = asyncio.new_event_loop()
+
+  async def start():
+    store = await ts.KvStore.open({'driver': 'file', 'path': f'{folder}/'})
+    writes = [store.write(f'k{i}', b'x' * 10000) for i in range(20)]
+    for write in writes:
+      asyncio.ensure_future(write)
+    return writes
+
+  writes = loop.run_until_complete(start())
+  loop.close()
+  for write in writes:
+    write.result()
+
+
+def test_storage_callbacks_after_a_failed_save_are_quiet_other_unraisable_errors_are_not(tmp_path, monkeypatch):
+  import gc  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from flanx.training import checkpoints, storage_callbacks  # pylint: disable=g-import-not-at-top
+  reported = []
+
+  def record(unraisable):
+    reported.append(unraisable.exc_value)
+
+  monkeypatch.setattr(sys, 'unraisablehook', record)
+  _late_tensorstore_callbacks(tmp_path / 'a')
+  time.sleep(0.2)
+  assert any(str(e) == 'Event loop is closed' for e in reported)  # what used to print a traceback each
+  reported.clear()
+
+  ckpts = checkpoints.RunCheckpoints(str(tmp_path / 'run'))
+  _late_tensorstore_callbacks(tmp_path / 'b')
+  time.sleep(0.2)
+
+  class Broken:
+    def __del__(self):
+      raise RuntimeError('Event loop is closed')  # the same message from Python code: not a storage callback
+
+  Broken()
+  gc.collect()
+  assert [str(e) for e in reported] == ['Event loop is closed']  # only Broken's
+  ckpts.close()
+  assert sys.unraisablehook is record  # closed without a failed save: the previous hook is back
+  assert storage_callbacks.quiet() and sys.unraisablehook is not record  # what every command line installs
+  storage_callbacks.unquiet()
+  assert sys.unraisablehook is record
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_tensorboard_stops_the_run_instead_of_hanging(tmp_path, monkeypatch):
+  """TensorBoard's writer thread dies on the full disk; tensorboardX then blocks each write once its queue is full
+  (forever: nothing drains it). The next write must stop the run with one line."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+  from flanx.training import metrics_writer  # pylint: disable=g-import-not-at-top
+  writer = metrics_writer.MetricsWriter(str(tmp_path / 'run'), progress=False)
+
+  def full(self, event):  # pylint: disable=unused-argument
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(event_file_writer.EventsWriter, 'write_event', full)
+  outcome = []
+
+  def steps():
+    try:
+      for step in range(1, 50):
+        writer.write(step, {f'metric_{i}': 1.0 for i in range(12)})
+        time.sleep(0.02)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append(e)
+
+  runner = threading.Thread(target=steps, daemon=True)
+  runner.start()
+  runner.join(timeout=30)
+  assert not runner.is_alive(), 'write() blocked on TensorBoard\'s full queue'
+  assert len(outcome) == 1 and type(outcome[0]).__name__ == 'CheckpointWriteError', outcome
+  assert f'writing {tmp_path}/run failed: No space left on device' in str(outcome[0])
+  writer.close(after_error=True)
