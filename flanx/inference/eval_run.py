@@ -43,9 +43,18 @@ def _gfile():
 def targets(checkpoint_path: str, mode: str, output_dir: str | None, split: str, wait_timeout: float = 3600.0,
             poll_seconds: float = 30.0, log: Callable[[str], None] = print,
             sleep: Callable[[float], None] = time.sleep) -> Iterator[Target]:
-  """The checkpoints to evaluate, in order (see the module doc)."""
+  """The checkpoints to evaluate, in order (see the module doc); a bad mode or a missing path fails here, before
+  the caller builds anything."""
   if mode not in MODES:
     raise ValueError(f'evaluate.checkpoints={mode!r}: expected one of {MODES}')
+  if mode != 'wait' and not _gfile().exists(checkpoint_path):  # nothing to evaluate: an error, never an empty result
+    raise FileNotFoundError(f'{checkpoint_path} does not exist (CHECKPOINT_PATH: a flanx run or checkpoint folder, '
+                            'a Hugging Face folder or a t5x checkpoint)')
+  return _targets(checkpoint_path, mode, output_dir, split, wait_timeout, poll_seconds, log, sleep)
+
+
+def _targets(checkpoint_path: str, mode: str, output_dir: str | None, split: str, wait_timeout: float,
+             poll_seconds: float, log: Callable[[str], None], sleep: Callable[[float], None]) -> Iterator[Target]:
   if mode != 'wait' and not checkpoints.is_flanx_checkpoint(checkpoint_path):  # a Hugging Face or t5x folder
     if mode != 'newest':
       raise ValueError(f'evaluate.checkpoints={mode!r} evaluates the checkpoints of a flanx run folder; '
