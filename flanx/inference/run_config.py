@@ -24,9 +24,11 @@ from typing import Any, Callable, Sequence
 import gin
 
 from flanx import gin_config
+from flanx.training import recorded_config
 
-MODEL_CONFIGURABLES = ('T5Config', 'LoraConfig', 'PromptConfig')
-_REFERENCES = ('@LoraConfig()', '@PromptConfig()')
+# The model configs a record may describe: the same list export reads (recorded_config), so every PEFT method counts.
+MODEL_CONFIGURABLES = recorded_config.MODEL_CONFIGS
+_REFERENCES = tuple(f'@{name}()' for name in MODEL_CONFIGURABLES if name != 'T5Config')
 _STATEMENT = re.compile(r'^([A-Za-z_][\w./]*)\s*=\s*(.*)$')
 
 

@@ -22,9 +22,10 @@ import gin
 from gin import config_parser
 
 # Configurables a recorded config may bind or refer to: the model, its vocabulary, how it was trained (card).
-DESCRIBING = ('train', 'T5Config', 'LoraConfig', 'PromptConfig', 'PrefixConfig', 'IA3Config', 'constant',
-              'linear_warmup', 'rsqrt_decay', 'warmup_cosine_decay', 'adafactor', 'adamw_optimizer', 'adam_optimizer',
-              'lion_optimizer', 'get_vocabulary')
+# The model: T5Config and the PEFT method configs (flanx.model.peft.METHODS; a test keeps the two in step).
+MODEL_CONFIGS = ('T5Config', 'LoraConfig', 'PromptConfig', 'PrefixConfig', 'IA3Config')
+DESCRIBING = ('train', *MODEL_CONFIGS, 'constant', 'linear_warmup', 'rsqrt_decay', 'warmup_cosine_decay', 'adafactor',
+              'adamw_optimizer', 'adam_optimizer', 'lion_optimizer', 'get_vocabulary')
 # What registers them (flanx's own code; imported here, never by the recorded text).
 _REGISTERING = ('flanx.model.config', 'flanx.model.peft', 'flanx.training.schedules', 'flanx.training.adafactor',
                 'flanx.training.optimizer', 'flanx.training.loop', 'tasks.vocab')

@@ -128,5 +128,6 @@ def test_the_command_line_wins_and_a_recorded_task_module_is_not_imported(run, t
 def test_every_peft_method_config_may_be_recorded():
   from flanx.model import peft  # pylint: disable=g-import-not-at-top
   from flanx.training import recorded_config  # pylint: disable=g-import-not-at-top
-  for method in peft.METHODS.values():  # an export of that method's run needs its settings (e.g. prefix length)
+  for method in peft.METHODS.values():  # export, eval and infer of that method's run need its settings (prefix length)
     assert method.__name__ in recorded_config.DESCRIBING, method.__name__
+    assert method.__name__ in recorded_config.MODEL_CONFIGS, method.__name__  # what eval/infer fill (run_config)
