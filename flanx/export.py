@@ -87,18 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not flags.checkpoint_dir:
       raise SystemExit('--checkpoint_dir is required (or give --gin_file with export_checkpoint.checkpoint_dir)')
     checkpoint_path, run_dir, _ = checkpoints.locate(flags.checkpoint_dir)
-    config_gin = os.path.join(run_dir, 'config.gin')
-    recorded = checkpoints.saved_config(checkpoint_path)  # the config this checkpoint was written with
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
-    if recorded is None and not tf.io.gfile.exists(config_gin):
-      raise SystemExit(f'{config_gin} not found: pass the model config with --gin_file=models/….gin '
-                       '(and --vocab)')
-    if recorded is None:  # MODEL_DIR/config.gin describes the newest start, which may differ
-      with tf.io.gfile.GFile(config_gin) as f:
-        recorded, source = f.read(), config_gin
-    else:
-      source = f'{checkpoint_path}/meta'
-    recorded_config.apply(recorded, source)  # data: describes the model and vocabulary, runs no code
+    recorded = checkpoints.recorded_config(checkpoint_path)  # the config this checkpoint was written with
+    if recorded is None:
+      raise SystemExit(f'{os.path.join(run_dir, "config.gin")} not found: pass the model config with '
+                       '--gin_file=models/….gin (and --vocab)')
+    recorded_config.apply(*recorded)  # data: describes the model and vocabulary, runs no code
     gin_config.parse_gin([], bindings, args.gin_search_paths, finalize=False)  # the command line wins
   overrides = {k: v for k, v in vars(flags).items() if v is not None and k != 'allow_unverified'}
   path = hf_export.export_checkpoint(**overrides, selection=selection)

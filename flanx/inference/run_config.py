@@ -17,7 +17,6 @@ be named on the command line). Nothing in it sets how the command behaves (outpu
 from __future__ import annotations
 
 import ast
-import os
 import re
 from typing import Any, Callable, Sequence
 
@@ -69,13 +68,8 @@ def recorded_config(checkpoint_path: str) -> str | None:
   from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
   if not checkpoint_path or not isinstance(checkpoint_path, str) or not checkpoints.is_flanx_checkpoint(checkpoint_path):
     return None
-  checkpoint, run_dir, _ = checkpoints.locate(checkpoint_path)
-  text = checkpoints.read_meta(checkpoint).get('config_gin')
-  if text is None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    path = os.path.join(run_dir, 'config.gin')
-    text = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else None
-  return text
+  recorded = checkpoints.recorded_config(checkpoint_path)
+  return recorded[0] if recorded else None
 
 
 def _unset(value: Any) -> bool:

@@ -355,6 +355,21 @@ def saved_config(path: str) -> str | None:
   return read_meta(locate(path)[0]).get('config_gin')
 
 
+def recorded_config(path: str) -> tuple[str, str] | None:
+  """(text, where) of the config a checkpoint (run folder: newest) recorded: its own, else the run's config.gin
+  (which describes the newest start, and may differ); None if neither exists. Data only: see recorded_config.py."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
+  checkpoint, run_dir, _ = locate(path)
+  text = read_meta(checkpoint).get('config_gin')
+  if text is not None:
+    return text, f'{checkpoint}/meta'
+  config_gin = os.path.join(run_dir, 'config.gin')
+  if not tf.io.gfile.exists(config_gin):
+    return None
+  with tf.io.gfile.GFile(config_gin) as f:
+    return f.read(), config_gin
+
+
 def locate(path: str) -> tuple[str, str, int]:
   """(checkpoint_<step> folder, run folder, step) for a run folder (newest step) or one checkpoint folder."""
   import tensorflow as tf  # gfile: local or gs://
