@@ -48,13 +48,15 @@ def _filtered_stderr():
 class _Loader(importlib.abc.Loader):
   """The tensorflow package's own loader, executed with stderr filtered."""
 
-  def __init__(self, loader):
-    self._loader = loader
+  def __init__(self, loader, finder):
+    self._loader, self._finder = loader, finder
 
   def create_module(self, spec):
     return self._loader.create_module(spec)
 
   def exec_module(self, module):
+    with contextlib.suppress(ValueError):  # the import happens now: the finder's work is done
+      sys.meta_path.remove(self._finder)
     module.__loader__ = module.__spec__.loader = self._loader  # later users see TensorFlow's own loader
     with _filtered_stderr():
       self._loader.exec_module(module)
@@ -64,16 +66,21 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-  """Wraps the loader of the first `import tensorflow`, then leaves sys.meta_path."""
+  """Wraps the loader of the first `import tensorflow`; leaves sys.meta_path when that import runs (not on a
+  mere look-up: libraries probe `importlib.util.find_spec('tensorflow')` long before anything imports it)."""
+
+  _looking = False  # inside our own look-up: let the other finders answer
 
   def find_spec(self, name, path=None, target=None):
-    if name != 'tensorflow':
+    if name != 'tensorflow' or self._looking:
       return None
-    with contextlib.suppress(ValueError):
-      sys.meta_path.remove(self)
-    spec = importlib.util.find_spec(name)
+    self._looking = True
+    try:
+      spec = importlib.util.find_spec(name)
+    finally:
+      self._looking = False
     if spec is not None and spec.loader is not None:
-      spec.loader = _Loader(spec.loader)
+      spec.loader = _Loader(spec.loader, self)
     return spec
 
 
