@@ -8,8 +8,11 @@ Reports, for flan2022_submix at 1024/256 packed, batch 16 (this host's share; on
 - for the uncached and the cached pipeline: time to the first batch, the process RSS after it and at the end, and
   examples/s (packed rows/s and examples/s per core) over --batches batches;
 - resume after N batches for each N in --resume_steps: time from a new iterator to its first batch (the position
-  restored, or the pipeline rebuilt and replayed), and whether the next batches equal the straight run's.
-The data path only: model compile and step time are measured by the train benchmarks. Run it on a quiet machine
+  restored, or the pipeline rebuilt and replayed), and whether the next batches equal the straight run's;
+- the input pipeline's own memory: RSS after the first batch minus RSS once tensorflow, seqio, jax and flanx are
+  imported (what the process holds before any data is read);
+- launch -> first step of a real `python -m flanx.train` (gin/models/tiny.gin, TRAIN_STEPS=1; the process's whole
+  wall time, so an upper bound: it includes saving the one checkpoint and exiting), uncached and from the cache. Run it on a quiet machine
 (record `uptime` and `lscpu` with the numbers in BENCHMARKS.md).
 """
 
@@ -37,6 +40,23 @@ def rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool) -> dict:
+  """Wall seconds of `python -m flanx.train` for one step of the tiny model (launch to exit), and its goodput parts."""
+  model_dir = work / f'first_step_{"cached" if cached else "uncached"}'
+  subprocess.run(['rm', '-rf', str(model_dir)], check=True)
+  command = [sys.executable, '-m', 'flanx.train', '--gin_file=models/tiny.gin', '--gin_file=runs/finetune.gin',
+             f'--gin.MODEL_DIR="{model_dir}"', '--gin.MIXTURE_OR_TASK_NAME="flan2022_submix"',
+             '--gin.MIXTURE_OR_TASK_MODULE="tasks.flan"', f'--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}',
+             f'--gin.BATCH_SIZE={batch_size}', '--gin.TRAIN_STEPS=1', f'--gin.USE_CACHED_TASKS={cached}',
+             '--gin.EVAL_PERIOD=0', '--gin.train.progress_bar=False', '--gin.train.truncation_examples=0']
+  env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
+  start = time.perf_counter()
+  subprocess.run(command, env=env, check=True, capture_output=True, cwd=pathlib.Path(__file__).parent.parent)
+  seconds = time.perf_counter() - start
+  parts = json.loads((model_dir / 'goodput.json').read_text())
+  return {'launch_to_exit_s': seconds, 'goodput': parts}
+
+
 def build_cache(folder: pathlib.Path, cache: pathlib.Path) -> dict:
   env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
   start = time.perf_counter()
@@ -58,7 +78,10 @@ def pipeline(batch_size: int, cached: bool):
 
 def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int], work: pathlib.Path) -> dict:
   from flanx.training import data  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.constant(0)  # tensorflow's runtime started: the baseline holds every library, no data
   make = pipeline(batch_size, cached)
+  rss_imports = rss_gb()
   start = time.perf_counter()
   iterator = data.CheckpointableIterator(make, log=lambda m: None)
   straight = [next(iterator)]
@@ -70,7 +93,8 @@ def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int]
     batch = next(iterator)
     examples += int(np.sum(batch['decoder_segment_ids'].max(axis=1)))  # packed examples in the batch
   seconds = time.perf_counter() - start
-  out = {'first_batch_s': first, 'rss_gb_first': rss_first, 'rss_gb_end': rss_gb(),
+  out = {'first_batch_s': first, 'rss_gb_imports': rss_imports, 'rss_gb_first': rss_first, 'rss_gb_end': rss_gb(),
+         'pipeline_gb': rss_first - rss_imports,
          'rows_per_s': batches * batch_size / seconds, 'examples_per_s': examples / seconds,
          'examples_per_s_per_core': examples / seconds / os.cpu_count()}
   iterator.close()
@@ -101,6 +125,9 @@ def main() -> None:
   parser.add_argument('--batches', type=int, default=200)
   parser.add_argument('--resume_steps', default='100,1000')
   parser.add_argument('--skip_cache', action='store_true')
+  parser.add_argument('--modes', default='uncached,cached',
+                      help='pipelines to measure; one per process gives each its own memory baseline')
+  parser.add_argument('--skip_train', action='store_true', help='do not time a real flanx.train launch')
   args = parser.parse_args()
   os.environ['FLANX_FLAN_DATA'] = str(args.folder)
   cache = args.work / 'cache'
@@ -110,10 +137,12 @@ def main() -> None:
   if not args.skip_cache:
     result.update(build_cache(args.folder, cache))
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers flan2022_submix)
-  for cached in (False, True):
+  for cached in [mode == 'cached' for mode in args.modes.split(',')]:
     if cached and not (cache / 'flan2022_flan2021_zs_opt' / 'COMPLETED').exists():
       continue
     result['cached' if cached else 'uncached'] = measure(args.batch_size, args.batches, cached, steps, args.work)
+    if not args.skip_train:
+      result['cached' if cached else 'uncached'].update(first_step(args.folder, args.work, args.batch_size, cached))
     print(json.dumps(result, indent=1), flush=True)
   print(json.dumps(result, indent=1))
 

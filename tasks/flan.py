@@ -271,13 +271,14 @@ def _mix32(v):
 
 
 def _permute(x, n, key):
-  """A pseudo-random bijection of [0, n) (int64 scalars), chosen by `key`: a 4-round Feistel network on the
-  smallest even-bit power of two >= n, cycle-walked back into [0, n)."""
+  """A pseudo-random bijection of [0, n), applied elementwise to int64 vectors `x`, `n`, `key` (one bijection per
+  (n, key)): a 4-round Feistel network on the smallest even-bit power of two >= n, cycle-walked back into [0, n).
+  Vectorized, so one call marks a whole batch of examples (a per-example tf.while_loop cost ~1 ms each)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  half = tf.constant(1, tf.int64)
-  half = tf.while_loop(lambda h: tf.bitwise.left_shift(tf.constant(1, tf.int64), 2 * h) < n, lambda h: h + 1,
-                       [half])[0]
-  mask = tf.bitwise.left_shift(tf.constant(1, tf.int64), half) - 1
+  one = tf.constant(1, tf.int64)
+  half = tf.while_loop(lambda h: tf.reduce_any(tf.bitwise.left_shift(one, 2 * h) < n),
+                       lambda h: [tf.where(tf.bitwise.left_shift(one, 2 * h) < n, h + 1, h)], [tf.ones_like(n)])[0]
+  mask = tf.bitwise.left_shift(one, half) - 1
   keys = [_mix32(tf.bitwise.bitwise_and(key + 0x3C6EF372 * r, 0x7FFFFFFF)) for r in range(4)]
 
   def feistel(v):
@@ -286,24 +287,36 @@ def _permute(x, n, key):
       left, right = right, tf.bitwise.bitwise_xor(left, tf.bitwise.bitwise_and(_mix32(right + k), mask))
     return tf.bitwise.bitwise_or(tf.bitwise.left_shift(left, half), right)
 
-  return tf.while_loop(lambda v: v >= n, feistel, [feistel(x)])[0]
+  return tf.while_loop(lambda v: tf.reduce_any(v >= n), lambda v: [tf.where(v >= n, feistel(v), v)],
+                       [feistel(x)])[0]
+
+
+CAP_BATCH = 1024  # examples marked per vectorized call of cap_per_epoch's rule (order and result do not depend on it)
 
 
 def cap_per_epoch(dataset, cap: int, seed: int, num_epochs: Optional[int]):
   """`num_epochs` passes (None: forever) over `dataset` (one pass of a FlanFileSource's examples), keeping in
   each exactly min(n, cap) of every task's n examples: those whose pseudo-random rank (a permutation of the
   task's ordinals, fresh per epoch and task, seeded) is below the cap. Stateless, so exact on any host and after a
-  rebuild; tasks without a name (SirNeural) are never capped."""
+  rebuild; tasks without a name (SirNeural) are never capped. The rule runs on CAP_BATCH examples at a time
+  (batched and unbatched again in order: the examples and their order are those of a per-example filter)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   def one_epoch(epoch):
-    def keep(ex):
-      size, ordinal = tf.cast(ex['task_size'], tf.int64), tf.cast(ex['task_ordinal'], tf.int64)
-      key = _mix32(tf.bitwise.bitwise_and(tf.strings.to_hash_bucket_fast(ex['task_name'], 2**31 - 1)
+    def mark(batch):
+      size, ordinal = tf.cast(batch['task_size'], tf.int64), tf.cast(batch['task_ordinal'], tf.int64)
+      key = _mix32(tf.bitwise.bitwise_and(tf.strings.to_hash_bucket_fast(batch['task_name'], 2**31 - 1)
                                           + _mix32(tf.constant(seed % 2**31, tf.int64) + epoch), 0x7FFFFFFF))
-      return tf.logical_or(tf.logical_or(size <= cap, tf.equal(ex['task_name'], layouts_lib.UNNAMED_TASK)),
+      keep = tf.logical_or(tf.logical_or(size <= cap, tf.equal(batch['task_name'], layouts_lib.UNNAMED_TASK)),
                            _permute(ordinal, size, key) < cap)
-    return dataset.filter(keep)
+      return batch, keep
+
+    def dense(example, keep):  # unbatching leaves variable-length features typed as ragged: plain tensors again
+      del keep
+      return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in example.items()}
+
+    marked = dataset.ragged_batch(CAP_BATCH).map(mark).unbatch()
+    return marked.filter(lambda example, keep: keep).map(dense)
 
   epochs = tf.data.Dataset.range(num_epochs) if num_epochs else tf.data.Dataset.range(2**62)
   return epochs.flat_map(one_epoch)

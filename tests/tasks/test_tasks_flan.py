@@ -4,6 +4,7 @@ import collections
 import json
 
 import gin
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -134,6 +135,45 @@ def test_capping_is_a_uniform_exact_sample():
   frequency = collections.Counter(kept)
   assert set(frequency) == set(range(n))
   assert all(abs(f - cap * epochs / n) < 45 for f in frequency.values()), frequency  # 120 +- 5 sigma
+
+
+def test_capping_in_batches_equals_a_per_example_filter(monkeypatch):
+  # The vectorized rule (CAP_BATCH examples per call) keeps exactly the examples, in order, that the rule applied
+  # to one example at a time keeps: several interleaved tasks, sizes below/at/above the cap, unnamed examples,
+  # batch boundaries inside an epoch, and every kept set a per-task bijection's first `cap` ranks.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  sizes = {'a': 1, 'b': 5, 'c': 6, 'd': 37, 'e': 200, flan.layouts_lib.UNNAMED_TASK: 9}
+  rows = [(name, n, i) for name, n in sizes.items() for i in range(n)]
+  rows = [rows[i] for i in rng.permutation(len(rows))]
+  ds = tf.data.Dataset.from_tensor_slices({'task_name': [r[0] for r in rows], 'task_size': [r[1] for r in rows],
+                                           'task_ordinal': [r[2] for r in rows],
+                                           'inputs': tf.ragged.constant([[r[2]] * (1 + r[2] % 4) for r in rows])})
+  ds = ds.map(lambda ex: {**ex, 'inputs': ex['inputs'].to_tensor() if isinstance(ex['inputs'], tf.RaggedTensor)
+                          else ex['inputs']})
+  cap, seed, epochs = 6, 11, 3
+
+  def one_at_a_time(epoch):
+    def keep(ex):
+      size, ordinal = tf.cast(ex['task_size'], tf.int64), tf.cast(ex['task_ordinal'], tf.int64)
+      key = flan._mix32(tf.bitwise.bitwise_and(tf.strings.to_hash_bucket_fast(ex['task_name'], 2**31 - 1)
+                                               + flan._mix32(tf.constant(seed, tf.int64) + epoch), 0x7FFFFFFF))
+      return tf.logical_or(tf.logical_or(size <= cap, tf.equal(ex['task_name'], flan.layouts_lib.UNNAMED_TASK)),
+                           flan._permute(ordinal, size, key) < cap)
+    return ds.filter(keep)
+
+  expected = list(tf.data.Dataset.range(epochs).flat_map(one_at_a_time).as_numpy_iterator())
+  monkeypatch.setattr(flan, 'CAP_BATCH', 16)  # 266 examples: many batch boundaries in each epoch
+  got = list(flan.cap_per_epoch(ds, cap, seed, epochs).as_numpy_iterator())
+  assert len(got) == len(expected) == epochs * sum(min(n, cap) if t != flan.layouts_lib.UNNAMED_TASK else n
+                                                    for t, n in sizes.items())
+  for a, b in zip(got, expected):
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert flan.cap_per_epoch(ds, cap, seed, 1).element_spec == ds.element_spec
+  for n in (1, 2, 3, 5, 16, 17, 1000):  # the permutation is a bijection of [0, n) for every key
+    x = tf.range(n, dtype=tf.int64)
+    image = flan._permute(x, tf.fill([n], tf.constant(n, tf.int64)), tf.fill([n], tf.constant(n * 7919, tf.int64)))
+    assert sorted(image.numpy().tolist()) == list(range(n))
 
 
 def test_mixture_rates_equal_hand_computation(registered):
