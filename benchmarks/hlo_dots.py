@@ -1,6 +1,7 @@
 """Which library runs each dot of a compiled XLA:CPU program: YNNPACK fusions, or Eigen (plain `dot`).
 
-XLA:CPU hands a dot to YNNPACK (a `__ynn_fusion` custom fusion) when its operands suit it; the others run as
+XLA:CPU hands a dot to YNNPACK (a `__ynn_fusion` custom fusion; oneDNN's `__onednn_fusion` where flanx asks for
+oneDNN, flanx/_xla_cpu_flags.py) when its operands suit it; the others run as
 plain `dot` instructions through Eigen, several times slower on this machine. A weight-gradient dot Xᵀ·dY whose
 lhs contracts its leading (token) dims is the usual Eigen case.
 
@@ -18,6 +19,7 @@ _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) \((.*)\) -> .* \{$')
 _PARAM = re.compile(r'(\S+): (\w+)\[([\d,]*)\]')
 _INSTR = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]*)\((.*?)\)(.*)$')
 _CALLS = re.compile(r'calls=%([\w.\-]+)')
+LIBRARIES = ('ynnpack', 'onednn')  # the dot libraries; 'eigen' and 'fused-loop' dots run in XLA's own code
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -25,8 +27,8 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def dots(hlo_text: str) -> list[dict]:
-  """Every dot of compiled HLO text: backend ('ynnpack' | 'eigen' | 'fused-loop'), shapes, operand dtypes, dims,
-  GFLOP, op."""
+  """Every dot of compiled HLO text: backend ('ynnpack' | 'onednn' | 'eigen' | 'fused-loop'), shapes, operand
+  dtypes, dims, GFLOP, op."""
   shapes: dict[str, dict[str, tuple[int, ...]]] = {}
   dtypes: dict[str, dict[str, str]] = {}
   caller_kind: dict[str, str] = {}
@@ -49,7 +51,8 @@ def dots(hlo_text: str) -> list[dict]:
     if op == 'fusion':
       callee = _CALLS.search(rest)
       if callee:
-        caller_kind[callee.group(1)] = 'ynnpack' if '__ynn_fusion' in rest else 'fused-loop'
+        caller_kind[callee.group(1)] = ('ynnpack' if '__ynn_fusion' in rest else 'onednn' if '__onednn' in rest
+                                        else 'fused-loop')
     if op == 'dot':
       args = [a.strip().lstrip('%') for a in operands.split(',')]
       lhs_c = _dims(re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest).group(1))
@@ -126,9 +129,9 @@ def main(argv=None) -> None:
     print(f"{backend:10s} {s['count']:4d} dots {s['gflop']:9.1f} GFLOP")
   eigen = collections.Counter((d['lhs_shape'], d['rhs_shape'], d['lhs_contracting'], d['rhs_contracting'],
                                d['op_name'].split('/')[-2] if '/' in d['op_name'] else d['op_name'])
-                              for d in found if d['backend'] != 'ynnpack')
+                              for d in found if d['backend'] not in LIBRARIES)
   for (lhs, rhs, lc, rc, op), n in eigen.most_common():
-    print(f'  non-YNNPACK x{n}: lhs {lhs} c{lc} · rhs {rhs} c{rc}  [{op}]')
+    print(f'  not in a library x{n}: lhs {lhs} c{lc} · rhs {rhs} c{rc}  [{op}]')
 
 
 if __name__ == '__main__':
