@@ -65,6 +65,7 @@ def _write_base(base_dir: str, seed: int = 42) -> str:
   from flanx.model import network
   from flanx.model.config import T5Config
   from flanx.training import checkpoints
+  from flanx.training.checkpoint_meta import CheckpointMeta
   gin.clear_config()
   try:
     gin_config.parse_gin(['models/demo.gin'], [], finalize=False)
@@ -73,7 +74,7 @@ def _write_base(base_dir: str, seed: int = 42) -> str:
     gin.clear_config()
   with jax.default_device(jax.devices('cpu')[0]):
     params = network.init_params(config, jax.random.key(seed))
-  checkpoints.write_params_checkpoint(base_dir, 0, params, {'step': 0, 'seed': seed})
+  checkpoints.write_params_checkpoint(base_dir, 0, params, CheckpointMeta(step=0, seed=seed))
   return os.path.join(base_dir, 'checkpoint_0')
 
 

@@ -92,7 +92,7 @@ def _recorded_task(checkpoint_path: str) -> str | None:
   """The task a flanx run trained on, from its checkpoint's recorded settings (None for other checkpoints)."""
   from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
   try:
-    return checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]).get('run', {}).get('MIXTURE_OR_TASK_NAME')
+    return checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]).task
   except (FileNotFoundError, checkpoints.CheckpointRestoreError):
     return None
 

@@ -306,7 +306,7 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
   if adapter_only or merge:  # a PEFT run (check_export_mode): its trained params on its frozen base
     params = restore_peft_on_cpu(checkpoint_path, config)
     if adapter_only:
-      return export_adapter(params, config, output_dir, vocabulary, checkpoints.read_meta(checkpoint_path).get('base'),
+      return export_adapter(params, config, output_dir, vocabulary, checkpoints.read_meta(checkpoint_path).base,
                             verify=verify, overwrite=overwrite, feature_lengths=lengths, handler=handler)
     holder = {'params': peft.method(config).merge(params)}
     del params

@@ -25,6 +25,7 @@ from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime, schedules
 from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
+from flanx.training.checkpoint_meta import CheckpointMeta
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -217,7 +218,7 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
 
 
 def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
-           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, dict]:
+           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, CheckpointMeta]:
   """Restores or initialises the state: (state, optimizer with the schedule offset of the run, positioned data
   iterator, step resumed from or None, checkpoint metadata to save)."""
   a, config = plan.arguments, plan.config
@@ -230,16 +231,16 @@ def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shar
                                                   a['seed'], _log, plan.start,
                                                   _prompt_vocabulary(config, a['mixture_or_task_name']),
                                                   a['initial_adapter_path'])
-  schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
+  schedule_offset = (ckpts.read_meta(resumed).schedule_offset if resumed is not None
                      else plan.start.schedule_offset)
   tx = plan.optimizer(schedule_offset) if schedule_offset else tx
   layout = data_layout.data_layout(shardings.mesh, a['batch_size'])  # a replica set's hosts read the same rows
   iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train', layout=layout), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
-  meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
-          'schedule_offset': schedule_offset, 'peft': a['peft'], 'base': a['initial_checkpoint_path'],
-          'initial_adapter': a['initial_adapter_path'], 'data_sources': sources}
+  meta = CheckpointMeta(seed=a['seed'], data_seed=a['data_seed'], run=signature, config_gin=gin.config_str(),
+                        schedule_offset=schedule_offset, peft=a['peft'], base=a['initial_checkpoint_path'],
+                        initial_adapter=a['initial_adapter_path'], data_sources=sources)
   return state, tx, iterator, resumed, meta
 
 
@@ -339,9 +340,9 @@ def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[st
     return
   where = f'{ckpts.model_dir}/checkpoint_{latest}'
   meta = ckpts.read_meta(latest)
-  run_checks.check_resumable(meta.get('run'), signature, where, restore_data)
-  data_fingerprint.check_unchanged(meta.get('data_sources'), sources or {}, where, restore_data)
-  step = int(meta.get('step', latest))
+  run_checks.check_resumable(meta.run, signature, where, restore_data)
+  data_fingerprint.check_unchanged(meta.data_sources, sources or {}, where, restore_data)
+  step = latest if meta.step is None else meta.step
   if train_steps <= step and not already_done_ok:
     key = gin_config.binding_source('train', 'train_steps')
     raise run_checks.RunConfigError(
@@ -359,10 +360,11 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
   if ckpts.latest_step() is not None:
     target = steps.abstract_state(config, tx, shardings)
     latest, params, opt_state, meta = ckpts.restore_newest_intact(target.params, target.opt_state, log)
-    log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
-    state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
+    step = latest if meta.step is None else meta.step
+    log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {step}).')
+    state = steps.TrainState(step=jax.device_put(np.int32(step), target.step.sharding), params=params,
                              opt_state=opt_state, frozen=peft_run.frozen_base(config, initial_checkpoint_path, seed, shardings))
-    return state, int(meta['batches_read']), latest
+    return state, meta.batches_read, latest
   start = start or start_step.StartPlan(0, 0, False)
   if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh (or read) adapters
     params = peft_run.initial_params(config, initial_checkpoint_path, initial_adapter_path, seed, shardings, log)
@@ -384,7 +386,7 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
 class _Saver:
   """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
 
-  def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
+  def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: CheckpointMeta,
                last_saved: int | None, folder: _RunFolder, clock: goodput.RunClock):
     self.ckpts, self.iterator, self.meta, self.last_saved, self.folder = ckpts, iterator, meta, last_saved, folder
     self.clock = clock
@@ -400,9 +402,8 @@ class _Saver:
   def save(self, state: steps.TrainState, step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
     """`eval_metrics`: the in-training eval of this very step (keep-best ranks checkpoints by them)."""
     if self.last_saved != step:
-      meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
-      if eval_metrics:
-        meta['eval_metrics'] = {k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')}
+      meta = self.meta.replace(step=step, batches_read=self.iterator.batches_read, eval_metrics={
+          k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')} if eval_metrics else None)
       with self.clock.part('checkpoint'):  # the blocking part: the write goes on in the background
         self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step

@@ -1,7 +1,7 @@
 """The one loader of a PEFT run's frozen base, shared by the trainer, InferenceModel and export.
 
 The base is what the run's INITIAL_CHECKPOINT_PATH names (a flanx checkpoint, a Hugging Face folder or a t5x
-checkpoint; a checkpoint records it as meta['base']), else the base part of the PEFT model's initialisation from
+checkpoint; a checkpoint records it as its meta's `base`), else the base part of the PEFT model's initialisation from
 the run's seed (what a fresh run without an initial checkpoint starts from).
 The trainer refuses to resume on another base (flanx.training.run_checks), so training, inference and export all
 read the same one.
@@ -46,4 +46,4 @@ def load_model_params(checkpoint_path: str, config: Any, shardings: PyTree, froz
   trained, _ = peft.split_trainable(network.abstract_params(config))
   adapters = checkpoints.restore_params(checkpoint_path, steps.with_shardings(trained, shardings))
   meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0])
-  return peft.combine(adapters, load(config, meta.get('base'), int(meta.get('seed', 42)), frozen_shardings))
+  return peft.combine(adapters, load(config, meta.base, meta.seed, frozen_shardings))
