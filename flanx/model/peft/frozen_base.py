@@ -31,7 +31,8 @@ def load(config: Any, source: str | None, seed: int, shardings: PyTree, cast: bo
     params = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   dtype = peft.base_dtype(config)
   if cast and dtype != 'float32':
-    params = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree), donate_argnums=0)(params)
+    params = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree), donate_argnums=0,
+                     out_shardings=shardings)(params)  # on the step's shardings (as abstract_state says)
   return params
 
 
