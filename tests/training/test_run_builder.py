@@ -1,5 +1,5 @@
 """One run builder (flanx/training/run_builder.py): the compile-only check and the trainer build the same train step
-for the same gin flags.
+for the same gin flags, and every command's model takes the PEFT macro.
 
 The compile-only check (aot.check_train) is given this machine's CPU devices; the trainer (loop.train) runs until
 its first step is called. Both lowered programs are compared as XLA's text, and their arguments as (path, shape,
@@ -11,6 +11,9 @@ import jax
 import pytest
 
 from flanx import gin_config
+from flanx.model import peft
+from flanx.model.config import T5Config
+from flanx.training import run_builder
 
 from train_helpers import run_bindings  # pylint: disable=g-bad-import-order
 
@@ -71,3 +74,19 @@ def test_compile_only_check_lowers_the_trainers_step(tmp_path, monkeypatch, extr
     assert any(path.endswith("['lora_a']") for path, *_ in trainer_args)
   assert check_text == trainer_text
 
+
+def test_every_command_takes_the_peft_macro():
+  gin.clear_config()
+  try:
+    gin_config.parse_gin(['runs/eval.gin'], ['CHECKPOINT_PATH = "/nowhere"', "PEFT = 'lora'",
+                                             'LoraConfig.rank = 2', 'T5Config.d_model = 64'], finalize=False)
+    config = run_builder.bound_model_config()  # export: the run configurable's peft
+    assert config.lora == peft.LoraConfig(rank=2) and config.d_model == 64
+    assert run_builder.model_config(None, gin_config.gin_value('evaluate.peft')) == config  # eval / infer
+  finally:
+    gin.clear_config()
+  assert run_builder.model_config(T5Config(), None) == T5Config()
+  assert run_builder.model_config(T5Config(), 'prefix', remat='full') == T5Config(prefix=peft.PrefixConfig(),
+                                                                                   remat='full')
+  with pytest.raises(ValueError, match=r"PEFT='lorra': expected None or one of \['ia3', 'lora', 'prefix', 'prompt'\]"):
+    run_builder.model_config(T5Config(), 'lorra')

@@ -42,9 +42,15 @@ def load_model_params(checkpoint_path: str, config: Any, shardings: PyTree, froz
   from flanx.interop import load_params  # pylint: disable=g-import-not-at-top
   from flanx.model import network  # pylint: disable=g-import-not-at-top
   from flanx.training import checkpoints, steps  # pylint: disable=g-import-not-at-top
-  if not peft.is_peft(config):
+  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]) if checkpoints.is_flanx_checkpoint(
+      checkpoint_path) else None
+  method = peft.method(config)
+  if meta is not None and meta.peft in peft.METHODS and meta.peft != method.name:  # ('none' is no method)
+    raise ValueError(f"{checkpoint_path} holds the trained params of a PEFT = {meta.peft!r} run, and this command's "
+                     f"model has {method.name or 'no PEFT method'}: pass --gin.PEFT='{meta.peft}' with the run's "
+                     f"{meta.peft} settings (or no model flags at all: the run's recorded config is read)")
+  if method is peft.NO_PEFT:
     return load_params.load_sharded_params(checkpoint_path, config, shardings)
   trained, _ = peft.split_trainable(network.abstract_params(config))
   adapters = checkpoints.restore_params(checkpoint_path, steps.with_shardings(trained, shardings))
-  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0])
   return peft.combine(adapters, load(config, meta.base, meta.seed, frozen_shardings))
