@@ -37,10 +37,11 @@ _DEMO_TASK = ['--gin_file=models/demo.gin', '--gin.MIXTURE_OR_TASK_NAME="flanx_d
 
 
 _LOG_DIR = None  # set by main(): each stage's printed output goes to <run_dir>/logs/<stage>.log
-# --peft=lora: the adapters (train, eval and infer must agree on them) and the optimizer LoRA users expect.
-_LORA_MODEL = ['--gin.T5Config.lora=@LoraConfig()', '--gin.LoraConfig.rank=16', '--gin.LoraConfig.alpha=32.0',
+# --peft=lora: the adapters (train, eval and infer must agree on them: the same PEFT macro and settings) and the
+# optimizer LoRA users expect.
+_LORA_MODEL = ["--gin.PEFT='lora'", '--gin.LoraConfig.rank=16', '--gin.LoraConfig.alpha=32.0',
                "--gin.LoraConfig.target_modules=('q', 'k', 'v', 'o', 'wi_0', 'wi_1', 'wo')"]
-_LORA_TRAIN = ["--gin.PEFT='lora'", '--gin.train.optimizer=@adamw_optimizer', '--gin.LEARNING_RATE=0.001']
+_LORA_TRAIN = ['--gin.train.optimizer=@adamw_optimizer', '--gin.LEARNING_RATE=0.001']
 
 
 def _entry(module_main, argv: list[str]):
@@ -65,6 +66,7 @@ def _write_base(base_dir: str, seed: int = 42) -> str:
   from flanx.model import network
   from flanx.model.config import T5Config
   from flanx.training import checkpoints
+  from flanx.training.checkpoint_meta import CheckpointMeta
   gin.clear_config()
   try:
     gin_config.parse_gin(['models/demo.gin'], [], finalize=False)
@@ -73,7 +75,7 @@ def _write_base(base_dir: str, seed: int = 42) -> str:
     gin.clear_config()
   with jax.default_device(jax.devices('cpu')[0]):
     params = network.init_params(config, jax.random.key(seed))
-  checkpoints.write_params_checkpoint(base_dir, 0, params, {'step': 0, 'seed': seed})
+  checkpoints.write_params_checkpoint(base_dir, 0, params, CheckpointMeta(step=0, seed=seed))
   return os.path.join(base_dir, 'checkpoint_0')
 
 

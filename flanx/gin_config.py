@@ -96,6 +96,10 @@ def _macro_names(value: Any, found: set[str]) -> None:
       _macro_names(v, found)
 
 
+# Macros flanx reads itself where no binding does (run_builder.bound_model_config: an export's PEFT macro).
+READ_BY_FLANX = ('PEFT',)
+
+
 def _check_macro_overrides(bindings: Sequence[str]) -> None:
   """gin silently creates a new macro on a misspelt --gin.MACRO=…; refuse macros nothing reads."""
   defined = {scope for (scope, selector) in gin.config._CONFIG if selector == 'gin.macro'}
@@ -105,7 +109,7 @@ def _check_macro_overrides(bindings: Sequence[str]) -> None:
       _macro_names(v, used)
   for binding in bindings:
     key = binding.split('=', 1)[0].strip()
-    if '.' in key or '/' in key or key not in defined or key in used:
+    if '.' in key or '/' in key or key not in defined or key in used or key in READ_BY_FLANX:
       continue
     hint = difflib.get_close_matches(key, sorted(used), n=1)
     suggestion = f'; did you mean {hint[0]}?' if hint else ''
@@ -411,6 +415,12 @@ def gin_value(selector: str, default: Any = None) -> Any:
   except (ValueError, KeyError):
     return default
   return copy.deepcopy(value)  # gin evaluates @refs() and %macros on deepcopy
+
+
+def macro_value(name: str, default: Any = None) -> Any:
+  """The literal value of the macro `name` (following `A = %B`), or `default` when it is unset or not a literal."""
+  value = _macro_literal(name)
+  return default if value is _NOT_LITERAL else value
 
 
 def run_value(name: str, default: Any = None) -> Any:

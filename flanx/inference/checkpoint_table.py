@@ -69,7 +69,7 @@ def collect(run_dir: str) -> dict[int, dict[str, Any]]:
   for step in present:
     r = row(step)
     if not r['training']:
-      r['training'].update(checkpoints.read_meta(r['path']).get('eval_metrics') or {})
+      r['training'].update(checkpoints.read_meta(r['path']).eval_metrics or {})
   for path in gfile.glob(os.path.join(run_dir, EVAL_DIR, 'checkpoint_*', '*_metrics.json')):
     with gfile.GFile(path) as f:
       try:

@@ -16,7 +16,7 @@ from flanx.inference import eval_report, eval_run
 from flanx.inference.seqio_eval import make_evaluator, seqio_eval
 from flanx.inference.inference_model import InferenceModel
 from flanx.model.config import T5Config
-from flanx.training import data, profiling, runtime, steps
+from flanx.training import data, profiling, run_builder, runtime, steps
 from flanx.training.metrics_writer import MetricsWriter
 
 
@@ -33,6 +33,7 @@ def evaluate(*,
              batch_size: int = gin.REQUIRED,
              output_dir: str | None = None,
              model_config: T5Config | None = None,
+             peft: str | None = None,
              mixture_or_task_module: str | None = None,
              split: str = 'validation',
              num_examples: int | None = None,
@@ -50,11 +51,12 @@ def evaluate(*,
   step (`step` overrides it) and path; per-example predictions go to `<split>_predictions.jsonl` beside it.
   First it reports how much of each task the lengths cut (`truncation_examples` examples each; 0: no report).
   `profile_batches=(start, count[, every])` traces those decode batches into `<output_dir>/<split>/plugins/profile`.
+  `peft` (the macro PEFT, as the run trained): the PEFT method of the checkpoint (flanx.training.run_builder).
   """
   if not mixture_or_task_name:
     raise ValueError(f'MIXTURE_OR_TASK_NAME is not set and {checkpoint_path} recorded no task (not a flanx run): '
                      'name the seqio task or mixture to evaluate, e.g. --gin.MIXTURE_OR_TASK_NAME=\\"dolly\\"')
-  config = model_config or T5Config()
+  config = run_builder.model_config(model_config, peft)
   data.import_task_modules(mixture_or_task_module)
   log = lambda line: print(line, flush=True) if runtime.is_first_host() else None
   plan = eval_run.targets(checkpoint_path, checkpoints, output_dir, split, wait_timeout, poll_seconds, log)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import numpy as np
 
-from flanx.training import data, profiling, runtime
+from flanx.training import data, profiling, run_builder, runtime
 from flanx.inference import predict
 from flanx.model.config import T5Config
 from flanx.inference.inference_model import InferenceModel
@@ -92,7 +92,7 @@ def _recorded_task(checkpoint_path: str) -> str | None:
   """The task a flanx run trained on, from its checkpoint's recorded settings (None for other checkpoints)."""
   from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
   try:
-    return checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]).get('run', {}).get('MIXTURE_OR_TASK_NAME')
+    return checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]).task
   except (FileNotFoundError, checkpoints.CheckpointRestoreError):
     return None
 
@@ -152,6 +152,7 @@ def infer(*,
           batch_size: int = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           model_config: T5Config | None = None,
+          peft: str | None = None,
           mixture_or_task_name: str | None = None,
           mixture_or_task_module: str | None = None,
           split: str = 'validation',
@@ -172,8 +173,9 @@ def infer(*,
   prompts; default mixture_or_task_name, else the task the checkpoint's run trained on. The whole file is read
   and checked before decoding starts, so a bad line stops the run before any work, naming file and line.
   `profile_batches=(start, count[, every])` traces those decode batches into `<output_dir>/plugins/profile`.
+  `peft` (the macro PEFT, as the run trained): the PEFT method of the checkpoint (flanx.training.run_builder).
   """
-  config = model_config or T5Config()
+  config = run_builder.model_config(model_config, peft)
   data.import_task_modules(mixture_or_task_module)
   if input_file:
     records = read_prompts(input_file, _prompt_template(task or mixture_or_task_name, checkpoint_path))

@@ -7,12 +7,10 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from flanx.inference import predict
 from flanx.model import peft
 from flanx.model.peft import frozen_base
 from flanx.model.config import T5Config
-from flanx.training import data, partitioning, profiling
-from flanx.training import steps
+from flanx.training import data, profiling, run_builder, steps
 
 
 class InferenceModel:
@@ -31,14 +29,14 @@ class InferenceModel:
     """`checkpoint_path` None: no params yet (set `.params`, e.g. the trainer's, or call load()); `mesh` and
     `shardings`: the trainer's (default: make_mesh() and the shardings of an inference-only state)."""
     self.config, self.batch_size = config, batch_size
-    self.mesh = mesh or partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
-    self.shardings = shardings or steps.make_shardings(config, None, self.mesh, partitioning.axis_rules())
+    # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp; the compile-only check builds the same (aot)
+    setup = run_builder.build_inference(config, decode_options, mesh=mesh, shardings=shardings)
+    self.mesh, self.shardings = setup.mesh, setup.shardings
+    self._predict, self._score = setup.predict, setup.score
     self.params = None
     if checkpoint_path is not None:
       self.load(checkpoint_path)
     self._prompt_tokens = peft.prompt_length(config)
-    self._predict = predict.make_predict_fn(config, partitioning.replicated(self.mesh), **decode_options)
-    self._score = steps.make_eval_step(config, self.shardings, per_example=True)
 
   def load(self, checkpoint_path: str) -> None:
     """Reads another checkpoint's params (the compiled predict/score functions are kept)."""

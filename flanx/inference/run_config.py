@@ -3,13 +3,15 @@
 A checkpoint records the gin config it was trained with (its meta's `config_gin`, else MODEL_DIR/config.gin).
 When CHECKPOINT_PATH is a flanx run or checkpoint folder, `fill_unset()` takes from that text, after the command's
 own gin files and flags were parsed and only where they left a value unset:
-- the model: `T5Config.*` (and `LoraConfig.*` / `PromptConfig.*`) when no T5Config parameter is bound;
+- the model: `T5Config.*` when no T5Config parameter is bound;
+- the PEFT method: the run's PEFT (`train.peft`, the macro) and its settings (`LoraConfig.*`, `PromptConfig.*`,
+  `PrefixConfig.*`, `IA3Config.*`) when the command sets neither PEFT nor any of those settings;
 - the vocabulary: `get_vocabulary.*` when none is bound;
 - the task: the run's MIXTURE_OR_TASK_NAME when the command's is unset (gin.REQUIRED or None), with its
   MIXTURE_OR_TASK_MODULE and TASK_FEATURE_LENGTHS (unless given), and the data paths the task module's
   configurables were bound to.
 The recorded text is parsed here, never handed to gin whole: its `import` lines are not executed, a binding is
-taken only if its value is a Python literal (macros resolved to literals) or `@LoraConfig()` / `@PromptConfig()`,
+taken only if its value is a Python literal (macros resolved to literals) or a PEFT method's `@LoraConfig()` etc.,
 and a recorded task module is imported only if it is part of the shipped `tasks` package (any other module must
 be named on the command line). Nothing in it sets how the command behaves (output folders, decoding, steps).
 """
@@ -27,7 +29,8 @@ from flanx.training import recorded_config
 
 # The model configs a record may describe: the same list export reads (recorded_config), so every PEFT method counts.
 MODEL_CONFIGURABLES = recorded_config.MODEL_CONFIGS
-_REFERENCES = tuple(f'@{name}()' for name in MODEL_CONFIGURABLES if name != 'T5Config')
+METHOD_CONFIGURABLES = tuple(name for name in MODEL_CONFIGURABLES if name != 'T5Config')
+_REFERENCES = tuple(f'@{name}()' for name in METHOD_CONFIGURABLES)
 _STATEMENT = re.compile(r'^([A-Za-z_][\w./]*)\s*=\s*(.*)$')
 
 
@@ -126,10 +129,17 @@ def fill_unset(configurable: str, command_bindings: Sequence[str] = (), log: Cal
     if literal is not None:
       chosen.append(f'{_macro_of(selector)} = {literal}')
 
-  if not any(gin_config.configurable_bindings(c) for c in MODEL_CONFIGURABLES):
+  if not gin_config.configurable_bindings('T5Config'):  # the base model
     for key, value in found:
-      if key.split('.', 1)[0] in MODEL_CONFIGURABLES:
+      if key.split('.', 1)[0] == 'T5Config':
         take(key, value)
+  peft_given = {'PEFT', f'{configurable}.peft'} & given or not _unset(gin_config.gin_value(f'{configurable}.peft'))
+  if not peft_given and not any(gin_config.configurable_bindings(c) for c in METHOD_CONFIGURABLES):
+    for key, value in found:  # the PEFT method the run trained, with its settings
+      if key.split('.', 1)[0] in METHOD_CONFIGURABLES:
+        take(key, value)
+    if 'peft' in train:
+      take(f'{configurable}.peft', train['peft'])
   vocabulary = [(k, v) for k, v in found if k.startswith('get_vocabulary.')]
   if vocabulary:
     import tasks.vocab  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers get_vocabulary)

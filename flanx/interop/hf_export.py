@@ -23,7 +23,7 @@ from flanx import gin_config
 from flanx.interop import staging
 from flanx.model.config import T5Config
 from flanx.model import peft
-from flanx.training import checkpoints, steps
+from flanx.training import checkpoints, run_builder, steps
 
 PyTree = Any
 
@@ -109,11 +109,6 @@ def _learning_rate_text(step: int) -> str | None:
     return f'{text}; {float(schedule(max(step - 1, 0))):.4g} at step {step}'
   except Exception:  # pylint: disable=broad-except  (a schedule needing more context: keep the description)
     return text
-
-
-def run_config(model_config: T5Config | None = None) -> T5Config:
-  """The model config: the argument, else what gin binds to train/evaluate/infer.model_config, else T5Config()."""
-  return model_config or gin_config.run_value('model_config') or T5Config()
 
 
 def restore_on_cpu(checkpoint_path: str, config: T5Config) -> PyTree:
@@ -263,7 +258,7 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
   from flanx.interop import model_card  # pylint: disable=g-import-not-at-top
   checkpoint_path, run_dir, step = checkpoints.locate(checkpoint_dir)
   check_output_dir(output_dir, checkpoint_path, run_dir)
-  config = peft.configure(run_config(model_config), gin_config.run_value('peft'))
+  config = run_builder.bound_model_config(model_config)  # with the PEFT method the run's config binds
   peft.check_export_mode(config, adapter_only, merge, checkpoint_dir)
   name = mixture_or_task_name or gin_config.run_value('mixture_or_task_name')
   module = mixture_or_task_module or gin_config.run_value('mixture_or_task_module')
@@ -306,7 +301,7 @@ def _export_checkpoint(checkpoint_dir: str, *, output_dir, dtype, max_shard_size
   if adapter_only or merge:  # a PEFT run (check_export_mode): its trained params on its frozen base
     params = restore_peft_on_cpu(checkpoint_path, config)
     if adapter_only:
-      return export_adapter(params, config, output_dir, vocabulary, checkpoints.read_meta(checkpoint_path).get('base'),
+      return export_adapter(params, config, output_dir, vocabulary, checkpoints.read_meta(checkpoint_path).base,
                             verify=verify, overwrite=overwrite, feature_lengths=lengths, handler=handler)
     holder = {'params': peft.method(config).merge(params)}
     del params

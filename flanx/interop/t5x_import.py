@@ -20,9 +20,10 @@ def write_flanx_checkpoint(output_dir: str | os.PathLike, params: PyTree, config
   """OUT/checkpoint_<step>/{params, meta} and OUT/config.gin (the model config), appearing whole or not at all."""
   from flanx.model import network  # pylint: disable=g-import-not-at-top
   from flanx.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from flanx.training.checkpoint_meta import CheckpointMeta  # pylint: disable=g-import-not-at-top
   with staging.staged_folder(output_dir, overwrite, 'import') as folder:
     checkpoints.write_params_checkpoint(str(folder), step, network.to_model_layout(config, params),
-                                        {'step': step, 'imported_from': source, 'format': 't5x'})
+                                        CheckpointMeta(step=step, imported_from=source, format='t5x'))
     (folder / 'config.gin').write_text(model_gin(config))
   return pathlib.Path(output_dir).absolute()
 

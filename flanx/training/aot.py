@@ -262,101 +262,71 @@ class Levers:
   num_microbatches: int | None = None
 
 
-def _mesh_and_rules(devices: Sequence[Any], levers: Levers):
-  from flanx.training import partitioning
-  mesh = partitioning.make_mesh(devices=devices) if levers.model is None else partitioning.make_mesh(
-      model=levers.model, devices=devices)
-  rules = partitioning.axis_rules() if levers.fsdp is None else partitioning.axis_rules(fsdp=levers.fsdp)
-  return mesh, rules
-
-
-def _config(values: Mapping[str, Any], levers: Levers):
-  from flanx.model.config import T5Config
-  config = values.get('model_config') or T5Config()
-  return config if levers.remat is None else config.replace(remat=levers.remat)
-
-
 def check_train(tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Levers = Levers()) -> Report:
   """Compiles the real train step of the gin-configured run for the slice.
 
-  Mirrors the set-up of flanx/training/loop.py's `train` up to its jitted step: the PEFT config, the run's
-  argument checks, the task name (before any compile), the optimizer over the trained part, the mesh, the batch checks and the shardings.
+  The set-up is the trainer's own (flanx.training.run_builder.build_train: the PEFT config, the run's argument
+  checks, the task name before any compile, the optimizer over the trained part, the mesh, the batch checks, the
+  shardings and the step), on the slice's devices and hosts with `levers` applied.
   """
   from flanx.model import flops
-  from flanx.model import peft as peft_lib
-  from flanx.training import data, loop, run_checks, schedules, steps
+  from flanx.training import loop, run_builder, steps
   values = bound_arguments(loop.train)
   if levers.num_microbatches is not None:
     values['num_microbatches'] = levers.num_microbatches
-  config = peft_lib.configure(_config(values, levers), values.get('peft'))
-  run_checks.check_args(values, run_checks.TRAIN_ARG_RULES)
-  data.import_task_modules(values.get('mixture_or_task_module'))  # as the real run: an unknown task fails at once
-  run_checks.check_task_name(_required(values, 'mixture_or_task_name', 'train'))
-  batch_size = int(_required(values, 'batch_size', 'train'))
-  lengths = dict(_required(values, 'task_feature_lengths', 'train'))
-  num_microbatches = int(values.get('num_microbatches') or 1)
-  schedule = values.get('learning_rate_schedule') or schedules.constant()
-  tx = steps.make_optimizer(config, values.get('optimizer'), schedule)
-  mesh, rules = _mesh_and_rules(devices, levers)
-  run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], tpu.hosts)
-  shardings = steps.make_shardings(config, tx, mesh, rules)
+  setup = run_builder.build_train(values, devices=devices, hosts=tpu.hosts, remat=levers.remat,
+                                  model_axis=levers.model, fsdp=levers.fsdp)
+  config, shardings, lengths = setup.config, setup.shardings, dict(setup.arguments['task_feature_lengths'])
+  batch_size = int(setup.arguments['batch_size'])
   per_host = check_host_batches(batch_size, shardings.batch, tpu.hosts)
-  state = steps.abstract_state(config, tx, shardings, with_frozen=True)  # PEFT: with the frozen base
-  batch = abstract_batch(batch_size, lengths, values.get('pack', True), shardings.batch)
-  loss_config = steps.LossConfig(values.get('z_loss', 1e-4), values.get('label_smoothing', 0.0),
-                                 values.get('loss_normalizing_factor'))
-  with mesh, steps.activation_rules(shardings):
-    train_step = steps.make_train_step(config, tx, shardings, loss_config, num_microbatches,
-                                       dropout_seed=values.get('seed', 42))
-    memory = compile_step('train_step', train_step, state, batch)
-  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(rules).get('embed') == 'data',
-          'num_microbatches': num_microbatches, 'dtype': config.dtype, 'peft': values.get('peft')}
-  return Report('train', tpu, dict(mesh.shape), [memory], batch_size, per_host,
+  with setup.mesh, steps.activation_rules(shardings):
+    memory = compile_step('train_step', setup.train_step(), setup.abstract_state(), setup.abstract_batch())
+  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(shardings.rules).get('embed') == 'data',
+          'num_microbatches': setup.arguments['num_microbatches'], 'dtype': config.dtype,
+          'peft': setup.arguments['peft']}
+  return Report('train', tpu, dict(setup.mesh.shape), [memory], batch_size, per_host,
                 flops.train_flops(config, lengths['inputs'], lengths['targets']) * batch_size, levers=used)
 
 
 def check_decode(mode: str, tpu: tpu_topology.TpuSlice, devices: Sequence[Any], levers: Levers = Levers()) -> Report:
-  """Compiles the decode step (and, for eval, the teacher-forced scoring step) of an eval or infer run."""
+  """Compiles the decode step (and, for eval, the teacher-forced scoring step) of an eval or infer run, as
+  InferenceModel builds them (flanx.training.run_builder.build_inference)."""
   import jax
   import jax.numpy as jnp
   from flanx.inference import predict
-  from flanx.training import partitioning, steps
+  from flanx.training import run_builder, steps
   if mode == 'eval':
     from flanx.inference.evaluate import evaluate as entry
   else:
     from flanx.inference.infer import infer as entry
   name = entry.__name__
   values = bound_arguments(entry)
-  config = _config(values, levers)
+  config = run_builder.model_config(values.get('model_config'), values.get('peft'), levers.remat)
   batch_size = int(_required(values, 'batch_size', name))
   lengths = dict(_required(values, 'task_feature_lengths', name))
-  mesh, rules = _mesh_and_rules(devices, levers)
+  options = predict.decode_options()
   # As InferenceModel: params only (no optimizer), every host holds the whole padded batch.
-  shardings = steps.make_shardings(config, None, mesh, rules)
+  inference = run_builder.build_inference(config, options, devices=devices, model_axis=levers.model, fsdp=levers.fsdp)
+  mesh, shardings = inference.mesh, inference.shardings
   if batch_size % mesh.shape['data']:
     raise CompileCheckError(f'{name}.batch_size={batch_size} is not divisible by the mesh data axis '
                             f'({mesh.shape["data"]})')
   from flanx.model import network
-  with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  params = jax.tree.map(with_sharding, network.abstract_params(config), shardings.params)
+  params = steps.with_shardings(network.abstract_params(config), shardings.model_params)
   token_rows = lambda n: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=shardings.batch)
-  out = partitioning.replicated(mesh)
-  options = predict.decode_options()
   memories = []
   with mesh, steps.activation_rules(shardings):
-    predict_fn = predict.make_predict_fn(config, out, **options)
     step_index = jax.ShapeDtypeStruct((), jnp.int32)
     memories.append(compile_step(f'decode_step ({options["mode"]}, {options["max_decode_length"]} tokens)',
-                                 predict_fn, params, token_rows(lengths['inputs']), step_index))
+                                 inference.predict, params, token_rows(lengths['inputs']), step_index))
     if mode == 'eval':  # InferenceModel.score: the teacher-forced eval step, per example
-      score_fn = steps.make_eval_step(config, shardings, per_example=True)
       batch = {'encoder_input_tokens': token_rows(lengths['inputs']),
                'decoder_input_tokens': token_rows(lengths['targets']),
                'decoder_target_tokens': token_rows(lengths['targets']),
                'decoder_loss_weights': token_rows(lengths['targets'])}
-      memories.append(compile_step('score_step', score_fn, params, batch))
-  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(rules).get('embed') == 'data',
-          'dtype': config.dtype, 'decode_mode': options['mode']}
+      memories.append(compile_step('score_step', inference.score, params, batch))
+  used = {'remat': config.remat, 'scan_layers': config.scan_layers, 'fsdp': dict(shardings.rules).get('embed') == 'data',
+          'dtype': config.dtype, 'decode_mode': options['mode'], 'peft': values.get('peft')}
   return Report(mode, tpu, dict(mesh.shape), memories, batch_size, batch_size, levers=used)
 
 

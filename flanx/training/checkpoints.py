@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from flanx.training import checksums, keep_best as keep_best_lib, run_folder, storage_callbacks
+from flanx.training.checkpoint_meta import CheckpointMeta
 
 PyTree = Any
 _PREFIX = 'checkpoint'
@@ -90,12 +91,13 @@ class RunCheckpoints:
     """Step of the newest complete checkpoint, if any."""
     return self._manager.latest_step()
 
-  def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict, data_iterator=None) -> None:
+  def save(self, step: int, params: PyTree, opt_state: PyTree, meta: CheckpointMeta | dict,
+           data_iterator=None) -> None:
     """Starts an (async) save of `step` with per-array checksums; the data position is written first."""
     self._wait()  # orbax would wait for the previous save anyway; this way its failure gets a clear message
     started = time.perf_counter()
-    meta = {**meta, 'checkpoint_version': VERSION,
-            'checksums': {'params': checksums.tree_checksums(params), 'opt_state': checksums.tree_checksums(opt_state)}}
+    meta = CheckpointMeta.of(meta).replace(checkpoint_version=VERSION, checksums={
+        'params': checksums.tree_checksums(params), 'opt_state': checksums.tree_checksums(opt_state)})
     if data_iterator is not None:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       try:
@@ -109,7 +111,7 @@ class RunCheckpoints:
     try:
       self._manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-          meta=ocp.args.JsonSave(meta)), force=True)
+          meta=ocp.args.JsonSave(meta.to_json())), force=True)
     except Exception as e:  # pylint: disable=broad-except  (the synchronous part of the save)
       self._failed = True
       error = run_folder.write_failed(f'{self.model_dir}/{_PREFIX}_{step}', e, self._stopped(step))
@@ -169,7 +171,7 @@ class RunCheckpoints:
   def _keep_best(self) -> None:
     """Deletes the checkpoints (and data positions) the keep-best policy drops; records the decision."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    records = {s: self.read_meta(s).get('eval_metrics') for s in self._manager.all_steps()}
+    records = {s: self.read_meta(s).eval_metrics for s in self._manager.all_steps()}
     decision = keep_best_lib.decide(records, self.keep_best)
     from flanx.training import checkpoint_pins  # pylint: disable=g-import-not-at-top
     pinned = checkpoint_pins.pinned_steps(self.model_dir)  # an export is reading it: drop it at a later save
@@ -182,11 +184,12 @@ class RunCheckpoints:
     if jax.process_index() == 0:
       keep_best_lib.write_record(self.model_dir, self.keep_best, records, decision)
 
-  def read_meta(self, step: int) -> dict:
+  def read_meta(self, step: int) -> CheckpointMeta:
     """The metadata of checkpoint `step` (step, data position, checksums, settings) without its arrays."""
     return read_meta(os.path.join(self.model_dir, f'{_PREFIX}_{step}'))
 
-  def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree) -> tuple[PyTree, PyTree, dict]:
+  def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree
+              ) -> tuple[PyTree, PyTree, CheckpointMeta]:
     """Restores params, optimizer state (onto the shardings in the abstract trees) and metadata, verified
     against the checksums recorded at save (ChecksumMismatchError when they differ)."""
     where = f'{self.model_dir}/{_PREFIX}_{step}'
@@ -205,10 +208,10 @@ class RunCheckpoints:
     for item in ('params', 'opt_state'):
       if recorded[item] is not None:
         _verify(recorded[item], out[item], f'{where}/{item}')
-    return out['params'], out['opt_state'], out['meta']
+    return out['params'], out['opt_state'], meta
 
   def restore_newest_intact(self, abstract_params: PyTree, abstract_opt_state: PyTree,
-                            log: Callable[[str], None] = print) -> tuple[int, PyTree, PyTree, dict] | None:
+                            log: Callable[[str], None] = print) -> tuple[int, PyTree, PyTree, CheckpointMeta] | None:
     """(step, params, opt_state, meta) of the newest checkpoint that restores and passes its checksums, or None
     when the run has no checkpoint. Newer ones that failed (checksums, or files that no longer decode) are moved to
     MODEL_DIR/damaged/, loudly, once an older one restored: had the settings been at fault, that one would have
@@ -292,16 +295,16 @@ class RunCheckpoints:
       storage_callbacks.unquiet()
 
 
-def recorded_checksums(meta: dict, item: str, where: str) -> dict | None:
+def recorded_checksums(meta: CheckpointMeta, item: str, where: str) -> dict | None:
   """The checksums `meta` records for `item` ('params', 'opt_state'); None only for a checkpoint from before
   checksums when `checkpoint_checksums.required = False`; else UnverifiedCheckpointError."""
-  recorded = (meta.get('checksums') or {}).get(item)
+  recorded = (meta.checksums or {}).get(item)
   if recorded:
     return recorded
-  if meta.get('checkpoint_version') is not None:
+  if meta.checkpoint_version is not None:
     raise UnverifiedCheckpointError(
         f'{where}/meta records no checksums of {item}, though the flanx that wrote it (checkpoint_version '
-        f'{meta["checkpoint_version"]}) records them for every array: its meta was damaged or edited, so its '
+        f'{meta.checkpoint_version}) records them for every array: its meta was damaged or edited, so its '
         'arrays cannot be verified. Use another checkpoint of the run.')
   if checkpoint_checksums():
     raise UnverifiedCheckpointError(
@@ -336,23 +339,23 @@ def _verify(recorded: dict, tree: PyTree, where: str) -> None:
                                 f'checkpoint was written ({shown}): its files are damaged.')
 
 
-def read_meta(checkpoint_dir: str) -> dict:
-  """checkpoint_<step>/meta as a dict ({} when absent)."""
+def read_meta(checkpoint_dir: str) -> CheckpointMeta:
+  """checkpoint_<step>/meta (flanx.training.checkpoint_meta; when the file is absent, every key as absent)."""
   import tensorflow as tf  # gfile: local or gs://
   path = os.path.join(checkpoint_dir, 'meta', 'metadata')
   if not tf.io.gfile.exists(path):
-    return {}
+    return CheckpointMeta.from_json({}, path)
   try:
     with tf.io.gfile.GFile(path) as f:
-      return json.load(f)
-  except ValueError as e:
-    raise CheckpointRestoreError(f'{path} is not valid JSON ({e}): the checkpoint is damaged; move '
+      return CheckpointMeta.from_json(json.load(f), path)
+  except ValueError as e:  # not JSON, or a key of the wrong type
+    raise CheckpointRestoreError(f'{path} is not a valid checkpoint meta ({e}): the checkpoint is damaged; move '
                                  f'{checkpoint_dir} aside to use the previous one.') from None
 
 
 def saved_config(path: str) -> str | None:
   """The gin config a checkpoint was written with (run folder: newest checkpoint), or None if not recorded."""
-  return read_meta(locate(path)[0]).get('config_gin')
+  return read_meta(locate(path)[0]).config_gin
 
 
 def recorded_config(path: str) -> tuple[str, str] | None:
@@ -360,7 +363,7 @@ def recorded_config(path: str) -> tuple[str, str] | None:
   (which describes the newest start, and may differ); None if neither exists. Data only: see recorded_config.py."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local or gs://)
   checkpoint, run_dir, _ = locate(path)
-  text = read_meta(checkpoint).get('config_gin')
+  text = read_meta(checkpoint).config_gin
   if text is not None:
     return text, f'{checkpoint}/meta'
   config_gin = os.path.join(run_dir, 'config.gin')
@@ -427,10 +430,12 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
   return params
 
 
-def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: dict) -> None:
+def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: CheckpointMeta | dict) -> None:
   """A params-only checkpoint RUN/checkpoint_<step>/{params, meta} (e.g. an import), written synchronously."""
   options = ocp.CheckpointManagerOptions(step_prefix=_PREFIX, create=True, enable_async_checkpointing=False)
-  meta = {**meta, 'checkpoint_version': VERSION, 'checksums': {'params': checksums.tree_checksums(params)}}
+  meta = CheckpointMeta.of(meta).replace(checkpoint_version=VERSION,
+                                         checksums={'params': checksums.tree_checksums(params)})
   with ocp.CheckpointManager(_local_or_remote(run_dir), options=options, item_names=('params', 'meta')) as manager:
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               meta=ocp.args.JsonSave(meta.to_json())))
     manager.wait_until_finished()

@@ -23,8 +23,10 @@ from flanx.interop import curves, load_params
 from flanx.model import peft as peft_lib
 from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
-from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime, schedules
+from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime
 from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
+from flanx.training import run_builder
+from flanx.training.checkpoint_meta import CheckpointMeta
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -117,9 +119,8 @@ def train(*,
   try:
     plan = _plan(arguments)
     tx = plan.optimizer(0)  # for shapes and shardings; rebuilt once the schedule offset is known
-    mesh = partitioning.make_mesh()  # gin: make_mesh.data / make_mesh.model
-    run_checks.check_batch_fits(batch_size, num_microbatches, mesh.shape['data'], jax.process_count())
-    shardings = steps.make_shardings(plan.config, tx, mesh, partitioning.axis_rules())  # gin: axis_rules.fsdp
+    shardings = plan.setup.shardings  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
+    mesh = shardings.mesh
     run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
     folder = _RunFolder(model_dir, take_over_stale_lease)
   except BaseException:
@@ -180,13 +181,24 @@ def _shut_down(ckpts: checkpoints.RunCheckpoints | None, writer: MetricsWriter |
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-  """A run's checked settings: train()'s arguments, the model config, the data, and where its steps start."""
-  arguments: Mapping[str, Any]
-  config: T5Config
+  """A run's checked settings: its set-up (run_builder: arguments, model, optimizer, shardings), the data, and
+  where its steps start."""
+  setup: run_builder.TrainSetup
   settings: DataSettings
-  schedule: Callable[[int], Any]
   start: start_step.StartPlan
   keep_best: Any = None  # keep_best.KeepBest or None
+
+  @property
+  def arguments(self) -> Mapping[str, Any]:
+    return self.setup.arguments
+
+  @property
+  def config(self) -> T5Config:
+    return self.setup.config
+
+  @property
+  def schedule(self) -> Callable[[int], Any]:
+    return self.setup.schedule
 
   @property
   def train_steps(self) -> int:
@@ -194,16 +206,14 @@ class _Plan:
 
   def optimizer(self, schedule_offset: int) -> Optimizer:
     """The optimizer, its schedule seeing the absolute step (a fresh optimizer's count lags it by the offset)."""
-    return steps.make_optimizer(self.config, self.arguments['optimizer'],
-                                start_step.shifted_schedule(self.schedule, schedule_offset))
+    return self.setup.make_optimizer(schedule_offset)
 
 
 def _plan(a: Mapping[str, Any]) -> _Plan:
-  """Checks train()'s arguments, the task and the PEFT/step settings before anything is read or written."""
-  config = peft_lib.configure(a['model_config'] or T5Config(), a['peft'])
-  run_checks.check_args(a, run_checks.TRAIN_ARG_RULES)
-  data.import_task_modules(a['mixture_or_task_module'])
-  run_checks.check_task_name(a['mixture_or_task_name'])
+  """Checks train()'s arguments, the task and the PEFT/step settings and builds the run (mesh, shardings) before
+  anything is read or written."""
+  setup = run_builder.build_train(a)  # the same set-up as the compile-only check's (aot.check_train)
+  config = setup.config
   if a['use_cached_tasks']:
     data.check_cached(a['mixture_or_task_name'], 'train')  # USE_CACHED_TASKS: every task's cache exists, now
   settings = DataSettings(a['mixture_or_task_name'], a['task_feature_lengths'], a['batch_size'], a['pack'],
@@ -212,34 +222,31 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
                                 a['continue_step'], a['restore_optimizer_state'],
                                 gin_config.binding_source('train', 'train_steps'))
   peft_run.check_settings(config, a['initial_checkpoint_path'], a['initial_adapter_path'], start.restore_optimizer_state)
-  return _Plan(dict(a), config, settings, a['learning_rate_schedule'] or schedules.constant(), start,
-               run_checks.check_keep_best(a))
+  return _Plan(setup, settings, start, run_checks.check_keep_best(a))
 
 
 def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
-           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, dict]:
+           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, CheckpointMeta]:
   """Restores or initialises the state: (state, optimizer with the schedule offset of the run, positioned data
   iterator, step resumed from or None, checkpoint metadata to save)."""
   a, config = plan.arguments, plan.config
-  signature = run_checks.run_signature(config, a['batch_size'], a['task_feature_lengths'], a['mixture_or_task_name'],
-                                       a['pack'])
-  signature.update(peft_lib.resume_signature(config, a['initial_checkpoint_path']))  # PEFT: the same frozen base
+  signature = plan.setup.run_signature()  # PEFT: with the frozen base
   sources = data_fingerprint.fingerprint(a['mixture_or_task_name'])
   _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'], sources)
   state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, a['initial_checkpoint_path'],
                                                   a['seed'], _log, plan.start,
                                                   _prompt_vocabulary(config, a['mixture_or_task_name']),
                                                   a['initial_adapter_path'])
-  schedule_offset = (ckpts.read_meta(resumed).get('schedule_offset', 0) if resumed is not None
+  schedule_offset = (ckpts.read_meta(resumed).schedule_offset if resumed is not None
                      else plan.start.schedule_offset)
   tx = plan.optimizer(schedule_offset) if schedule_offset else tx
   layout = data_layout.data_layout(shardings.mesh, a['batch_size'])  # a replica set's hosts read the same rows
   iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train', layout=layout), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
-  meta = {'seed': a['seed'], 'data_seed': a['data_seed'], 'run': signature, 'config_gin': gin.config_str(),
-          'schedule_offset': schedule_offset, 'peft': a['peft'], 'base': a['initial_checkpoint_path'],
-          'initial_adapter': a['initial_adapter_path'], 'data_sources': sources}
+  meta = CheckpointMeta(seed=a['seed'], data_seed=a['data_seed'], run=signature, config_gin=gin.config_str(),
+                        schedule_offset=schedule_offset, peft=a['peft'], base=a['initial_checkpoint_path'],
+                        initial_adapter=a['initial_adapter_path'], data_sources=sources)
   return state, tx, iterator, resumed, meta
 
 
@@ -254,9 +261,7 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
                 clock: goodput.RunClock, profiler: profiling.Profiler) -> dict:
   """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
   a, config = plan.arguments, plan.config
-  loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
-  train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
-                                     inject_nan_at_step=a['inject_nan_at_step'])
+  train_step = plan.setup.train_step(tx)  # as the compile-only check lowers it
   eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
                                       inference_eval.from_arguments(config, shardings, a), writer.log)
              if _evaluates(a['eval_period'], int(state.step), plan.train_steps) else None)
@@ -339,9 +344,9 @@ def _check_existing_run(ckpts: checkpoints.RunCheckpoints, signature: Mapping[st
     return
   where = f'{ckpts.model_dir}/checkpoint_{latest}'
   meta = ckpts.read_meta(latest)
-  run_checks.check_resumable(meta.get('run'), signature, where, restore_data)
-  data_fingerprint.check_unchanged(meta.get('data_sources'), sources or {}, where, restore_data)
-  step = int(meta.get('step', latest))
+  run_checks.check_resumable(meta.run, signature, where, restore_data)
+  data_fingerprint.check_unchanged(meta.data_sources, sources or {}, where, restore_data)
+  step = latest if meta.step is None else meta.step
   if train_steps <= step and not already_done_ok:
     key = gin_config.binding_source('train', 'train_steps')
     raise run_checks.RunConfigError(
@@ -359,10 +364,11 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
   if ckpts.latest_step() is not None:
     target = steps.abstract_state(config, tx, shardings)
     latest, params, opt_state, meta = ckpts.restore_newest_intact(target.params, target.opt_state, log)
-    log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {meta["step"]}).')
-    state = steps.TrainState(step=jax.device_put(np.int32(meta['step']), target.step.sharding), params=params,
+    step = latest if meta.step is None else meta.step
+    log(f'Resuming from {ckpts.model_dir}/checkpoint_{latest} (step {step}).')
+    state = steps.TrainState(step=jax.device_put(np.int32(step), target.step.sharding), params=params,
                              opt_state=opt_state, frozen=peft_run.frozen_base(config, initial_checkpoint_path, seed, shardings))
-    return state, int(meta['batches_read']), latest
+    return state, meta.batches_read, latest
   start = start or start_step.StartPlan(0, 0, False)
   if initial_checkpoint_path and peft_lib.is_peft(config):  # pretrained base, fresh (or read) adapters
     params = peft_run.initial_params(config, initial_checkpoint_path, initial_adapter_path, seed, shardings, log)
@@ -384,7 +390,7 @@ def _restore_or_init(ckpts: checkpoints.RunCheckpoints, config: T5Config, tx: Op
 class _Saver:
   """Saves a step once (periodic, final and SIGTERM saves may coincide) with the data position and metadata."""
 
-  def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: dict,
+  def __init__(self, ckpts: checkpoints.RunCheckpoints, iterator: data.CheckpointableIterator, meta: CheckpointMeta,
                last_saved: int | None, folder: _RunFolder, clock: goodput.RunClock):
     self.ckpts, self.iterator, self.meta, self.last_saved, self.folder = ckpts, iterator, meta, last_saved, folder
     self.clock = clock
@@ -400,9 +406,8 @@ class _Saver:
   def save(self, state: steps.TrainState, step: int, eval_metrics: Mapping[str, float] | None = None) -> None:
     """`eval_metrics`: the in-training eval of this very step (keep-best ranks checkpoints by them)."""
     if self.last_saved != step:
-      meta = {'step': step, 'batches_read': self.iterator.batches_read, **self.meta}
-      if eval_metrics:
-        meta['eval_metrics'] = {k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')}
+      meta = self.meta.replace(step=step, batches_read=self.iterator.batches_read, eval_metrics={
+          k: float(v) for k, v in eval_metrics.items() if not k.startswith('timing/')} if eval_metrics else None)
       with self.clock.part('checkpoint'):  # the blocking part: the write goes on in the background
         self.ckpts.save(step, state.params, state.opt_state, meta, self.iterator)
       self.last_saved = step

@@ -140,7 +140,9 @@ def new_state(params: PyTree, optimizer: Optimizer, shardings: Shardings, step: 
   frozen half stored in `base_dtype`), with a fresh optimizer state."""
   trained, frozen = (params, None) if shardings.frozen is None else peft.split_trainable(params)
   if frozen is not None and base_dtype != 'float32':
-    frozen = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(base_dtype), tree), donate_argnums=0)(frozen)
+    # out_shardings: the cast keeps the base where the step expects it (left to XLA, a one-device mesh drops the spec)
+    frozen = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(base_dtype), tree), donate_argnums=0,
+                     out_shardings=shardings.frozen)(frozen)
   return TrainState(step=jax.device_put(jnp.int32(step), partitioning.replicated(shardings.mesh)), params=trained,
                     opt_state=init_opt_state(optimizer, trained, shardings), frozen=frozen)
 

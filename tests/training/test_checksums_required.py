@@ -39,8 +39,8 @@ def _edit_meta(run, **changes):
 
 def test_this_version_records_a_version_and_checksums(run):
   meta = checkpoints.read_meta(str(run / 'checkpoint_10'))
-  assert meta['checkpoint_version'] == checkpoints.VERSION == 2
-  assert set(meta['checksums']) == {'params', 'opt_state'}
+  assert meta.checkpoint_version == checkpoints.VERSION == 2
+  assert set(meta.checksums) == {'params', 'opt_state'}
 
 
 def test_removed_checksums_are_damage_even_with_the_flag(run):

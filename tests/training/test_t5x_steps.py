@@ -120,7 +120,7 @@ def test_step_continues_from_the_t5x_checkpoint_with_fresh_optimizer_state(t5x_r
     meta = ckpts.read_meta(1003)
   finally:
     ckpts.close()
-  assert meta['step'] == 1003 and meta['schedule_offset'] == START
+  assert meta.step == 1003 and meta.schedule_offset == START
   # Resuming keeps counting (and the schedule offset) from the saved checkpoint.
   assert _train(model_dir, folder, 1005)['step'] == 1005
   assert _steps_logged(model_dir)[-2:] == [1004, 1005]

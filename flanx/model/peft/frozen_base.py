@@ -1,7 +1,7 @@
 """The one loader of a PEFT run's frozen base, shared by the trainer, InferenceModel and export.
 
 The base is what the run's INITIAL_CHECKPOINT_PATH names (a flanx checkpoint, a Hugging Face folder or a t5x
-checkpoint; a checkpoint records it as meta['base']), else the base part of the PEFT model's initialisation from
+checkpoint; a checkpoint records it as its meta's `base`), else the base part of the PEFT model's initialisation from
 the run's seed (what a fresh run without an initial checkpoint starts from).
 The trainer refuses to resume on another base (flanx.training.run_checks), so training, inference and export all
 read the same one.
@@ -31,7 +31,8 @@ def load(config: Any, source: str | None, seed: int, shardings: PyTree, cast: bo
     params = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
   dtype = peft.base_dtype(config)
   if cast and dtype != 'float32':
-    params = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree), donate_argnums=0)(params)
+    params = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree), donate_argnums=0,
+                     out_shardings=shardings)(params)  # on the step's shardings (as abstract_state says)
   return params
 
 
@@ -41,9 +42,15 @@ def load_model_params(checkpoint_path: str, config: Any, shardings: PyTree, froz
   from flanx.interop import load_params  # pylint: disable=g-import-not-at-top
   from flanx.model import network  # pylint: disable=g-import-not-at-top
   from flanx.training import checkpoints, steps  # pylint: disable=g-import-not-at-top
-  if not peft.is_peft(config):
+  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0]) if checkpoints.is_flanx_checkpoint(
+      checkpoint_path) else None
+  method = peft.method(config)
+  if meta is not None and meta.peft in peft.METHODS and meta.peft != method.name:  # ('none' is no method)
+    raise ValueError(f"{checkpoint_path} holds the trained params of a PEFT = {meta.peft!r} run, and this command's "
+                     f"model has {method.name or 'no PEFT method'}: pass --gin.PEFT='{meta.peft}' with the run's "
+                     f"{meta.peft} settings (or no model flags at all: the run's recorded config is read)")
+  if method is peft.NO_PEFT:
     return load_params.load_sharded_params(checkpoint_path, config, shardings)
   trained, _ = peft.split_trainable(network.abstract_params(config))
   adapters = checkpoints.restore_params(checkpoint_path, steps.with_shardings(trained, shardings))
-  meta = checkpoints.read_meta(checkpoints.locate(checkpoint_path)[0])
-  return peft.combine(adapters, load(config, meta.get('base'), int(meta.get('seed', 42)), frozen_shardings))
+  return peft.combine(adapters, load(config, meta.base, meta.seed, frozen_shardings))
