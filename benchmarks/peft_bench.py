@@ -6,14 +6,14 @@ Methods (METHODS below, each built through flanx.model.peft.METHODS, so the benc
 fine-tuning; LoRA r=8 and r=16 on q and v (PEFT's default targets); prompt tuning with 100 tokens; prefix tuning
 with 20 positions; (IA)³ with peft's T5 defaults.
 
-1. Each method in its own process, so the peak belongs to that method alone: trainable params, optimizer-state
-   bytes (Adafactor, as the runs use, and Adam), bytes of the frozen base, XLA's memory plan of the compiled train
-   step (arguments, outputs, of those aliased to donated arguments, temporaries) and the process's peak RSS
-   (compile included) after a few steps.
-2. The step time of every method in ONE process (benchmarks/interleave.py): all compiled first, one untimed
-   warm-up step each, then rounds that run every method once, the order reversed every round, so a load swing
-   hits all methods alike. Medians, per-round times and each method's paired per-round time ratio to full
+1. Every method in ONE process: trainable params, optimizer-state bytes (Adafactor, as the runs use, and Adam),
+   bytes of the frozen base, XLA's memory plan of the compiled train step (arguments, outputs, of those aliased to
+   donated arguments, temporaries); then the step times (benchmarks/interleave.py): all compiled first, one
+   untimed warm-up step each, then rounds that run every method once, the order reversed every round, so a load
+   swing hits all methods alike. Medians, per-round times and each method's paired per-round time ratio to full
    fine-tuning.
+2. Unless --skip_own_process: each method again in its own process, so the peak RSS (compile included, after a
+   few steps) belongs to that method alone.
 
 Random weights and a random unpacked batch; the prompt run's inputs hold its placeholders within the same input
 length. Writes results.json (after every stage) and prints Markdown tables.
@@ -96,16 +96,11 @@ def _stepper(side: dict, compiled):
   return call
 
 
-def worker(method: str, args) -> dict:
-  """One method's sizes, XLA memory plan and peak RSS after `args.steps` steps (run in its own process)."""
+def _sizes(method: str, side: dict, compiled) -> dict:
+  """Trainable and frozen params, optimizer-state bytes and XLA's memory plan of one method's compiled step."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  side = _setup(method, args)
-  compiled = _compile(side)
-  plan = compiled.memory_analysis()
-  step = _stepper(side, compiled)
-  timed = common.time_calls(lambda i: step(), warmup=1, steps=max(args.steps - 1, 1))
-  state = side['state']
+  state, plan = side['state'], compiled.memory_analysis()
   return {
       'method': method,
       'peft': METHODS[method],
@@ -118,19 +113,31 @@ def worker(method: str, args) -> dict:
       'xla_output_bytes': int(plan.output_size_in_bytes),
       'xla_alias_bytes': int(plan.alias_size_in_bytes),
       'xla_temp_bytes': int(plan.temp_size_in_bytes),
-      'peak_rss_bytes': common.peak_rss_bytes(),
-      'own_process_step_s': timed['step_times_s'],  # not interleaved: the load of its own moment
   }
 
 
+def worker(method: str, args) -> dict:
+  """One method's sizes, memory plan and peak RSS after `args.steps` steps (run in its own process)."""
+  side = _setup(method, args)
+  compiled = _compile(side)
+  step = _stepper(side, compiled)
+  timed = common.time_calls(lambda i: step(), warmup=1, steps=max(args.steps - 1, 1))
+  return {**_sizes(method, side, compiled), 'peak_rss_bytes': common.peak_rss_bytes(),
+          'own_process_step_s': timed['step_times_s']}  # not interleaved: the load of its own moment
+
+
 def interleaved(args) -> dict:
-  """Step time of every method of `args.methods` in one process, interleaved (benchmarks/interleave.py)."""
-  sides = {}
+  """Every method of `args.methods` in one process: sizes and memory plan, then the step times, interleaved
+  (benchmarks/interleave.py)."""
+  sides, sizes = {}, {}
   for m in args.methods:  # all set up and compiled before any timing, so no round waits on a compile
     side = _setup(m, args)
-    sides[m] = _stepper(side, _compile(side))
+    compiled = _compile(side)
+    sizes[m] = _sizes(m, side, compiled)
+    sides[m] = _stepper(side, compiled)
   result = interleave.interleave(sides, rounds=args.rounds)
   result['time_over_full'] = {m: interleave.ratio(result, slow=m, fast='full') for m in args.methods}
+  result['sizes'] = sizes
   return result
 
 
@@ -152,8 +159,9 @@ def markdown(rows: list[dict], timing: dict | None) -> str:
     xla = (f"{_mib(r['xla_argument_bytes'])} + {_mib(r['xla_output_bytes'])} + {_mib(r['xla_temp_bytes'])}, "
            f"{_mib(r['xla_alias_bytes'])}")
     peak = r['xla_argument_bytes'] + r['xla_output_bytes'] - r['xla_alias_bytes'] + r['xla_temp_bytes']
+    rss = _mib(r['peak_rss_bytes']) if 'peak_rss_bytes' in r else 'not run'
     lines.append(f"| {r['method']} | {r['trainable_params']:,}{share} | {_kib(r['adafactor_state_bytes'])} | "
-                 f"{_mib(r['adam_state_bytes'])} | {xla} | {_mib(peak)} | {_mib(r['peak_rss_bytes'])} |")
+                 f"{_mib(r['adam_state_bytes'])} | {xla} | {_mib(peak)} | {rss} |")
   if timing is None:
     return '\n'.join(lines)
   lines += ['', f"Step time, interleaved in one process ({timing['rounds']} rounds, order reversed every round; load "
@@ -175,6 +183,8 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=3, help='steps per method in its own process (peak RSS)')
   parser.add_argument('--rounds', type=int, default=5, help='interleaved rounds of every method (step time)')
   parser.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated, of {",".join(METHODS)}')
+  parser.add_argument('--skip_own_process', action='store_true',
+                      help='no per-method processes (peak RSS): sizes and memory plans come from the interleaved one')
   parser.add_argument('--out', default='runs/peft_bench')
   parser.add_argument('--worker', choices=sorted(METHODS), help=argparse.SUPPRESS)
   parser.add_argument('--interleaved', action='store_true', help=argparse.SUPPRESS)
@@ -213,11 +223,13 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, 'results.json'), 'w') as f:
       json.dump(result, f, indent=2)
 
-  for m in args.methods:
-    result['methods'].append(run([f'--worker={m}']))
-    print(json.dumps(result['methods'][-1]), flush=True)
-    save()
+  # The interleaved process first: it alone gives every column but peak RSS, so a slow machine still has the table.
   result['step_time'] = run(['--interleaved'])
+  result['methods'] = [result['step_time']['sizes'][m] for m in args.methods]
+  save()
+  for i, m in enumerate([] if args.skip_own_process else args.methods):
+    result['methods'][i] = run([f'--worker={m}'])
+    save()
   result['load_average_end'] = common.load_average()
   save()
   print(markdown(result['methods'], result['step_time']))
