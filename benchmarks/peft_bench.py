@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -166,11 +167,16 @@ def markdown(rows: list[dict], timing: dict | None) -> str:
     return '\n'.join(lines)
   lines += ['', f"Step time, interleaved in one process ({timing['rounds']} rounds, order reversed every round; load "
             f"{timing['load']['start']} → {timing['load']['end']}):", '',
-            '| method | median (s) | per round (s) | time / full: paired median (spread) |', '|---|---|---|---|']
+            '| method | median (s) | per round (s) | time / full: paired median (spread) | process CPU s, median | '
+            'CPU / full: paired median |', '|---|---|---|---|---|---|']
+  full_cpu = [run['cpu_s'] for run in timing['sides']['full']['runs']]
   for m, side in timing['sides'].items():
     per_round = ', '.join(f"{run['wall_s']:.2f}" for run in side['runs'])
+    cpu = [run['cpu_s'] for run in side['runs']]
+    cpu_ratio = statistics.median(c / f for c, f in zip(cpu, full_cpu))
     lines.append(f"| {m} | {side['wall']['median']:.2f} | {per_round} | "
-                 f"{interleave.format_ratio(timing['time_over_full'][m])} |")
+                 f"{interleave.format_ratio(timing['time_over_full'][m])} | {statistics.median(cpu):.2f} | "
+                 f"{cpu_ratio:.2f}x |")
   return '\n'.join(lines)
 
 
