@@ -78,6 +78,9 @@ def collective_bytes(hlo_text: str) -> dict:
       entry_['executed'] += runs.get(name, 0)
       entry_['bytes'] += size * runs.get(name, 0)
   out['total_bytes'] = sum(out[k]['bytes'] for k in KINDS)
+  loops = [line for lines in computations.values() for line in lines if ' while(' in line]
+  out['while_loops'] = {'count': len(loops), 'with_trip_count': sum(bool(_TRIPS.search(l)) for l in loops),
+                        'trip_counts': sorted({int(m.group(1)) for l in loops for m in [_TRIPS.search(l)] if m})}
   return out
 
 
