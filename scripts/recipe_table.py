@@ -10,6 +10,9 @@ gin/recipes/README.md between its markers, with the date, commit and versions.
   .venv/bin/python scripts/recipe_table.py --jobs 3   # three compiles at a time
   .venv/bin/python scripts/recipe_table.py --update NAME ...  # recompile these recipes, keep the other rows
   .venv/bin/python scripts/recipe_table.py NAME ...   # only these recipes (file names); prints, writes nothing
+  .venv/bin/python scripts/recipe_table.py NAME --gin make_mesh.model=4 --collectives
+      # a variant (gin bindings added to each compile; printed, never recorded), with the collective bytes of each
+      # compiled step (scripts/hlo_collectives.py)
 
 The rows are kept in gin/recipes/recipe_table.json (each with its date and commit); the README is made from it.
 
@@ -45,11 +48,15 @@ def recipe_targets(path: pathlib.Path) -> list[str]:
   return re.findall(r'^#\s*tpu:\s*([\w-]+)\s*$', path.read_text(encoding='utf-8'), flags=re.MULTILINE)
 
 
-def compile_recipe(path: pathlib.Path, accelerator: str, workdir: pathlib.Path) -> dict:
-  """Runs the compile-only check of one recipe on one pod; returns its JSON report (or an error row)."""
+def compile_recipe(path: pathlib.Path, accelerator: str, workdir: pathlib.Path, bindings: tuple[str, ...] = (),
+                   collectives: bool = False) -> dict:
+  """Runs the compile-only check of one recipe on one pod (with extra gin `bindings`; counting the collectives of
+  the compiled steps when asked); returns its JSON report (or an error row)."""
   report = workdir / f'{path.stem}.{accelerator}.json'
-  argv = [sys.executable, '-m', 'flanx.train', f'--gin_file=recipes/{path.name}', *PLACEHOLDERS,
-          f'--topology={accelerator}', '--compile_only', f'--compile_report={report}']
+  command = ['scripts/hlo_collectives.py'] if collectives else ['-m', 'flanx.train']
+  argv = [sys.executable, *command, f'--gin_file=recipes/{path.name}', *PLACEHOLDERS,
+          *(f'--gin.{b}' for b in bindings), f'--topology={accelerator}', '--compile_only',
+          f'--compile_report={report}']
   start = time.perf_counter()
   proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
   seconds = time.perf_counter() - start
@@ -63,6 +70,8 @@ def compile_recipe(path: pathlib.Path, accelerator: str, workdir: pathlib.Path) 
     return {'recipe': path.name, 'accelerator': accelerator, 'error': error, **stamp()}
   result = json.loads(report.read_text())
   result.update(recipe=path.name, wall_seconds=round(seconds, 1), **stamp())
+  if bindings:
+    result['bindings'] = list(bindings)
   return result
 
 
@@ -133,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('recipes', nargs='*', help='recipe file names (default: all, and the README is rewritten)')
   parser.add_argument('--jobs', type=int, default=1, help='compiles at a time (each takes a few GB of RAM)')
   parser.add_argument('--update', action='store_true', help='record the named recipes\' rows, keep the others')
+  parser.add_argument('--gin', action='append', default=[], metavar='BINDING',
+                      help='a gin binding added to each compile, e.g. make_mesh.model=4 (printed, never recorded: '
+                           'the table shows the recipes as shipped)')
+  parser.add_argument('--collectives', action='store_true',
+                      help='also count each compiled step\'s collective bytes (scripts/hlo_collectives.py)')
   args = parser.parse_args(argv)
+  if args.gin and (args.update or not args.recipes):
+    raise SystemExit('--gin compiles a variant of named recipes; it is printed, not recorded (set the value in the '
+                     'recipe or its hardware gin, then --update)')
   record = args.update or not args.recipes
   paths = [RECIPES / name for name in args.recipes] or sorted(RECIPES.glob('*.gin'), key=_size_rank)
   for path in paths:
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator == '?':
       row = {'recipe': path.name, 'accelerator': '?', 'error': 'no `# tpu: ACCELERATOR` line'}
     else:
-      row = compile_recipe(path, accelerator, tmp)
+      row = compile_recipe(path, accelerator, tmp, tuple(args.gin), args.collectives)
     with lock:
       results[index] = row
       if record:  # the table so far, so a long run leaves its results even if it is stopped
@@ -160,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
   rows = _in_order(results, pairs)
   text = f'{provenance()}\n\n{table(rows)}'
   print(text)
+  if args.gin or args.collectives:  # the full reports of a variant, for the record of a comparison
+    print(json.dumps(rows, indent=1))
   return 0 if all(r.get('fits') for r in rows) else 1
 
 

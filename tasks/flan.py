@@ -19,6 +19,11 @@ Registered (cheaply; files are read when a dataset is first built):
 - `flan2022_submix`: flan2021 0.4, t0 0.32, niv2 0.2, cot 0.05, dialog 0.03.
 - `dolly_flan`: Dolly plus a Flan replay fraction (gin `tasks.flan.flan_replay_fraction.fraction`).
 
+Hosts: a source shards itself (seqio's ShardInfo): whole files when there are at least as many files as shards,
+else a share of every file (records.Share: whole Parquet row groups where there are enough, else every N-th
+record, picked before it is parsed), so no host parses another host's records when reading. Counting (the scan
+behind task sizes and ordinals) still reads every file once per process on every host: task sizes are global.
+
 Order: each epoch reads the files in a new seeded order, FILES_IN_FLIGHT at a time (record by record), each
 front to back; the task's shuffle buffer (20k examples) mixes from there. Caps apply after that (and after
 seqio's cache: the tasks are cacheable, see `cap_per_epoch`). Counting reads the files once per process; each
@@ -26,6 +31,7 @@ epoch of each variant task reads its files again (use {submix}/{variant} in the 
 variants' files).
 """
 
+import array
 import collections
 import dataclasses
 import os
@@ -88,8 +94,17 @@ def flan_replay_fraction(fraction: float = 0.1) -> float:
   return fraction
 
 
-# Per-file record counts of a file list, by (submix, variant, task_name), and the read report.
-_SCANS: Dict[Any, Tuple[List[Dict[Tuple[str, str, str], int]], records_lib.ReadReport]] = {}
+@dataclasses.dataclass
+class Scan:
+  """One read of a file list: examples per (submix, variant, task_name) in each file, the read report, and every
+  record's key (4 bytes a record), from which a reader of a file's share finds its records' task ordinals."""
+  per_file: List[Dict[Tuple[str, str, str], int]]
+  report: records_lib.ReadReport
+  keys: Dict[Tuple[str, str, str], int]  # (submix, variant, task_name) -> its number in record_keys
+  record_keys: List[np.ndarray]  # per file, each record's key number (-1: a bad record)
+
+
+_SCANS: Dict[Any, Scan] = {}
 FILES_IN_FLIGHT = 4  # files a source reads at once (interleaved): mixes neighbouring files' tasks early
 
 
@@ -107,23 +122,49 @@ def iter_matches(files: Sequence[layouts_lib.FlanFile], on_error: str,
         yield match
 
 
-def scan_files_per_file(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
-                        ) -> Tuple[List[Dict[Tuple[str, str, str], int]], records_lib.ReadReport]:
-  """Examples per (submix, variant, task_name) in each of `files` (read once per process)."""
+def scan_records(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise') -> Scan:
+  """Reads `files` once per process: examples per (submix, variant, task_name) per file, and each record's key."""
   key = (tuple((f.layout, f.submix, f.variant) + tuple(spec_lib.file_key(p) for p in f.paths) for f in files),
          on_error, records_lib.max_record_bytes())
   if key not in _SCANS:
     report = records_lib.ReadReport(f'Flan files ({len(files)}: {[f.name for f in files[:2]]}...)')
-    per_file = []
+    per_file, keys, record_keys = [], {}, []
     for file in files:
-      counts = collections.Counter()
-      for match in iter_matches([file], on_error, report):
+      counts, numbers = collections.Counter(), array.array('i')
+      for number, where, record, problem in layouts_lib.iter_numbered_records(file):
+        assert number == len(numbers), (file.name, number)  # unshared reads number every record
+        problem, match = (problem, None) if problem else layouts_lib.classify(record, file)
+        if problem:
+          records_lib.reject(where, problem, on_error, report)
+          numbers.append(-1)
+          continue
+        numbers.append(keys.setdefault(match[:3], len(keys)))
         counts[match[:3]] += 1
         report.kept += 1
       per_file.append(dict(counts))
+      record_keys.append(np.frombuffer(numbers, dtype=np.int32) if numbers else np.zeros(0, np.int32))
     report.log()
-    _SCANS[key] = (per_file, report)
+    _SCANS[key] = Scan(per_file, report, keys, record_keys)
   return _SCANS[key]
+
+
+def scan_files_per_file(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
+                        ) -> Tuple[List[Dict[Tuple[str, str, str], int]], records_lib.ReadReport]:
+  """Examples per (submix, variant, task_name) in each of `files` (read once per process)."""
+  scan = scan_records(files, on_error)
+  return scan.per_file, scan.report
+
+
+def ranks_in_file(record_keys: np.ndarray) -> np.ndarray:
+  """Each record's position among the earlier records of its file with the same key."""
+  order = np.argsort(record_keys, kind='stable')
+  ordered = record_keys[order]
+  first = np.ones(len(ordered), bool)
+  first[1:] = ordered[1:] != ordered[:-1]
+  group_start = np.flatnonzero(first)[np.cumsum(first) - 1]
+  ranks = np.empty(len(ordered), np.int64)
+  ranks[order] = np.arange(len(ordered)) - group_start
+  return ranks
 
 
 def scan_files(files: Sequence[layouts_lib.FlanFile], on_error: str = 'raise'
@@ -142,7 +183,8 @@ class FlanFileSource(seqio.DataSource):
   Every example carries `task_name`, `task_size` (the task's examples in this variant) and `task_ordinal` (its
   index among them, in file order): what `cap_per_epoch` needs to keep exactly min(n, cap) of each task per
   epoch, so the capping runs after seqio's cache. One shard per file: seqio's cache script reads the files in
-  parallel and hosts read disjoint files, never parsing another host's records.
+  parallel. Hosts get disjoint whole files when there are at least as many files as hosts, else each a share of
+  every file (records.Share, picked before parsing); either way no host parses another host's records.
   """
 
   def __init__(self, submix: Submix, variant: str, pattern: Optional[str] = None,
@@ -158,11 +200,14 @@ class FlanFileSource(seqio.DataSource):
     self._scan: Optional[Tuple[Dict[str, int], records_lib.ReadReport]] = None
     self._files: Optional[List[layouts_lib.FlanFile]] = None
     self._offsets: Optional[List[Dict[str, int]]] = None
+    self._records_scan: Optional[Scan] = None
     super().__init__(splits=('train',))
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
-    return False
+    # True: seqio passes every ShardInfo here (with fewer files than shards it would otherwise read everything
+    # on every host and drop the rest); get_dataset splits inside files then.
+    return True
 
   def list_shards(self, split: str) -> Sequence[str]:
     return [f.name for f in self.files()]
@@ -185,12 +230,23 @@ class FlanFileSource(seqio.DataSource):
       if match[0] == self.submix.name and match[1] == self.variant:
         yield match[2:]
 
+  def _shared_records(self, file: layouts_lib.FlanFile, share: records_lib.Share
+                      ) -> Iterator[Tuple[int, str, str, str]]:
+    """(number, task_name, inputs, targets) of this submixture and variant in `share` of `file`."""
+    for number, where, record, problem in layouts_lib.iter_numbered_records(file, share):
+      problem, match = (problem, None) if problem else layouts_lib.classify(record, file)
+      if problem:
+        records_lib.reject(where, problem, self._on_error, None)  # counted by scan()
+      elif match[0] == self.submix.name and match[1] == self.variant:
+        yield (number,) + match[2:]
+
   def scan(self) -> Tuple[Dict[str, int], records_lib.ReadReport]:
     """Examples per task_name and the read report (one read, shared by every source that
     reads the same files)."""
     if self._scan is None:
       files = self.files()
-      per_file, report = scan_files_per_file(tuple(files), self._on_error)
+      scan = scan_records(tuple(files), self._on_error)
+      per_file, report = scan.per_file, scan.report
       mine = [{task: n for (submix, variant, task), n in counts.items()
                if submix == self.submix.name and variant == self.variant} for counts in per_file]
       totals = collections.Counter()
@@ -201,7 +257,7 @@ class FlanFileSource(seqio.DataSource):
       if not totals:
         raise ValueError(f'no {self.submix.name} {self.variant} records in {len(files)} files '
                          f'({[f.name for f in files[:3]]}...)')
-      self._files, self._offsets = files, offsets
+      self._files, self._offsets, self._records_scan = files, offsets, scan
       self._scan = (dict(sorted(totals.items())), report)
     return self._scan
 
@@ -221,8 +277,12 @@ class FlanFileSource(seqio.DataSource):
     counts, _ = self.scan()
     return int(sum(min(n, self.cap_of(t)) for t, n in counts.items()))
 
-  def read_file(self, index: int) -> Iterator[Dict[str, Any]]:
-    """The examples of this submixture and variant in file `index` (of `files()`), with their task position."""
+  def read_file(self, index: int, share: Optional[records_lib.Share] = None) -> Iterator[Dict[str, Any]]:
+    """The examples of this submixture and variant in file `index` (of `files()`), or in `share` of it, with their
+    task position."""
+    if share is not None:
+      yield from self._read_share(index, share)
+      return
     counts, _ = self.scan()
     offsets, seen = self._offsets[index], collections.Counter()
     for task, inputs, targets in self._records([self._files[index]]):
@@ -234,12 +294,28 @@ class FlanFileSource(seqio.DataSource):
       yield {'inputs': inputs, 'targets': targets, 'task_name': task, 'task_size': counts[task],
              'task_ordinal': ordinal}
 
+  def _read_share(self, index: int, share: records_lib.Share) -> Iterator[Dict[str, Any]]:
+    """`read_file` of a share: the task ordinals come from the scan's record keys (the records before each one
+    in the file are not read here)."""
+    counts, _ = self.scan()
+    scan, file = self._records_scan, self._files[index]
+    keys = scan.record_keys[index]
+    ranks = ranks_in_file(keys)
+    for number, task, inputs, targets in self._shared_records(file, share):
+      key = scan.keys.get((self.submix.name, self.variant, task))
+      if key is None or number >= len(keys) or keys[number] != key:
+        raise RuntimeError(f'Flan files changed while reading: record {number} of {file.name} is not the '
+                           f'{task!r} example it was when counted')
+      yield {'inputs': inputs, 'targets': targets, 'task_name': task, 'task_size': counts[task],
+             'task_ordinal': self._offsets[index][task] + int(ranks[number])}
+
   def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1):
     """This shard's files (all without `shard_info`), each read front to back, FILES_IN_FLIGHT at a time; with
     `shuffle`, in a seeded order that changes every pass (tf.data's own shuffle: no Python state, so a rebuilt
-    pipeline repeats it exactly)."""
+    pipeline repeats it exactly). With fewer files than shards, shard k reads share (k + i) mod N of file i (the
+    rotation spreads the files' remainders over the shards)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     del sequence_length, use_cached, num_epochs
     if split != 'train':
@@ -247,8 +323,15 @@ class FlanFileSource(seqio.DataSource):
     registrations.check()
     self.scan()
     indices = np.arange(len(self._files), dtype=np.int64)
-    if shard_info is not None and shard_info.num_shards > 1:
-      indices = indices[shard_info.index::shard_info.num_shards]
+    shard, num_shards = (shard_info.index, shard_info.num_shards) if shard_info is not None else (0, 1)
+    within_files = num_shards > len(indices)
+    if num_shards > 1 and not within_files:
+      indices = indices[shard::num_shards]
+
+    def read(i):
+      i = int(i)
+      return self.read_file(i, records_lib.Share((shard + i) % num_shards, num_shards) if within_files else None)
+
     text, number = tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)
     signature = {'inputs': text, 'targets': text, 'task_name': text, 'task_size': number, 'task_ordinal': number}
     files = tf.data.Dataset.from_tensor_slices(indices)
@@ -257,7 +340,7 @@ class FlanFileSource(seqio.DataSource):
       files = files.shuffle(len(indices), seed=records_lib.stable_int(seed, 'files') % 2**31,
                             reshuffle_each_iteration=True)
     return files.interleave(
-        lambda i: tf.data.Dataset.from_generator(lambda i: self.read_file(int(i)), args=(i,),
+        lambda i: tf.data.Dataset.from_generator(read, args=(i,),
                                                  output_signature=signature),
         cycle_length=max(1, min(FILES_IN_FLIGHT, len(indices))), block_length=1)
 

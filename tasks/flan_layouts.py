@@ -258,3 +258,11 @@ def iter_records(file: FlanFile):
   if len(file.paths) == 1:
     return records_lib.iter_file(file.paths[0], columns=READ_COLUMNS)
   return records_lib.iter_joined_jsonl(file.paths)
+
+
+def iter_numbered_records(file: FlanFile, share: Optional[records_lib.Share] = None):
+  """(number, location, record or None, problem or None) for every record of a FlanFile, or of `share` of it
+  (chosen before parsing); numbers count the file's records from 0, bad ones included."""
+  if len(file.paths) == 1:
+    return records_lib.iter_file_numbered(file.paths[0], columns=READ_COLUMNS, share=share)
+  return records_lib.iter_joined_jsonl_numbered(file.paths, share)

@@ -5,6 +5,10 @@ deep, numbers too long for Python, lone UTF-16 surrogates such as "\\ud800") is 
 and line (on_error='raise') or counted in a `ReadReport` and logged (on_error='skip'); nothing is dropped
 silently. Blank lines are not records; a UTF-8 byte-order mark at the start of a file is not part of the
 first one. Over-long lines are skipped in chunks, never held in memory whole.
+
+A `Share` reads one reader's part of a file (every count-th record, or whole Parquet row groups when the file
+has enough), choosing records by their number before parsing them, so hosts split a file without each parsing
+all of it.
 """
 
 import collections
@@ -24,6 +28,28 @@ import gin
 ON_ERROR = ('raise', 'skip')
 MAX_RECORD_BYTES_ENV = 'FLANX_MAX_RECORD_BYTES'
 DEFAULT_MAX_RECORD_BYTES = 4 << 20  # far above any real Flan / Dolly record (tens of KB)
+
+
+# Records this process has parsed (turned into Python values), by format: what a read cost (tests check that a
+# shared read parses only its share).
+PARSED = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+  """One reader's share of a file: records number `index`, `index + count`, `index + 2 count`, ... (numbered
+  from 0 in file order, bad records included), chosen before they are parsed. A Parquet file with at least
+  `count` row groups is shared by whole row groups instead (group g goes to reader g mod count), so a reader
+  decodes only its own groups. The shares 0..count-1 of a file are disjoint and together hold all of it."""
+  index: int
+  count: int
+
+  def __post_init__(self):
+    if not 0 <= self.index < self.count:
+      raise ValueError(f'share {self.index} of {self.count} does not exist')
+
+  def has(self, number: int) -> bool:
+    return number % self.count == self.index
 
 
 class RecordError(ValueError):
@@ -255,16 +281,21 @@ def validate(record: Any, required: Sequence[str], optional: Sequence[str] = ()
   return None
 
 
-def _iter_jsonl(path: str, where: Optional[str] = None, file=None
-                ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+def _iter_jsonl(path: str, where: Optional[str] = None, file=None, share: Optional[Share] = None
+                ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
+  number = -1
   for where, line, problem in iter_lines(path, where, file):
-    if problem:
-      yield where, None, problem
+    if not problem and not line.strip():
       continue
-    if not line.strip():
+    number += 1
+    if share is not None and not share.has(number):  # another reader's: never parsed here
+      continue
+    if problem:
+      yield number, where, None, problem
       continue
     record, problem = parse_json_line(line)
-    yield where, record, problem
+    PARSED['jsonl'] += 1
+    yield number, where, record, problem
 
 
 # A JSON escape that may decode to half of a UTF-16 surrogate pair (then the record is checked).
@@ -311,44 +342,75 @@ def _find_surrogate(value: Any) -> Optional[str]:
 
 def iter_joined_jsonl(paths: Sequence[str]) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
   """Records of a JSONL file split into byte chunks (`cat parts | gunzip`), located by joined line."""
+  return _unnumbered(iter_joined_jsonl_numbered(paths))
+
+
+def iter_joined_jsonl_numbered(paths: Sequence[str], share: Optional[Share] = None
+                               ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
+  """(number, location, record or None, problem or None) of `iter_joined_jsonl`'s records (`share`'s only)."""
   raw = io.BufferedReader(_Joined(paths))
   file = gzip.GzipFile(fileobj=raw) if paths[0].endswith('.gz') else raw
-  return _iter_jsonl(paths[0], f'{paths[0]} (+{len(paths) - 1} parts)', file)
+  return _iter_jsonl(paths[0], f'{paths[0]} (+{len(paths) - 1} parts)', file, share)
 
 
-def _iter_tsv(path: str, columns: Sequence[str]
-              ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+def _unnumbered(numbered):
+  for _, where, record, problem in numbered:
+    yield where, record, problem
+
+
+def _iter_tsv(path: str, columns: Sequence[str], share: Optional[Share] = None
+              ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
+  number = -1
   for where, line, problem in iter_lines(path):
-    if problem:
-      yield where, None, problem
+    if not problem and not line.strip():
       continue
-    if not line.strip():
+    number += 1
+    if share is not None and not share.has(number):
+      continue
+    if problem:
+      yield number, where, None, problem
       continue
     fields = line.split('\t')
+    PARSED['tsv'] += 1
     if len(fields) != len(columns):
-      yield where, None, ('malformed_line',
-                          f'expected {len(columns)} tab-separated fields, got {len(fields)}')
+      yield number, where, None, ('malformed_line',
+                                  f'expected {len(columns)} tab-separated fields, got {len(fields)}')
     else:
-      yield where, dict(zip(columns, fields)), None
+      yield number, where, dict(zip(columns, fields)), None
 
 
-def _iter_parquet(path: str, columns: Optional[Sequence[str]]
-                  ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+def _iter_parquet(path: str, columns: Optional[Sequence[str]], share: Optional[Share] = None
+                  ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
   try:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'reading {path} needs pyarrow (pip install pyarrow)') from e
+  import numpy as np  # pylint: disable=g-import-not-at-top
   with open_binary(path) as f:
     table = pq.ParquetFile(f)
     names = set(table.schema_arrow.names)
     wanted = [c for c in columns if c in names] if columns else None
-    row, limit = 0, max_record_bytes()
-    for batch in table.iter_batches(columns=wanted, batch_size=256):
-      for record in batch.to_pylist():
-        size = _text_bytes(record)
-        yield (f'{path}:row {row}', None, _too_long(size, limit)) if size > limit else (
-            f'{path}:row {row}', record, None)
-        row += 1
+    limit = max_record_bytes()
+    sizes = [table.metadata.row_group(g).num_rows for g in range(table.metadata.num_row_groups)]
+    starts = np.cumsum([0] + sizes)
+    # (first row number, row groups) of each read: the whole file, or this share's row groups when there are
+    # enough of them; with fewer, every batch gives up this share's rows before they become Python values.
+    reads, rows = [(0, None)], share
+    if share is not None and len(sizes) >= share.count:
+      reads, rows = [(int(starts[g]), [g]) for g in range(len(sizes)) if share.has(g)], None
+    for row, groups in reads:
+      for batch in table.iter_batches(columns=wanted, batch_size=256, row_groups=groups):
+        numbers = np.arange(row, row + batch.num_rows)
+        row += batch.num_rows
+        if rows is not None:
+          picked = np.flatnonzero(numbers % rows.count == rows.index)
+          numbers, batch = numbers[picked], batch.take(picked)
+        records = batch.to_pylist()
+        PARSED['parquet'] += len(records)
+        for number, record in zip(numbers.tolist(), records):
+          size = _text_bytes(record)
+          yield (number, f'{path}:row {number}', None, _too_long(size, limit)) if size > limit else (
+              number, f'{path}:row {number}', record, None)
 
 
 def _text_bytes(record: Mapping[str, Any]) -> int:
@@ -356,17 +418,21 @@ def _text_bytes(record: Mapping[str, Any]) -> int:
   return sum(len(v) for v in record.values() if isinstance(v, (str, bytes)))
 
 
-def _iter_tfrecord(path: str) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
+def _iter_tfrecord(path: str, share: Optional[Share] = None
+                   ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for number, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+    if share is not None and not share.has(number):
+      continue
     where = f'{path}:record {number}'
     if len(raw) > max_record_bytes():
-      yield where, None, _too_long(len(raw), max_record_bytes())
+      yield number, where, None, _too_long(len(raw), max_record_bytes())
       continue
+    PARSED['tfrecord'] += 1
     try:
       example = tf.train.Example.FromString(raw)
     except Exception as e:  # pylint: disable=broad-except
-      yield where, None, ('malformed_record', f'not a tf.train.Example ({e})')
+      yield number, where, None, ('malformed_record', f'not a tf.train.Example ({e})')
       continue
     record = {}
     try:
@@ -374,9 +440,9 @@ def _iter_tfrecord(path: str) -> Iterator[Tuple[str, Any, Optional[Tuple[str, st
         values = feature.bytes_list.value
         record[name] = values[0].decode('utf-8') if len(values) == 1 else None
     except UnicodeDecodeError as e:
-      yield where, None, ('invalid_utf8', f'feature {name!r} is not UTF-8 text ({e.reason})')
+      yield number, where, None, ('invalid_utf8', f'feature {name!r} is not UTF-8 text ({e.reason})')
       continue
-    yield where, record, None
+    yield number, where, record, None
 
 
 def file_format(path: str) -> str:
@@ -398,17 +464,24 @@ def file_format(path: str) -> str:
 def iter_file(path: str, fmt: str = 'auto', columns: Sequence[str] = ()
               ) -> Iterator[Tuple[str, Any, Optional[Tuple[str, str]]]]:
   """(location, record or None, problem or None) for every record of one file."""
+  return _unnumbered(iter_file_numbered(path, fmt, columns))
+
+
+def iter_file_numbered(path: str, fmt: str = 'auto', columns: Sequence[str] = (), share: Optional[Share] = None
+                       ) -> Iterator[Tuple[int, str, Any, Optional[Tuple[str, str]]]]:
+  """(number, location, record or None, problem or None) for every record of one file (of `share`, if given);
+  `number` counts the file's records from 0, bad ones included."""
   fmt = file_format(path) if fmt == 'auto' else fmt
   if fmt == 'jsonl':
-    return _iter_jsonl(path)
+    return _iter_jsonl(path, share=share)
   if fmt == 'tsv':
     if not columns:
       raise ValueError(f'{path}: TSV files need column names')
-    return _iter_tsv(path, columns)
+    return _iter_tsv(path, columns, share)
   if fmt == 'parquet':
-    return _iter_parquet(path, columns or None)
+    return _iter_parquet(path, columns or None, share)
   if fmt == 'tfrecord':
-    return _iter_tfrecord(path)
+    return _iter_tfrecord(path, share)
   raise ValueError(f'unknown format {fmt!r} for {path}')
 
 

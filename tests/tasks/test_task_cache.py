@@ -111,5 +111,32 @@ def test_flan_cache_gives_the_same_capped_epochs(tmp_path, monkeypatch):
     batches = data.get_dataset('flan2022_submix', {'inputs': 32, 'targets': 16}, 'train', 4, shuffle=True,
                                pack=True, use_cached=True)
     assert next(batches.as_numpy_iterator())['encoder_input_tokens'].shape == (4, 32)
+    assert_cache_is_read_by_file(seqio.get_mixture_or_task('flan2022_flan2021_zs_opt'), monkeypatch)
   finally:
     flan.register_flan2022()
+
+
+def assert_cache_is_read_by_file(task, monkeypatch):
+  """Hosts read the cache by file: with at least as many cache files as shards, seqio hands the ShardInfo to its
+  cached TFRecord source (which keeps every N-th file: seqio's FileDataSource), and nothing counts the Flan files."""
+  from tasks import flan  # pylint: disable=g-import-not-at-top
+  cached_source = seqio.dataset_providers._CachedDataSource  # pylint: disable=protected-access
+  received = []
+  original = cached_source.get_dataset
+
+  def get_dataset(self, *args, **kwargs):  # wraps seqio's own, to see the ShardInfo it is given
+    received.append(kwargs.get('shard_info'))
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(cached_source, 'get_dataset', get_dataset)
+  flan._SCANS.clear()  # pylint: disable=protected-access
+  assert len(task._get_cached_source('train').list_shards('train')) >= 2  # pylint: disable=protected-access
+
+  def texts(shard_info):
+    ds = task.get_dataset(None, 'train', use_cached=True, shuffle=False, shard_info=shard_info)
+    return [ex['inputs_pretokenized'] for ex in ds.as_numpy_iterator()]
+
+  shards = [texts(seqio.ShardInfo(i, 2)) for i in range(2)]
+  assert received[:2] == [seqio.ShardInfo(0, 2), seqio.ShardInfo(1, 2)]
+  assert sorted(shards[0] + shards[1]) == sorted(texts(None))
+  assert not flan._SCANS  # pylint: disable=protected-access
