@@ -24,7 +24,7 @@ from flanx.model import peft as peft_lib
 from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime, schedules
-from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
+from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, step_cache, steps, stop_signal, train_metrics
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
 
@@ -255,8 +255,9 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
   """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
   a, config = plan.arguments, plan.config
   loss_config = steps.LossConfig(a['z_loss'], a['label_smoothing'], a['loss_normalizing_factor'])
-  train_step = steps.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'], dropout_seed=a['seed'],
-                                     inject_nan_at_step=a['inject_nan_at_step'])
+  train_step = step_cache.make_train_step(config, tx, shardings, loss_config, a['num_microbatches'],
+                                          dropout_seed=a['seed'], inject_nan_at_step=a['inject_nan_at_step'],
+                                          log=writer.log)
   eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
                                       inference_eval.from_arguments(config, shardings, a), writer.log)
              if _evaluates(a['eval_period'], int(state.step), plan.train_steps) else None)
