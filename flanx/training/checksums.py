@@ -52,9 +52,11 @@ def _array_checksum(x: jax.Array) -> jax.Array:
   return jnp.stack([first, second])
 
 
-@jax.jit
-def _tree_checksums(tree: PyTree) -> PyTree:
-  return jax.tree.map(_array_checksum, tree)
+# One program per distinct (shape, dtype, sharding), shared by every tree: a T5's state has a few distinct ones
+# among hundreds of arrays, and a restore and the saves after it use the same programs. (One program for the whole
+# tree was traced, lowered, compiled or read from the compile cache again for each tree: most of a warm restart's
+# compile time once the train step came from step_cache.)
+_array_checksum_jit = jax.jit(_array_checksum)
 
 
 def tree_checksums(tree: PyTree) -> dict[str, str]:
@@ -62,9 +64,9 @@ def tree_checksums(tree: PyTree) -> dict[str, str]:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for _, x in leaves]
   if all(isinstance(x, jax.Array) for x in arrays):
-    sums = _tree_checksums(arrays)  # one program for the whole tree, on the devices holding it
+    sums = [_array_checksum_jit(x) for x in arrays]  # all dispatched at once, each on the devices holding it
   else:  # host arrays (e.g. an import): one at a time, so at most one extra copy exists on the device
-    sums = [_tree_checksums([jnp.asarray(x)])[0] for x in arrays]
+    sums = [jax.block_until_ready(_array_checksum_jit(jnp.asarray(x))) for x in arrays]
   out = {}
   for (path, _), x, pair in zip(leaves, arrays, sums):
     first, second = (int(v) for v in np.asarray(jax.device_get(_replicated(pair))))
