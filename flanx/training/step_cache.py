@@ -15,7 +15,7 @@ but MODEL_DIR (functions may read gin bindings while being traced), JAX's settin
 jaxlib, flax and optax, and a hash of flanx's own source. Anything else changed (TRAIN_STEPS included: a schedule
 may read it) gives a new entry. An optimizer holding something the key cannot describe (an object of an unknown
 class), or a step jax.export refuses, is traced at every start as before, and so is every step while the compile
-cache is off.
+cache is off or in a multi-process run (not yet verified there).
 """
 
 from __future__ import annotations
