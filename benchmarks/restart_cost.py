@@ -4,10 +4,14 @@
   python -m benchmarks.restart_cost --model flan_t5_small   # flan-t5-small, 512/256, batch 8, on the demo task
 
 Three `python -m flanx.train` processes on one fresh MODEL_DIR: a first start with the cache off (it leaves a
-checkpoint), a restart with an empty cache (cold: it compiles and fills the cache), and a restart with that cache
-(warm). Each restart trains one step. Per start: the process's wall time, and from MODEL_DIR/goodput.json the
-train() wall time, its compile part (trace + lower + XLA compile or cache read) and its restore part. What
-matters is the warm/cold ratio of the compile part; absolute seconds depend on the machine's load (recorded).
+checkpoint at step 1), a restart with an empty cache (cold: it compiles and fills the cache), and a restart with
+that cache (warm). Each restart is the same command (TRAIN_STEPS=2) from the same step-1 checkpoint, as a preempted
+run's restart replays its command: MODEL_DIR is put back to its step-1 copy before the warm one. The cache holds
+the compiled programs (JAX's persistent cache) and the traced train step (flanx.training.step_cache, keyed by the
+whole configuration, so a changed TRAIN_STEPS would be a new entry). Per start: the process's wall time, and from
+MODEL_DIR/goodput.json the train() wall time, its compile part (trace + lower + XLA compile or cache read) and its
+restore part. What matters is the warm/cold ratio of the compile part; absolute seconds depend on the machine's
+load (recorded).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,9 +51,11 @@ def start(model: str, model_dir: pathlib.Path, steps: int, cache: str | None) ->
     raise SystemExit(f'flanx.train failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
   this = json.loads((model_dir / 'goodput.json').read_text())['this_start']
   cache_line = next((line for line in proc.stdout.splitlines() if line.startswith('Compile cache')), '')
+  step_line = next((line for line in proc.stdout.splitlines() if line.startswith('Train step: ')), '')
   return {'process_seconds': wall, 'train_seconds': this['wall_seconds'],
           'compile_seconds': this['parts_seconds']['compile'], 'restore_seconds': this['parts_seconds']['restore'],
-          'device_step_seconds': this['parts_seconds']['device_step'], 'cache': cache_line}
+          'device_step_seconds': this['parts_seconds']['device_step'], 'cache': cache_line,
+          'train_step': step_line}
 
 
 def main(argv=None) -> dict:
@@ -61,8 +68,11 @@ def main(argv=None) -> dict:
   result = {'model': args.model, 'commit': common.git_commit(), 'host': common.host_facts(),
             'load_start': common.load_average()}
   result['first'] = start(args.model, model_dir, 1, None)
+  shutil.copytree(model_dir, work / 'at_step_1', symlinks=True)
   result['cold'] = start(args.model, model_dir, 2, cache)
-  result['warm'] = start(args.model, model_dir, 3, cache)
+  shutil.rmtree(model_dir)
+  shutil.copytree(work / 'at_step_1', model_dir, symlinks=True)  # the same restart again, now with a warm cache
+  result['warm'] = start(args.model, model_dir, 2, cache)
   result['load_end'] = common.load_average()
   share = lambda s: s['compile_seconds'] / s['train_seconds']
   result['warm_over_cold_compile'] = result['warm']['compile_seconds'] / result['cold']['compile_seconds']
@@ -70,7 +80,8 @@ def main(argv=None) -> dict:
   for name in ('cold', 'warm'):
     s = result[name]
     print(f"| {args.model} | {name} | {s['process_seconds']:.1f} | {s['train_seconds']:.1f} | "
-          f"{s['compile_seconds']:.1f} ({share(s):.0%}) | {s['restore_seconds']:.1f} | {s['cache']} |")
+          f"{s['compile_seconds']:.1f} ({share(s):.0%}) | {s['restore_seconds']:.1f} | {s['cache']} | "
+          f"{s['train_step'].split(';')[0].split(' (')[0]} |")
   print(f"warm/cold compile seconds {result['warm_over_cold_compile']:.1%}, compile share "
         f"{result['warm_over_cold_compile_share']:.1%}; load {result['load_start']} -> {result['load_end']}")
   out = pathlib.Path(args.out or common.REPO / 'runs' / f'restart_cost_{args.model}.json')

@@ -10,6 +10,7 @@ about 2**-64.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -52,9 +53,21 @@ def _array_checksum(x: jax.Array) -> jax.Array:
   return jnp.stack([first, second])
 
 
-@jax.jit
-def _tree_checksums(tree: PyTree) -> PyTree:
-  return jax.tree.map(_array_checksum, tree)
+@functools.lru_cache(maxsize=None)
+def _compiled(shape: tuple, dtype: Any, sharding: Any, weak_type: bool) -> Any:
+  """The checksum program for one array signature, compiled once per process.
+
+  One program per distinct (shape, dtype, sharding), shared by every tree: a T5's state has a dozen distinct ones
+  among hundreds of arrays (one program for a whole tree was traced, lowered and compiled, or read from the compile
+  cache, again for each tree). Kept here rather than in jit's own cache, which also keys on the caller's mesh
+  context: a restore (outside the train loop's mesh) and the saves (inside it) would trace each program twice.
+  """
+  abstract = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, weak_type=weak_type)
+  return jax.jit(_array_checksum).lower(abstract).compile()
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  return _compiled(x.shape, x.dtype, x.sharding, x.weak_type)(x)
 
 
 def tree_checksums(tree: PyTree) -> dict[str, str]:
@@ -62,9 +75,9 @@ def tree_checksums(tree: PyTree) -> dict[str, str]:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for _, x in leaves]
   if all(isinstance(x, jax.Array) for x in arrays):
-    sums = _tree_checksums(arrays)  # one program for the whole tree, on the devices holding it
+    sums = [_checksum(x) for x in arrays]  # all dispatched at once, each on the devices holding it
   else:  # host arrays (e.g. an import): one at a time, so at most one extra copy exists on the device
-    sums = [_tree_checksums([jnp.asarray(x)])[0] for x in arrays]
+    sums = [jax.block_until_ready(_checksum(jnp.asarray(x))) for x in arrays]
   out = {}
   for (path, _), x, pair in zip(leaves, arrays, sums):
     first, second = (int(v) for v in np.asarray(jax.device_get(_replicated(pair))))

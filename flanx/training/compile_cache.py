@@ -4,8 +4,10 @@ On by default, in a folder under the command's output (`MODEL_DIR/compile_cache`
 dir>/compile_cache` for eval and infer). `--compile_cache_dir=…` (or the gin binding `compile_cache.directory`)
 names a shared folder instead, local or gs://; JAX's own `JAX_COMPILATION_CACHE_DIR` is honoured when neither
 is set. `compile_cache.enabled = False` turns it off. JAX stores only programs whose compile took at least
-`compile_cache.min_compile_seconds` (JAX's default, 1 s, when unset: the small ones are cheaper to compile than
-to fetch from a remote folder).
+`compile_cache.min_compile_seconds`; unset, that is 0 for a local folder (every program: a restart compiles
+nothing, and reading a small entry from a local disk takes milliseconds) and JAX's default, 1 s, for a remote one
+(gs://…: there the small ones are cheaper to compile than to fetch). The traced train step is kept in the same
+folder (step_cache).
 
 As JAX warns, a cache folder is trusted code: share one only with people who may run programs on your machines.
 Hits and misses are counted from JAX's monitoring events and logged.
@@ -73,7 +75,9 @@ def enabled(default_dir: str | None) -> Iterator[CacheStats]:
   directory, min_seconds = compile_cache(default_dir)
   names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
   previous = {name: getattr(jax.config, name) for name in names}
-  wanted = {names[0]: directory, names[1]: previous[names[1]] if min_seconds is None else float(min_seconds)}
+  if min_seconds is None:
+    min_seconds = previous[names[1]] if directory is None or '://' in directory else 0.0
+  wanted = {names[0]: directory, names[1]: float(min_seconds)}
   _set(jax, jax_cache, wanted)
   stats = CacheStats(directory)
   try:

@@ -261,7 +261,7 @@ def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: 
                 clock: goodput.RunClock, profiler: profiling.Profiler) -> dict:
   """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
   a, config = plan.arguments, plan.config
-  train_step = plan.setup.train_step(tx)  # as the compile-only check lowers it
+  train_step = plan.setup.train_step(tx, log=writer.log)  # as the compile-only check lowers it; kept across starts
   eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
                                       inference_eval.from_arguments(config, shardings, a), writer.log)
              if _evaluates(a['eval_period'], int(state.step), plan.train_steps) else None)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -23,7 +24,7 @@ import jax
 from flanx import gin_config
 from flanx.model import peft as peft_lib
 from flanx.model.config import T5Config
-from flanx.training import data, partitioning, run_checks, schedules, start_step, steps
+from flanx.training import data, partitioning, run_checks, schedules, start_step, step_cache, steps
 from flanx.training.optimizer import Optimizer
 
 
@@ -75,12 +76,13 @@ class TrainSetup:
     return steps.make_optimizer(self.config, self.arguments['optimizer'],
                                 start_step.shifted_schedule(self.schedule, schedule_offset))
 
-  def train_step(self, optimizer: Optimizer | None = None) -> Callable:
-    """The jitted `step(state, batch) -> (state, metrics)` (steps.make_train_step) with `optimizer` (default: ours)."""
+  def train_step(self, optimizer: Optimizer | None = None, log: Callable[[str], None] | None = None) -> Callable:
+    """The jitted `step(state, batch) -> (state, metrics)` (steps.make_train_step) with `optimizer` (default: ours).
+    With `log` (the trainer), its traced program is kept in the compile cache folder across starts (step_cache)."""
     a = self.arguments
-    return steps.make_train_step(self.config, optimizer or self.optimizer, self.shardings, self.loss_config,
-                                 a['num_microbatches'], dropout_seed=a['seed'],
-                                 inject_nan_at_step=a['inject_nan_at_step'])
+    make = steps.make_train_step if log is None else functools.partial(step_cache.make_train_step, log=log)
+    return make(self.config, optimizer or self.optimizer, self.shardings, self.loss_config, a['num_microbatches'],
+                dropout_seed=a['seed'], inject_nan_at_step=a['inject_nan_at_step'])
 
   def abstract_state(self) -> steps.TrainState:
     """The step's state argument as sharded ShapeDtypeStructs (a PEFT run's frozen base included)."""
