@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from flanx.model import network, peft
 from flanx.model.config import T5Config
-from flanx.training import adafactor, losses, partitioning
+from flanx.training import adafactor, cpu_dots, losses, partitioning
 from flanx.training.optimizer import Optimizer
 
 PyTree = Any
@@ -230,7 +230,8 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
     return TrainState(step=state.step + 1, params=new_params, opt_state=opt_state, frozen=state.frozen), metrics
 
   return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
-                 out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0)
+                 out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0,
+                 compiler_options=cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform))
 
 
 def make_eval_step(config: T5Config, shardings: Shardings, per_example: bool = False) -> Callable:
