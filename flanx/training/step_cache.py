@@ -60,18 +60,24 @@ def make_train_step(config, optimizer, shardings, loss_config, num_microbatches:
   except Unkeyable as e:
     log(f'Train step: traced at every start ({e}).')
     return jitted
+  from flanx.training import cpu_dots  # pylint: disable=g-import-not-at-top
   replicated = partitioning.replicated(shardings.mesh)
-  return CachedStep(jitted, key, os.path.join(directory, FOLDER), (shardings.state, shardings.batch),
-                    (shardings.state, replicated), log)
+  options = cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform)  # as the traced step
+  bare = steps.make_train_step(config, optimizer, shardings, loss_config, num_microbatches, dropout_seed=dropout_seed,
+                               inject_nan_at_step=inject_nan_at_step, dot_options=False)  # what jax.export takes
+  return CachedStep(bare, jitted, key, os.path.join(directory, FOLDER), (shardings.state, shardings.batch),
+                    (shardings.state, replicated), log, options)
 
 
 class CachedStep:
   """`step(state, batch)` run as the exported program of `jitted` for those arguments' shapes (read from
   `folder` when a start before stored it, else traced and stored); argument 0 is donated."""
 
-  def __init__(self, jitted: Callable, key: str, folder: str, in_shardings: Any, out_shardings: Any,
-               log: Callable[[str], None]):
-    self._jitted, self._key, self._folder, self._log = jitted, key, folder, log
+  def __init__(self, bare: Callable, jitted: Callable, key: str, folder: str, in_shardings: Any, out_shardings: Any,
+               log: Callable[[str], None], compiler_options: dict | None = None):
+    # `bare`: the step jax.export traces (no compiler options); `jitted`: the same with them, run when export fails
+    self._bare, self._jitted, self._key, self._folder, self._log = bare, jitted, key, folder, log
+    self._compiler_options = compiler_options  # an exported program carries none: the compile of its call gets them
     self._in_shardings, self._out_shardings = in_shardings, out_shardings
     self._calls: dict[Any, Callable] = {}
 
@@ -99,14 +105,15 @@ class CachedStep:
       self._log(f'Train step: read its traced program from {path} (not traced).')
     else:
       try:
-        exported, out_tree = _export(self._jitted, in_tree, avals)
+        exported, out_tree = _export(self._bare, in_tree, avals)
       except Exception as e:  # pylint: disable=broad-except  (e.g. a custom call jax.export does not take)
         self._log(f'Train step: traced at every start (jax.export refused it: {str(e).splitlines()[0][:200]}).')
         return self._jitted
       _write(path, exported, out_tree)
       self._log(f'Train step: traced; its program is kept in {path} for later starts.')
     call = lambda s, b: out_tree.unflatten(exported.call(*jax.tree.leaves((s, b))))
-    return jax.jit(call, in_shardings=self._in_shardings, out_shardings=self._out_shardings, donate_argnums=0)
+    return jax.jit(call, in_shardings=self._in_shardings, out_shardings=self._out_shardings, donate_argnums=0,
+                   compiler_options=self._compiler_options)
 
 
 def _export(jitted: Callable, in_tree: Any, avals: list) -> tuple[Any, Any]:

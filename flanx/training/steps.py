@@ -170,13 +170,15 @@ def loss_forward(model: network.Transformer, params: PyTree, batch: Batch, loss_
 
 
 def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings, loss_config: LossConfig,
-                    num_microbatches: int = 1, dropout_seed: int = 0, inject_nan_at_step: int | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    num_microbatches: int = 1, dropout_seed: int = 0, inject_nan_at_step: int | None = None,
+                    dot_options: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted `step(state, batch) -> (state, metrics)`; the input state's buffers are donated.
 
   Gradients of microbatches are summed in float32 and normalized once for the whole batch, so the result
   does not depend on `num_microbatches`. Dropout keys are fold_in(seed, step, microbatch): reproducible and
   independent of restarts. `inject_nan_at_step` is a fault-injection hook for testing the non-finite guard.
+  `dot_options`: compiled with the train step's XLA:CPU dot library (flanx.training.cpu_dots); False for a step
+  that jax.export wraps (it refuses inner compiler options; step_cache gives them to the outer call instead).
   """
   model = network.Transformer(config)
   dropout = config.dropout_rate > 0.0 or peft.method(config).needs_dropout_rng()
@@ -231,7 +233,8 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
 
   return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
                  out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0,
-                 compiler_options=cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform))
+                 compiler_options=(cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform)
+                                   if dot_options else None))
 
 
 def make_eval_step(config: T5Config, shardings: Shardings, per_example: bool = False) -> Callable:

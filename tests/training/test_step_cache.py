@@ -121,3 +121,28 @@ def test_a_second_process_with_the_same_settings_reads_the_step(tmp_path):
   assert runs['second'][0].startswith('Train step: read its traced program'), runs
   assert runs['second'][1] < runs['first'][1], runs
   assert_trees_equal(saved_params(tmp_path / 'second', 2), saved_params(tmp_path / 'first', 2))
+
+
+def test_the_stored_step_compiles_with_the_train_steps_dot_library(tmp_path):
+  # An exported program carries no compiler options: the cached step's call gets the traced step's (cpu_dots), so
+  # a warm start runs the same dot library (here forced to oneDNN) as a cold one and as the plain traced step.
+  import gin  # pylint: disable=g-import-not-at-top
+  from flanx.training import cpu_dots  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != 'cpu':
+    pytest.skip('XLA:CPU dot libraries')
+  tx, shardings = _setup()
+  state = steps.new_state(steps.init_params(_CONFIG, 0, shardings), tx, shardings)
+  batch = jax.device_put(_batches(1)[0], shardings.batch)
+  with gin.unlock_config():
+    gin.bind_parameter('train_step_compiler_options.dot_library', 'onednn')
+  try:
+    assert cpu_dots.train_step_compiler_options('cpu') == cpu_dots.ONEDNN
+    with compile_cache.enabled(str(tmp_path)):
+      step = step_cache.make_train_step(_CONFIG, tx, shardings, steps.LossConfig(), log=lambda m: None)
+      assert isinstance(step, step_cache.CachedStep)
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), (state, batch))
+      step(state, batch)
+      (call,) = step._calls.values()  # pylint: disable=protected-access
+      assert '__onednn' in call.lower(*abstract).compile().as_text()
+  finally:
+    gin.clear_config()
