@@ -239,22 +239,19 @@ def cmd_model(args, options: dict[str, dict]) -> dict:
   run = interleave.interleave(sides, args.rounds, args.warmup)
   out['run'] = run
   out['ratios'] = {}
+  def compare(part: str, opt: str, base: str, name: str, label: str) -> None:
+    a, b = f'{base} {part}', f'{opt} {part}'
+    out['ratios'][f'{opt} {part} / {name}'] = interleave.ratio(run, a, b, args.bound)
+    out['ratios'][f'{opt} {part} / {name}, CPU'] = cpu_ratio(run, a, b, args.bound)
+    print(ab._line(part, f'{opt} vs {label}', interleave.format_side(run, a), interleave.format_side(run, b),
+                   _both(run, a, b, args.bound)), flush=True)
+
   for part in programs:
     for opt in options:
       if opt != 'default' and 'default' in options:
-        r = interleave.ratio(run, f'default {part}', f'{opt} {part}', args.bound)
-        out['ratios'][f'{opt} {part} / default'] = r
-        out['ratios'][f'{opt} {part} / default, CPU'] = cpu_ratio(run, f'default {part}', f'{opt} {part}', args.bound)
-        print(ab._line(part, f'{opt} vs default', interleave.format_side(run, f'default {part}'),
-                       interleave.format_side(run, f'{opt} {part}'),
-                       _both(run, f'default {part}', f'{opt} {part}', args.bound)), flush=True)
+        compare(part, opt, 'default', 'default', 'default')
       if args.hf:
-        r = interleave.ratio(run, f'hf {part}', f'{opt} {part}', args.bound)
-        out['ratios'][f'{opt} {part} / hf'] = r
-        out['ratios'][f'{opt} {part} / hf, CPU'] = cpu_ratio(run, f'hf {part}', f'{opt} {part}', args.bound)
-        print(ab._line(part, f'{opt} vs HF eager', interleave.format_side(run, f'hf {part}'),
-                       interleave.format_side(run, f'{opt} {part}'),
-                       _both(run, f'hf {part}', f'{opt} {part}', args.bound)), flush=True)
+        compare(part, opt, 'hf', 'hf', 'HF eager')
   for opt, diff in out['numerics'].items():
     print(ab._line('numerics vs default', opt, f"loss {diff['loss_rel']:.1e}",
                    f"grads max rel. (per array, vs its max) {diff['grad_rel_max']:.1e}"), flush=True)
