@@ -70,12 +70,20 @@ def _checksum(x: jax.Array) -> jax.Array:
   return _compiled(x.shape, x.dtype, x.sharding, x.weak_type)(x)
 
 
+@jax.jit
+def _tree_checksums(tree: PyTree) -> PyTree:
+  return jax.tree.map(_array_checksum, tree)
+
+
 def tree_checksums(tree: PyTree) -> dict[str, str]:
   """{path: 'dtype[shape]:16 hex digits'} for every array leaf of `tree` (jax or numpy arrays)."""
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for _, x in leaves]
   if all(isinstance(x, jax.Array) for x in arrays):
-    sums = [_checksum(x) for x in arrays]  # all dispatched at once, each on the devices holding it
+    if jax.process_count() > 1:  # one program for the tree: the per-array programs, dispatched back to back,
+      sums = _tree_checksums(arrays)  # deadlocked a 4-process CPU run (tests/e2e/test_data_layout_runs.py)
+    else:
+      sums = [_checksum(x) for x in arrays]  # all dispatched at once, each on the devices holding it
   else:  # host arrays (e.g. an import): one at a time, so at most one extra copy exists on the device
     sums = [jax.block_until_ready(_checksum(jnp.asarray(x))) for x in arrays]
   out = {}
