@@ -15,7 +15,8 @@ but MODEL_DIR (functions may read gin bindings while being traced), JAX's settin
 jaxlib, flax and optax, and a hash of flanx's own source. Anything else changed (TRAIN_STEPS included: a schedule
 may read it) gives a new entry. An optimizer holding something the key cannot describe (an object of an unknown
 class), or a step jax.export refuses, is traced at every start as before, and so is every step while the compile
-cache is off or in a multi-process run (not yet verified there).
+cache is off. Each process keeps and reads its own entry (the key holds its devices); the 2-process CPU run of
+tests/e2e/test_train_runs.py checks multi-process runs match one process.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def make_train_step(config, optimizer, shardings, loss_config, num_microbatches:
   jitted = steps.make_train_step(config, optimizer, shardings, loss_config, num_microbatches,
                                  dropout_seed=dropout_seed, inject_nan_at_step=inject_nan_at_step)
   directory = jax.config.jax_compilation_cache_dir  # set by compile_cache.enabled; None: the cache is off
-  # Several processes: not yet (a 2-process test run timed out with it, unexplained): traced as before.
-  if not directory or jax.process_count() > 1:
+  if not directory:
     return jitted
   try:
     key = fingerprint(('train_step', config, optimizer, shardings, loss_config, num_microbatches, dropout_seed,
