@@ -1,4 +1,4 @@
-"""Which library runs the train step's dots on XLA:CPU: oneDNN on Intel CPUs, XLA's default (YNNPACK) elsewhere.
+"""Which library runs the train step's dots on XLA:CPU: XLA's default (YNNPACK), or oneDNN (opt-in, or 'auto').
 
 Why: on an Intel Xeon (2 cores, KVM, AVX-512 + AMX; `lscpu` "Intel(R) Xeon(R) Processor", family 6 model 167)
 YNNPACK did the train step's fp32 GEMMs with 7-22% more CPU than torch/MKL, and oneDNN made flan-t5-small's
@@ -9,7 +9,10 @@ oneDNN made greedy decoding 16% slower there (its small GEMVs), so only the trai
 through `jax.jit(compiler_options=...)`; XLA_FLAGS would apply to every executable of the process. Not measured
 on AMD (the EPYC's decode GEMVs were slower with oneDNN too), so 'auto' leaves other CPUs on XLA's default.
 
-Turn it off: `--gin.train_step_compiler_options.dot_library="'default'"` (or force it: `"'onednn'"`).
+Not the default: XLA cannot store a oneDNN executable in the persistent compilation cache ("ToProto is not
+implemented for thunk kind: onednn-fusion", jaxlib 0.10.2), so with it every start compiles the train step again
+and warns; the compile cache wins for restarts. Ask for it where steps dominate restarts (a long CPU run):
+`--gin.train_step_compiler_options.dot_library="'auto'"` (oneDNN on Intel CPUs) or `"'onednn'"` (any CPU).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def cpu_vendor(cpuinfo_path: str = '/proc/cpuinfo') -> str | None:
 
 
 @gin.configurable(denylist=['cpuinfo_path'])  # a test hook, not a run setting
-def train_step_compiler_options(platform: str, dot_library: str = 'auto',
+def train_step_compiler_options(platform: str, dot_library: str = 'default',
                                 cpuinfo_path: str = '/proc/cpuinfo') -> dict | None:
   """The train step's `jax.jit` compiler_options for the devices' platform ('cpu', 'tpu', 'gpu'), or None.
 
