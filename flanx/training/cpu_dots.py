@@ -59,3 +59,9 @@ def train_step_compiler_options(platform: str, dot_library: str = 'default',
   if dot_library == 'onednn' or cpu_vendor(cpuinfo_path) == 'GenuineIntel':
     return dict(ONEDNN)
   return None
+
+
+def for_mesh(mesh) -> dict | None:
+  """The train step's compiler options for a step on `mesh`'s devices (their platform, not the process's default
+  backend: the compile-only TPU check runs on a CPU host)."""
+  return train_step_compiler_options(mesh.devices.flat[0].platform)

@@ -62,7 +62,7 @@ def make_train_step(config, optimizer, shardings, loss_config, num_microbatches:
     return jitted
   from flanx.training import cpu_dots  # pylint: disable=g-import-not-at-top
   replicated = partitioning.replicated(shardings.mesh)
-  options = cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform)  # as the traced step
+  options = cpu_dots.for_mesh(shardings.mesh)  # as the traced step
   bare = steps.make_train_step(config, optimizer, shardings, loss_config, num_microbatches, dropout_seed=dropout_seed,
                                inject_nan_at_step=inject_nan_at_step, dot_options=False)  # what jax.export takes
   return CachedStep(bare, jitted, key, os.path.join(directory, FOLDER), (shardings.state, shardings.batch),

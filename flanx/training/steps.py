@@ -233,8 +233,7 @@ def make_train_step(config: T5Config, optimizer: Optimizer, shardings: Shardings
 
   return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
                  out_shardings=(shardings.state, partitioning.replicated(shardings.mesh)), donate_argnums=0,
-                 compiler_options=(cpu_dots.train_step_compiler_options(shardings.mesh.devices.flat[0].platform)
-                                   if dot_options else None))
+                 compiler_options=cpu_dots.for_mesh(shardings.mesh) if dot_options else None)
 
 
 def make_eval_step(config: T5Config, shardings: Shardings, per_example: bool = False) -> Callable:
