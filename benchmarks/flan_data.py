@@ -6,14 +6,14 @@
 Reports, for flan2022_submix at 1024/256 packed, batch 16 (this host's share; one process):
 - cache build time with seqio's cache script on the DirectRunner (rows/s), unless --skip_cache;
 - for the uncached and the cached pipeline: time to the first batch, the process RSS after it and at the end, and
-  examples/s (packed rows/s and examples/s per core) over --batches batches;
+  examples/s (packed rows/s and examples/s per core) over --batches batches, and per window of 100;
 - resume after N batches for each N in --resume_steps: time from a new iterator to its first batch (the position
   restored, or the pipeline rebuilt and replayed), and whether the next batches equal the straight run's;
 - the input pipeline's own memory: RSS after the first batch minus RSS once tensorflow, seqio, jax and flanx are
   imported (what the process holds before any data is read);
 - launch -> first step of a real `python -m flanx.train` (gin/models/tiny.gin, TRAIN_STEPS=1; the process's whole
-  wall time, so an upper bound: it includes saving the one checkpoint and exiting), uncached and from the cache. Run it on a quiet machine
-(record `uptime` and `lscpu` with the numbers in BENCHMARKS.md).
+  wall time, so an upper bound: it includes saving the one checkpoint and exiting), uncached and from the cache.
+Run it on a quiet machine (record `uptime` and `lscpu` with the numbers in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 LENGTHS = {'inputs': 1024, 'targets': 256}
+WINDOW = 100  # batches per reported window of examples/s
 
 
 def rss_gb() -> float:
@@ -88,15 +89,20 @@ def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int]
   first = time.perf_counter() - start
   rss_first = rss_gb()
   start = time.perf_counter()
-  examples = 0
-  for _ in range(batches):
+  examples, windows, window_start, window_examples = 0, [], start, 0
+  for i in range(batches):
     batch = next(iterator)
-    examples += int(np.sum(batch['decoder_segment_ids'].max(axis=1)))  # packed examples in the batch
+    packed = int(np.sum(batch['decoder_segment_ids'].max(axis=1)))  # packed examples in the batch
+    examples, window_examples = examples + packed, window_examples + packed
+    if (i + 1) % WINDOW == 0:  # the rate swings over hundreds of batches (tasks' reads come in bursts)
+      now = time.perf_counter()
+      windows.append(window_examples / (now - window_start))
+      window_start, window_examples = now, 0
   seconds = time.perf_counter() - start
   out = {'first_batch_s': first, 'rss_gb_imports': rss_imports, 'rss_gb_first': rss_first, 'rss_gb_end': rss_gb(),
          'pipeline_gb': rss_first - rss_imports,
          'rows_per_s': batches * batch_size / seconds, 'examples_per_s': examples / seconds,
-         'examples_per_s_per_core': examples / seconds / os.cpu_count()}
+         'examples_per_s_per_core': examples / seconds / os.cpu_count(), 'examples_per_s_windows': windows}
   iterator.close()
   for n in resume_steps:
     iterator = data.CheckpointableIterator(make, log=lambda m: None)

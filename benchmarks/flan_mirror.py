@@ -5,6 +5,10 @@ with Open-Orca's columns (inputs, targets, _template_idx, _task_source, _task_na
 task names per submixture with a long-tailed size distribution (so caps bite), few-shot inputs of several
 thousand characters, several part files per variant. Deterministic for a seed; text is synthetic (word salad
 with the shape of Flan prompts), so the numbers measure the pipeline, not the data.
+
+`--order` is how records lie in the files: `mixed` (tasks interleaved at random, as an export that samples the
+mixture writes them) or `sorted` (each variant's records sorted by task name and cut into consecutive parts, as a
+per-task export concatenated would be): the worst case for a streaming shuffle (benchmarks/shuffle_quality.py).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ def _text(rng: np.random.Generator, chars: int) -> str:
   return ' '.join(words)[:chars]
 
 
-def write(out: pathlib.Path, rows: int, parts: int = 4, seed: int = 0) -> dict:
+def write(out: pathlib.Path, rows: int, parts: int = 4, seed: int = 0, order: str = 'mixed') -> dict:
   """Writes the folder; returns {submix: rows written}."""
+  if order not in ('mixed', 'sorted'):
+    raise ValueError(f'order must be mixed or sorted, not {order!r}')
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
@@ -54,8 +60,14 @@ def write(out: pathlib.Path, rows: int, parts: int = 4, seed: int = 0) -> dict:
                   '_template_type': variant} for t, n in zip(task_of, lengths)]
       folder = out / f"{prefix}_{variant.replace('_', '')}_data"
       folder.mkdir(parents=True, exist_ok=True)
-      for k in range(parts):
-        pq.write_table(pa.Table.from_pylist(records[k::parts], schema=schema), str(folder / f'part.{k}.parquet'))
+      if order == 'sorted':
+        records.sort(key=lambda r: r['_task_name'])
+        cuts = np.linspace(0, len(records), parts + 1).astype(int)
+        chunks = [records[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+      else:
+        chunks = [records[k::parts] for k in range(parts)]
+      for k, chunk in enumerate(chunks):
+        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), str(folder / f'part.{k}.parquet'))
       written[submix] = written.get(submix, 0) + per_variant
   return written
 
@@ -66,8 +78,9 @@ def main() -> None:
   parser.add_argument('--rows', type=int, default=304_000)
   parser.add_argument('--parts', type=int, default=4)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--order', choices=('mixed', 'sorted'), default='mixed')
   args = parser.parse_args()
-  print(write(args.out, args.rows, args.parts, args.seed))
+  print(write(args.out, args.rows, args.parts, args.seed, args.order))
 
 
 if __name__ == '__main__':

@@ -25,10 +25,10 @@ record, picked before it is parsed), so no host parses another host's records wh
 behind task sizes and ordinals) still reads every file once per process on every host: task sizes are global.
 
 Order: each epoch reads the files in a new seeded order, FILES_IN_FLIGHT at a time (record by record), each
-front to back; the task's shuffle buffer (20k examples) mixes from there. Caps apply after that (and after
-seqio's cache: the tasks are cacheable, see `cap_per_epoch`). Counting reads the files once per process; each
-epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid reading other
-variants' files).
+front to back; the task's shuffle buffer (SHUFFLE_BUFFER: 3k examples) mixes from there. Caps apply after that
+(and after seqio's cache: the tasks are cacheable, see `cap_per_epoch`). Counting reads the files once per
+process; each epoch of each variant task reads its files again (use {submix}/{variant} in the glob to avoid
+reading other variants' files).
 """
 
 import array
@@ -51,7 +51,11 @@ PATTERN_ENV = 'FLANX_FLAN_DATA'
 ALL_VARIANTS = layouts_lib.ALL_VARIANTS
 OPT_VARIANTS = ('zs_opt', 'fs_opt')
 FIELDS = layouts_lib.FIELDS
-SHUFFLE_BUFFER = 20_000
+# Examples each variant task's shuffle buffer holds (seqio's default is 1,000). The public submixture files hold
+# their tasks interleaved, where 1,000 already mixes as well as a perfect shuffle; 3,000 keeps a folder whose files
+# are sorted by task mixed to 0.83 of a perfect shuffle (1,000: 0.60, 20,000: 0.98), while the 14 buffers fill and
+# hold 6.7x less than the earlier 20,000 (benchmarks/shuffle_quality.py; BENCHMARKS.md "Flan at pod scale").
+SHUFFLE_BUFFER = 3_000
 normalize_variant = layouts_lib.normalize_variant
 
 
@@ -436,7 +440,8 @@ def register_flan2022(pattern: Optional[str] = None, caps: Optional[Mapping[str,
   """Registers the Flan 2022 tasks and mixtures (names get `prefix`); returns the names.
 
   shuffle_buffer: examples each variant task buffers (seqio repeats, then shuffles): the mixture reads and
-  tokenizes 14 x this many before its first batch (443 s on a loaded 2-core CPU for 20k, BENCHMARKS.md).
+  tokenizes 14 x this many before its first batch, holds them, and saves them in every checkpoint's data position
+  (fill time, memory and that file scale with it; BENCHMARKS.md "Flan at pod scale" measures 3k, 5k and 20k).
   """
   features = spec_lib.default_features(vocabulary)
   caps = dict(caps or {})

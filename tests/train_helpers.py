@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import gin
 import jax
@@ -51,10 +55,23 @@ def train_command(model_dir, steps: int, **extra) -> list[str]:
       '--gin.' + b.replace(' = ', '=', 1) for b in run_bindings(model_dir, steps, **extra)]
 
 
+@functools.cache
+def shared_compile_cache() -> str:
+  """One persistent compilation cache for this test session's trainer subprocesses (removed at exit)."""
+  folder = tempfile.mkdtemp(prefix='flanx-tests-compile-cache-')
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  return folder
+
+
 def subprocess_env(devices: int = 1) -> dict:
-  """Environment for a trainer subprocess on `devices` CPU devices, finding the fixture task."""
+  """Environment for a trainer subprocess on `devices` CPU devices, finding the fixture task.
+
+  The subprocesses share one compilation cache (JAX_COMPILATION_CACHE_DIR, which flanx uses when no
+  --compile_cache_dir is given): the many short runs of the same tiny model compile each program once per session,
+  as runs sharing a --compile_cache_dir do. A test of the cache itself passes its own --compile_cache_dir."""
   env = dict(os.environ, PYTHONPATH=f'{TESTS}{os.pathsep}{REPO}', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', shared_compile_cache())
   return env
 
 

@@ -91,12 +91,16 @@ def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   mesh = {'make_mesh.data': 4, 'make_mesh.model': 2}
-  runs = [  # all at once: start-up and compilation dominate, and they overlap well
-      _start(train_command(tmp_path / 'one', 4, **common, **{'make_mesh.data': 1, 'make_mesh.model': 1}), 8),
-      _start(train_command(tmp_path / 'mesh', 4, **common, **mesh), 8),
-  ] + [_start(train_command(tmp_path / 'multi', 4, **common, **mesh) + [
+  # Two at a time on this 2-core machine: the single-process runs, then the pair. With all four at once, one of the
+  # pair could finish compiling 40 s before the other, and XLA:CPU aborts an in-process all-reduce whose devices
+  # do not all arrive within 40 s (one device's thread was still waiting on the other process): a CPU-only hazard.
+  singles = [_start(train_command(tmp_path / 'one', 4, **common, **{'make_mesh.data': 1, 'make_mesh.model': 1}), 8),
+             _start(train_command(tmp_path / 'mesh', 4, **common, **mesh), 8)]
+  for proc in singles:
+    _finish(proc)
+  pair = [_start(train_command(tmp_path / 'multi', 4, **common, **mesh) + [
       f'--coordinator_address=127.0.0.1:{port}', '--process_count=2', f'--process_index={i}'], 4) for i in range(2)]
-  for proc in runs:
+  for proc in pair:
     _finish(proc)
 
   losses = {name: [h['loss'] for h in read_metrics(tmp_path / name) if 'loss' in h]  # not the truncation row
