@@ -93,7 +93,9 @@ def test_a_full_disk_mid_save_stops_the_run_with_one_line(small_disk, tmp_path):
   (small_disk / 'sibling' / 'keep.txt').write_text('not the run\'s')
   run = small_disk / 'run'
   outside = _tree(tmp_path, run)
-  proc = subprocess.Popen(train_command(run, 200, CHECKPOINT_PERIOD=2), cwd=REPO, env=subprocess_env(),
+  env = subprocess_env()
+  del env['JAX_COMPILATION_CACHE_DIR']  # the compile cache in the run, on the small disk, as the sizes above assume
+  proc = subprocess.Popen(train_command(run, 200, CHECKPOINT_PERIOD=2), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   err, reported = [], None
   for line in proc.stderr:  # until the process closes it (at exit)
