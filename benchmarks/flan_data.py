@@ -94,7 +94,7 @@ def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int]
     batch = next(iterator)
     packed = int(np.sum(batch['decoder_segment_ids'].max(axis=1)))  # packed examples in the batch
     examples, window_examples = examples + packed, window_examples + packed
-    if (i + 1) % WINDOW == 0:  # the rate swings over hundreds of batches (tasks' reads come in bursts)
+    if (i + 1) % WINDOW == 0:  # the first windows are served from what was prefetched during the first batch
       now = time.perf_counter()
       windows.append(window_examples / (now - window_start))
       window_start, window_examples = now, 0

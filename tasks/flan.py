@@ -51,10 +51,10 @@ PATTERN_ENV = 'FLANX_FLAN_DATA'
 ALL_VARIANTS = layouts_lib.ALL_VARIANTS
 OPT_VARIANTS = ('zs_opt', 'fs_opt')
 FIELDS = layouts_lib.FIELDS
-# Examples each variant task's shuffle buffer holds (seqio's default is 1,000). The public submixture files hold
-# their tasks interleaved, where 1,000 already mixes as well as a perfect shuffle; 3,000 keeps a folder whose files
-# are sorted by task mixed to 0.83 of a perfect shuffle (1,000: 0.60, 20,000: 0.98), while the 14 buffers fill and
-# hold 6.7x less than the earlier 20,000 (benchmarks/shuffle_quality.py; BENCHMARKS.md "Flan at pod scale").
+# Examples each variant task's shuffle buffer holds (seqio's default is 1,000). On files whose tasks are interleaved
+# (as an export sampling the mixture writes them) 1,000 already mixes as well as a perfect shuffle; 3,000 keeps a
+# folder whose files are sorted by task mixed to 0.83 of a perfect shuffle (1,000: 0.60, 20,000: 0.98), while the
+# 14 buffers fill and hold 6.7x less than the earlier 20,000 (benchmarks/shuffle_quality.py; BENCHMARKS.md).
 SHUFFLE_BUFFER = 3_000
 normalize_variant = layouts_lib.normalize_variant
 

@@ -63,15 +63,19 @@ def shared_compile_cache() -> str:
   return folder
 
 
-def subprocess_env(devices: int = 1) -> dict:
+def subprocess_env(devices: int = 1, shared_cache: bool = True) -> dict:
   """Environment for a trainer subprocess on `devices` CPU devices, finding the fixture task.
 
-  The subprocesses share one compilation cache (JAX_COMPILATION_CACHE_DIR, which flanx uses when no
-  --compile_cache_dir is given): the many short runs of the same tiny model compile each program once per session,
-  as runs sharing a --compile_cache_dir do. A test of the cache itself passes its own --compile_cache_dir."""
+  With `shared_cache`, the subprocesses share one compilation cache (JAX_COMPILATION_CACHE_DIR, which flanx uses
+  when no --compile_cache_dir is given): the many short runs of the same tiny model compile each program once per
+  session, as runs sharing a --compile_cache_dir do. Without it, a run keeps its cache in MODEL_DIR (flanx's
+  default); a test of the cache itself passes its own --compile_cache_dir."""
   env = dict(os.environ, PYTHONPATH=f'{TESTS}{os.pathsep}{REPO}', JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env.setdefault('JAX_COMPILATION_CACHE_DIR', shared_compile_cache())
+  if shared_cache:
+    env.setdefault('JAX_COMPILATION_CACHE_DIR', shared_compile_cache())
+  else:
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)
   return env
 
 

@@ -93,8 +93,7 @@ def test_a_full_disk_mid_save_stops_the_run_with_one_line(small_disk, tmp_path):
   (small_disk / 'sibling' / 'keep.txt').write_text('not the run\'s')
   run = small_disk / 'run'
   outside = _tree(tmp_path, run)
-  env = subprocess_env()
-  del env['JAX_COMPILATION_CACHE_DIR']  # the compile cache in the run, on the small disk, as the sizes above assume
+  env = subprocess_env(shared_cache=False)  # the compile cache in the run, on the small disk, as sized above
   proc = subprocess.Popen(train_command(run, 200, CHECKPOINT_PERIOD=2), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   err, reported = [], None
