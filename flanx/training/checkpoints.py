@@ -200,8 +200,9 @@ class RunCheckpoints:
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
+      storage_callbacks.read_failed()
       raise CheckpointRestoreError(
-          f'cannot restore {where} (params/, opt_state/ or meta/): {type(e).__name__}: {e}. If the model or '
+          f'cannot restore {where} (params/, opt_state/ or meta/): {_first_cause(e)}. If the model or '
           f'optimizer settings changed, use the ones it was written with (see {where}/meta) or a new MODEL_DIR; '
           f'if the checkpoint is damaged, move it aside (e.g. into {self.model_dir}/damaged/) to resume from the '
           'previous one.') from e
@@ -423,11 +424,20 @@ def restore_params(path: str, target: PyTree = None, *, device: jax.Device | Non
     try:
       params = checkpointer.restore(item, target)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointRestoreError(f'cannot read {item}: {type(e).__name__}: {str(e)[:2000]}. Its files are damaged '
-                                   'or were written by another model; use another checkpoint of the run.') from e
+      storage_callbacks.read_failed()
+      raise CheckpointRestoreError(f'cannot read {item}: {_first_cause(e)}. Its files are damaged or were written by '
+                                   'another model; use another checkpoint of the run.') from e
   if recorded is not None:
     _verify(recorded, params, f'{checkpoint_dir}/params')
   return params
+
+
+def _first_cause(error: BaseException) -> str:
+  """The innermost cause's message: orbax wraps TensorStore's reason ('Error reading "<array>" ...: Requested byte
+  range ... is not valid') in a message that prints the whole TensorStore spec, dozens of lines."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return f'{type(error).__name__}: {" ".join(str(error).split())[:1000]}'
 
 
 def write_params_checkpoint(run_dir: str, step: int, params: PyTree, meta: CheckpointMeta | dict) -> None:

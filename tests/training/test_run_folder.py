@@ -221,6 +221,51 @@ def test_storage_callbacks_after_a_failed_save_are_quiet_other_unraisable_errors
   assert sys.unraisablehook is record
 
 
+def test_a_damaged_checkpoint_is_one_error_the_reads_it_abandoned_are_quiet(tmp_path, monkeypatch, caplog):
+  """A truncated array file: restore_params raises one error naming TensorStore's reason; the reads orbax abandoned
+  (other arrays of the same file) report nothing through sys.unraisablehook, asyncio's logger or warnings once
+  quiet() is installed, and do without it (the control)."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  from conftest import _random_params  # pylint: disable=g-import-not-at-top
+  from flanx.model.config import T5Config  # pylint: disable=g-import-not-at-top
+  from flanx.training import checkpoints, storage_callbacks  # pylint: disable=g-import-not-at-top
+  config = T5Config(vocab_size=384, d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2,
+                    num_decoder_layers=2)
+  checkpoints.write_params_checkpoint(str(tmp_path / 'run'), 1, _random_params(config, 0), {'step': 1})
+  biggest = max((p for p in (tmp_path / 'run').rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
+  monkeypatch.setattr(storage_callbacks, '_read_failed', False)
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)
+  caplog.set_level(logging.ERROR, logger='asyncio')
+
+  def noise(quiet: bool) -> list:
+    reported.clear()
+    caplog.clear()
+    if quiet:
+      storage_callbacks.quiet()
+    with warnings.catch_warnings(record=True) as warned:
+      warnings.simplefilter('always')
+      for _ in range(4):
+        with pytest.raises(checkpoints.CheckpointRestoreError, match='Requested byte range .* is not valid'):
+          checkpoints.restore_params(str(tmp_path / 'run'))
+        gc.collect()
+      time.sleep(0.3)
+      gc.collect()
+    storage_callbacks.unquiet()
+    return reported + [r.getMessage()[:80] for r in caplog.records] + [str(w.message) for w in warned
+                                                                     if 'never awaited' in str(w.message)]
+
+  assert noise(quiet=True) == []
+  assert noise(quiet=False)  # what each command printed, dozens of lines per abandoned read
+  shutil.rmtree(tmp_path / 'run')
+
+
 @pytest.mark.slow
 def test_a_full_disk_under_tensorboard_stops_the_run_instead_of_hanging(tmp_path, monkeypatch):
   """TensorBoard's writer thread dies on the full disk; tensorboardX then blocks each write once its queue is full
