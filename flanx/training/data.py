@@ -39,6 +39,24 @@ def task_cache_dirs(dirs: Sequence[str] | None = None) -> list[str]:
   return list(dirs)
 
 
+FEW_CORES = 4  # hosts with at most this many cores run tf.data without its autotuner by default
+
+
+@gin.configurable
+def tf_data_autotune(enabled: bool | None = None) -> bool:
+  """Whether tf.data's autotuner sizes the input pipeline's parallelism and buffers (tf.data.Options.autotune).
+
+  None (default): on when the host has more than FEW_CORES cores (TPU VM and GPU hosts: tf.data's and t5x's
+  default), off on smaller ones. There the autotuner's bookkeeping over the Flan mixture's 14 task pipelines took
+  about 30% of the CPU (2 cores: 3,150 packed examples/s without it, about 2,050 with it; BENCHMARKS.md "Flan at
+  pod scale"). Without it, each parallel step uses as many threads as there are cores. The batches are the same.
+  """
+  if enabled is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return cores > FEW_CORES
+  return bool(enabled)
+
+
 def check_cached(mixture_or_task_name: str, split: str) -> None:
   """Registers `task_cache_dirs()` with seqio and raises TaskCacheError naming every task of the mixture that
   has no completed cache of `split` (and the folders searched) or cannot be cached: never a silent fallback
@@ -93,8 +111,9 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     raise ValueError(f'BATCH_SIZE={batch_size} is not divisible by the {count} input shards (hosts)')
   if use_cached:
     check_cached(mixture_or_task_name, split)
+  from flanx.training import packing  # pylint: disable=g-import-not-at-top  (seqio: heavy)
   lengths = dict(task_feature_lengths)
-  converter = seqio.EncDecFeatureConverter(pack=pack)
+  converter = packing.EncDecFeatureConverter(pack=pack)
   if prompt_tokens:
     if lengths['inputs'] <= prompt_tokens:
       raise ValueError(f"TASK_FEATURE_LENGTHS['inputs']={lengths['inputs']} leaves no room for the inputs after "
@@ -107,16 +126,18 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       shard_info=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None,
       feature_converter=converter)
   ds = ds.batch(batch_size // count, drop_remainder=drop_remainder)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.autotune.enabled = tf_data_autotune()
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _prompt_converter(prompt_tokens: int, pack: bool):
   """seqio's encoder-decoder converter that first puts `prompt_tokens` placeholders before each example's inputs."""
-  import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from flanx.model.peft import PROMPT_PLACEHOLDER_ID  # pylint: disable=g-import-not-at-top
+  from flanx.training import packing  # pylint: disable=g-import-not-at-top
 
-  class PromptFeatureConverter(seqio.EncDecFeatureConverter):
+  class PromptFeatureConverter(packing.EncDecFeatureConverter):
     """Placeholders + inputs, then packed or padded as EncDecFeatureConverter does (to inputs + prompt_tokens)."""
 
     def __call__(self, ds, task_feature_lengths):  # delegates to the checked conversion, as seqio's own wrappers do
