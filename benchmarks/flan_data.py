@@ -41,7 +41,7 @@ def rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool) -> dict:
+def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool, autotune: str = 'auto') -> dict:
   """Wall seconds of `python -m flanx.train` for one step of the tiny model (launch to exit), and its goodput parts."""
   model_dir = work / f'first_step_{"cached" if cached else "uncached"}'
   subprocess.run(['rm', '-rf', str(model_dir)], check=True)
@@ -50,6 +50,8 @@ def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached
              '--gin.MIXTURE_OR_TASK_MODULE="tasks.flan"', f'--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}',
              f'--gin.BATCH_SIZE={batch_size}', '--gin.TRAIN_STEPS=1', f'--gin.USE_CACHED_TASKS={cached}',
              '--gin.EVAL_PERIOD=0', '--gin.train.progress_bar=False', '--gin.train.truncation_examples=0']
+  if autotune != 'auto':
+    command.append(f'--gin.tf_data_autotune.enabled={autotune == "on"}')
   env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
   start = time.perf_counter()
   subprocess.run(command, env=env, check=True, capture_output=True, cwd=pathlib.Path(__file__).parent.parent)
@@ -134,12 +136,18 @@ def main() -> None:
   parser.add_argument('--modes', default='uncached,cached',
                       help='pipelines to measure; one per process gives each its own memory baseline')
   parser.add_argument('--skip_train', action='store_true', help='do not time a real flanx.train launch')
+  parser.add_argument('--autotune', choices=['auto', 'on', 'off'], default='auto',
+                      help="tf.data's autotuner (gin flanx.training.data.tf_data_autotune.enabled; auto: flanx's default)")
   args = parser.parse_args()
   os.environ['FLANX_FLAN_DATA'] = str(args.folder)
   cache = args.work / 'cache'
   os.environ['FLANX_TASK_CACHE_DIRS'] = str(cache)
   steps = [int(s) for s in args.resume_steps.split(',') if s]
-  result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count()}
+  result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count(), 'autotune': args.autotune}
+  if args.autotune != 'auto':
+    import gin  # pylint: disable=g-import-not-at-top
+    from flanx.training import data  # pylint: disable=g-import-not-at-top,unused-import  (the configurable)
+    gin.bind_parameter('flanx.training.data.tf_data_autotune.enabled', args.autotune == 'on')
   if not args.skip_cache:
     result.update(build_cache(args.folder, cache))
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers flan2022_submix)
@@ -148,7 +156,8 @@ def main() -> None:
       continue
     result['cached' if cached else 'uncached'] = measure(args.batch_size, args.batches, cached, steps, args.work)
     if not args.skip_train:
-      result['cached' if cached else 'uncached'].update(first_step(args.folder, args.work, args.batch_size, cached))
+      result['cached' if cached else 'uncached'].update(first_step(args.folder, args.work, args.batch_size, cached,
+                                                                    args.autotune))
     print(json.dumps(result, indent=1), flush=True)
   print(json.dumps(result, indent=1))
 
