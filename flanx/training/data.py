@@ -48,8 +48,9 @@ def tf_data_autotune(enabled: bool | None = None) -> bool:
 
   None (default): on when the host has more than FEW_CORES cores (TPU VM and GPU hosts: tf.data's and t5x's
   default), off on smaller ones. There the autotuner's bookkeeping over the Flan mixture's 14 task pipelines took
-  about 30% of the CPU (2 cores: 3,150 packed examples/s without it, about 2,050 with it; BENCHMARKS.md "Flan at
-  pod scale"). Without it, each parallel step uses as many threads as there are cores. The batches are the same.
+  about 30% of the CPU (2 cores, from the cache: a steady 2,632 packed examples/s without it, 1,929 with it;
+  BENCHMARKS.md "Flan at pod scale"). Without it, each parallel step uses as many threads as there are cores.
+  The batches are the same.
   """
   if enabled is None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1

@@ -38,7 +38,8 @@ def trim_and_pack(dataset, feature_lengths: Mapping[str, int]):
       start = tf.where(fits, used, tf.zeros_like(used))
       return row + tf.cast(tf.logical_not(fits), tf.int32), start + length, start
 
-    rows, _, offsets = tf.scan(next_fit, lengths, initializer=(tf.constant(0, tf.int32), limits * 0, limits * 0))
+    initial = (tf.constant(0, tf.int32), tf.zeros_like(limits), tf.zeros_like(limits))  # row 0, nothing used
+    rows, _, offsets = tf.scan(next_fit, lengths, initializer=initial)
     num_rows = rows[-1] + 1
     packed = {}
     for i, k in enumerate(keys):

@@ -92,8 +92,9 @@ def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
     port = s.getsockname()[1]
   mesh = {'make_mesh.data': 4, 'make_mesh.model': 2}
   # Two at a time on this 2-core machine: the single-process runs, then the pair. With all four at once, one of the
-  # pair could finish compiling 40 s before the other, and XLA:CPU aborts an in-process all-reduce whose devices
-  # do not all arrive within 40 s (one device's thread was still waiting on the other process): a CPU-only hazard.
+  # pair could finish compiling a minute before the other, and XLA:CPU aborts an in-process all-reduce whose devices
+  # do not all arrive in time (one device's thread was still waiting on the other process): a CPU-only hazard
+  # (subprocess_env also raises XLA:CPU's limit from 60 to 480 s).
   singles = [_start(train_command(tmp_path / 'one', 4, **common, **{'make_mesh.data': 1, 'make_mesh.model': 1}), 8),
              _start(train_command(tmp_path / 'mesh', 4, **common, **mesh), 8)]
   for proc in singles:
