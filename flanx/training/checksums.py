@@ -82,8 +82,8 @@ def tree_checksums(tree: PyTree) -> dict[str, str]:
   if all(isinstance(x, jax.Array) for x in arrays):
     if jax.process_count() > 1:  # one program for the tree: the per-array programs, dispatched back to back,
       sums = _tree_checksums(arrays)  # deadlocked a 4-process CPU run (tests/e2e/test_data_layout_runs.py)
-    else:
-      sums = [_checksum(x) for x in arrays]  # all dispatched at once, each on the devices holding it
+    else:  # all dispatched at once, each on the devices holding it (one at a time where that would deadlock)
+      sums = [jax.block_until_ready(_checksum(x)) if _shares_cpu_threads(x) else _checksum(x) for x in arrays]
   else:  # host arrays (e.g. an import): one at a time, so at most one extra copy exists on the device
     sums = [jax.block_until_ready(_checksum(jnp.asarray(x))) for x in arrays]
   out = {}
@@ -92,6 +92,18 @@ def tree_checksums(tree: PyTree) -> dict[str, str]:
     shape = ','.join(str(d) for d in x.shape)
     out[jax.tree_util.keystr(path)] = f'{jnp.dtype(x.dtype).name}[{shape}]:{first:08x}{second:08x}'
   return out
+
+
+def _shares_cpu_threads(x: jax.Array) -> bool:
+  """Whether x spans several CPU devices, whose programs must not be queued back to back.
+
+  XLA:CPU runs each device's part of a program on one shared thread pool and caps the programs in flight per
+  device. Independent programs with collectives, dispatched back to back, can fill every thread with parts that
+  wait for partners queued behind them: a single process with 8 CPU devices hung saving a checkpoint, 3 threads
+  in an all-reduce and 5 waiting on the per-device cap (tests/e2e/test_train_runs.py, about 1 run in 3).
+  """
+  devices = x.sharding.device_set
+  return len(devices) > 1 and next(iter(devices)).platform == 'cpu'
 
 
 def _replicated(pair: jax.Array) -> jax.Array:

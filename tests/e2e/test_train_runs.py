@@ -91,10 +91,10 @@ def test_mesh_and_multiprocess_runs_match_single_device(tmp_path):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   mesh = {'make_mesh.data': 4, 'make_mesh.model': 2}
-  # Two at a time on this 2-core machine: the single-process runs, then the pair. With all four at once, one of the
-  # pair could finish compiling a minute before the other, and XLA:CPU aborts an in-process all-reduce whose devices
-  # do not all arrive in time (one device's thread was still waiting on the other process): a CPU-only hazard
-  # (subprocess_env also raises XLA:CPU's limit from 60 to 480 s).
+  # Two at a time on this 2-core machine: the single-process runs, then the pair (with all four at once, one of the
+  # pair could finish compiling long before the other, and its devices would wait for the other process).
+  # The 8-device run also guards flanx.training.checksums: its per-array programs, queued back to back, hung this
+  # run about 1 time in 3 before they were waited for one at a time on CPU.
   singles = [_start(train_command(tmp_path / 'one', 4, **common, **{'make_mesh.data': 1, 'make_mesh.model': 1}), 8),
              _start(train_command(tmp_path / 'mesh', 4, **common, **mesh), 8)]
   for proc in singles:

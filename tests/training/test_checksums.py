@@ -76,3 +76,27 @@ def test_same_value_on_any_sharding():
   assert line, out.stderr[-2000:]
   _, sharded, whole = line[0].split()
   assert sharded == whole
+
+
+_MANY_SHARDED = '''
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flanx.training import checksums
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('data', 'model'))
+specs = [P('data', 'model'), P('model', 'data'), P(None, 'model'), P('data', None)]
+tree = [jax.device_put(np.full((32, 16), i, np.float32), NamedSharding(mesh, specs[i % 4])) for i in range(200)]
+sums = checksums.tree_checksums(tree)
+print('CHECKSUMS', len(set(sums.values())))
+'''
+
+
+def test_a_sharded_tree_on_eight_cpu_devices_does_not_hang():
+  """200 arrays over a 4 x 2 mesh of CPU devices in one process: the per-array programs, all queued at once, hung
+  XLA:CPU on the first tree (every pool thread held by a program part waiting for partners queued behind it;
+  XLA aborts after 60 s); waited for one at a time they take about a second."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  out = subprocess.run([sys.executable, '-c', _MANY_SHARDED], env=env, capture_output=True, text=True, timeout=300)
+  line = [l for l in out.stdout.splitlines() if l.startswith('CHECKSUMS')]
+  assert out.returncode == 0 and line, out.stderr[-2000:]
+  assert line[0].split()[1] == '200'  # every array's own value
