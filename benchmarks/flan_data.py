@@ -31,6 +31,7 @@ import numpy as np
 
 LENGTHS = {'inputs': 1024, 'targets': 256}
 WINDOW = 100  # batches per reported window of examples/s
+STEADY_AFTER = 2  # windows served from what the task pipelines buffered while the first batch was awaited
 
 
 def rss_gb() -> float:
@@ -41,7 +42,8 @@ def rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool, autotune: str = 'auto') -> dict:
+def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool, autotune: str = 'auto',
+               parallel_reads: str = 'auto') -> dict:
   """Wall seconds of `python -m flanx.train` for one step of the tiny model (launch to exit), and its goodput parts."""
   model_dir = work / f'first_step_{"cached" if cached else "uncached"}'
   subprocess.run(['rm', '-rf', str(model_dir)], check=True)
@@ -52,6 +54,8 @@ def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached
              '--gin.EVAL_PERIOD=0', '--gin.train.progress_bar=False', '--gin.train.truncation_examples=0']
   if autotune != 'auto':
     command.append(f'--gin.tf_data_autotune.enabled={autotune == "on"}')
+  if parallel_reads != 'auto':
+    command.append(f'--gin.parallel_file_reads.enabled={parallel_reads == "on"}')
   env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
   start = time.perf_counter()
   subprocess.run(command, env=env, check=True, capture_output=True, cwd=pathlib.Path(__file__).parent.parent)
@@ -98,13 +102,16 @@ def measure(batch_size: int, batches: int, cached: bool, resume_steps: list[int]
     examples, window_examples = examples + packed, window_examples + packed
     if (i + 1) % WINDOW == 0:  # the first windows are served from what was prefetched during the first batch
       now = time.perf_counter()
-      windows.append(window_examples / (now - window_start))
+      windows.append((window_examples, now - window_start))
       window_start, window_examples = now, 0
+  steady = windows[STEADY_AFTER:]
   seconds = time.perf_counter() - start
   out = {'first_batch_s': first, 'rss_gb_imports': rss_imports, 'rss_gb_first': rss_first, 'rss_gb_end': rss_gb(),
          'pipeline_gb': rss_first - rss_imports,
          'rows_per_s': batches * batch_size / seconds, 'examples_per_s': examples / seconds,
-         'examples_per_s_per_core': examples / seconds / os.cpu_count(), 'examples_per_s_windows': windows}
+         'examples_per_s_per_core': examples / seconds / os.cpu_count(),
+         'examples_per_s_windows': [n / t for n, t in windows],
+         'examples_per_s_steady': sum(n for n, _ in steady) / sum(t for _, t in steady) if steady else None}
   iterator.close()
   for n in resume_steps:
     iterator = data.CheckpointableIterator(make, log=lambda m: None)
@@ -138,16 +145,23 @@ def main() -> None:
   parser.add_argument('--skip_train', action='store_true', help='do not time a real flanx.train launch')
   parser.add_argument('--autotune', choices=['auto', 'on', 'off'], default='auto',
                       help="tf.data's autotuner (gin flanx.training.data.tf_data_autotune.enabled; auto: flanx's default)")
+  parser.add_argument('--parallel_reads', choices=['auto', 'on', 'off'], default='auto',
+                      help="cached tasks' parallel file interleave (gin tasks.cached_reads.parallel_file_reads.enabled)")
   args = parser.parse_args()
   os.environ['FLANX_FLAN_DATA'] = str(args.folder)
   cache = args.work / 'cache'
   os.environ['FLANX_TASK_CACHE_DIRS'] = str(cache)
   steps = [int(s) for s in args.resume_steps.split(',') if s]
-  result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count(), 'autotune': args.autotune}
+  result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count(), 'autotune': args.autotune,
+            'parallel_reads': args.parallel_reads}
   if args.autotune != 'auto':
     import gin  # pylint: disable=g-import-not-at-top
     from flanx.training import data  # pylint: disable=g-import-not-at-top,unused-import  (the configurable)
     gin.bind_parameter('flanx.training.data.tf_data_autotune.enabled', args.autotune == 'on')
+  if args.parallel_reads != 'auto':
+    import gin  # pylint: disable=g-import-not-at-top
+    from tasks import cached_reads  # pylint: disable=g-import-not-at-top,unused-import  (the configurable)
+    gin.bind_parameter('tasks.cached_reads.parallel_file_reads.enabled', args.parallel_reads == 'on')
   if not args.skip_cache:
     result.update(build_cache(args.folder, cache))
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers flan2022_submix)
@@ -157,7 +171,7 @@ def main() -> None:
     result['cached' if cached else 'uncached'] = measure(args.batch_size, args.batches, cached, steps, args.work)
     if not args.skip_train:
       result['cached' if cached else 'uncached'].update(first_step(args.folder, args.work, args.batch_size, cached,
-                                                                    args.autotune))
+                                                                    args.autotune, args.parallel_reads))
     print(json.dumps(result, indent=1), flush=True)
   print(json.dumps(result, indent=1))
 

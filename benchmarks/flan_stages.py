@@ -9,7 +9,8 @@ Stages, each a fresh process reading `--examples` examples after the first (1024
   mixture  flan2022_submix: the 14 capped variant tasks sampled by their rates
   packed   + the encoder-decoder converter, packing (flanx.training.packing) and batches of 16: what training reads
 Reports examples/s, CPU seconds (user + system, all threads) per example and cores used; the difference between
-two stages is what the later one adds. `--autotune on|off` sets tf.data's autotuner for every stage. Run it on a
+two stages is what the later one adds. `--autotune on|off` sets tf.data's autotuner for every stage,
+`--parallel_reads on|off` the cached tasks' file interleave (tasks.cached_reads; auto: by core count). Run it on a
 quiet machine and record `lscpu` and `uptime` with the numbers.
 """
 
@@ -57,13 +58,16 @@ def _dataset(stage: str, task: str):
   return ds.map(lambda ex: tf.size(ex['targets'])).batch(256)  # the examples, reduced to one number each
 
 
-def measure(stage: str, task: str, examples: int, autotune: bool) -> dict:
+def measure(stage: str, task: str, examples: int, autotune: bool, parallel_reads: str = 'auto') -> dict:
   """One stage in this process: examples/s and CPU per example after the first element."""
+  import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers the Flan tasks)
   from flanx.training import data  # pylint: disable=g-import-not-at-top
   seqio.add_global_cache_dirs(data.task_cache_dirs())
+  if parallel_reads != 'auto':
+    gin.bind_parameter('tasks.cached_reads.parallel_file_reads.enabled', parallel_reads == 'on')
   options = tf.data.Options()
   options.autotune.enabled = autotune
   iterator = _dataset(stage, task).with_options(options).as_numpy_iterator()
@@ -83,23 +87,26 @@ def main() -> None:
   parser.add_argument('--task', default='flan2022_niv2_fs_opt', help='the variant task of the per-task stages')
   parser.add_argument('--examples', type=int, default=15_000, help='per stage (a task stage stays in its epoch)')
   parser.add_argument('--autotune', choices=['on', 'off'], default='off')
+  parser.add_argument('--parallel_reads', choices=['auto', 'on', 'off'], default='auto')
   parser.add_argument('--stage', choices=STAGES, help=argparse.SUPPRESS)  # one stage, in this process
   args = parser.parse_args()
   os.environ['FLANX_TASK_CACHE_DIRS'] = args.cache
   if args.stage:
-    print(json.dumps(measure(args.stage, args.task, args.examples, args.autotune == 'on')))
+    print(json.dumps(measure(args.stage, args.task, args.examples, args.autotune == 'on', args.parallel_reads)))
     return
   rows = []
   for stage in STAGES:
     examples = args.examples * (4 if stage in ('mixture', 'packed') else 1)
     out = subprocess.run([sys.executable, '-m', 'benchmarks.flan_stages', f'--cache={args.cache}',
                           f'--task={args.task}', f'--examples={examples}', f'--autotune={args.autotune}',
+                          f'--parallel_reads={args.parallel_reads}',
                           f'--stage={stage}'], capture_output=True, text=True, check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     row = rows[-1]
     print(f"| {stage} | {row['examples_per_s']:,.0f} | {row['cpu_us_per_example']:.0f} | {row['cores_used']:.2f} |",
           flush=True)
-  print(json.dumps({'task': args.task, 'autotune': args.autotune, 'load': os.getloadavg(), 'rows': rows}))
+  print(json.dumps({'task': args.task, 'autotune': args.autotune, 'parallel_reads': args.parallel_reads,
+                    'load': os.getloadavg(), 'rows': rows}))
 
 
 if __name__ == '__main__':

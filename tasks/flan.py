@@ -41,6 +41,7 @@ import gin
 import numpy as np
 import seqio
 
+from tasks import cached_reads
 from tasks import dolly  # pylint: disable=unused-import  (registers the `dolly` task)
 from tasks import flan_layouts as layouts_lib
 from tasks import records as records_lib
@@ -425,6 +426,9 @@ class CappedTask(seqio.Task):
                                    num_epochs=1, **kwargs)
     seed = self.cap_seed if seed is None else int(seed)
     return cap_per_epoch(one_pass, self.cap, seed, num_epochs)
+
+  def _get_cached_source(self, split: str, file_shuffle_buffer_size: Optional[int] = None):
+    return cached_reads.cached_source(self, split, file_shuffle_buffer_size)
 
 
 def task_name(submix: str, variant: str) -> str:

@@ -270,11 +270,15 @@ class RunCheckpoints:
     try:
       iterator.restore(prefix, batches_read)
     except (tf.errors.OpError, ValueError, AssertionError) as e:
+      other_pipeline = (' The input pipeline is not built as the one that saved it; if that host had another core '
+                        'count, rerun with its choice of file reads for cached tasks: '
+                        '--gin.parallel_file_reads.enabled=True if it had more than 4 cores, else False '
+                        '(tasks/cached_reads.py).') if 'dataset definition has not changed' in str(e) else ''
       raise CheckpointRestoreError(
           f'cannot read the data position of {self.model_dir}/{_PREFIX}_{step} ({prefix}.index / .data-*): '
-          f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}. To resume without it, rerun with '
-          f'--gin.train.restore_data=False: the input pipeline then re-reads and skips the {batches_read} batches '
-          'already used (the same data order for an unchanged pipeline; a slower start).') from e
+          f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}.{other_pipeline} To resume without it, '
+          f'rerun with --gin.train.restore_data=False: the input pipeline then re-reads and skips the {batches_read} '
+          'batches already used (the same data order for an unchanged pipeline; a slower start).') from e
 
   def data_state_prefix(self, step: int) -> str:
     """Where the data position of `step` was saved (may not exist for non-serializable pipelines)."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import gin
 import pytest
 import seqio
 
@@ -112,6 +113,7 @@ def test_flan_cache_gives_the_same_capped_epochs(tmp_path, monkeypatch):
                                pack=True, use_cached=True)
     assert next(batches.as_numpy_iterator())['encoder_input_tokens'].shape == (4, 32)
     assert_cache_is_read_by_file(seqio.get_mixture_or_task('flan2022_flan2021_zs_opt'), monkeypatch)
+    assert_sequential_reads_are_seqios(seqio.get_mixture_or_task('flan2022_t0_fs_opt'))
   finally:
     flan.register_flan2022()
 
@@ -120,7 +122,8 @@ def assert_cache_is_read_by_file(task, monkeypatch):
   """Hosts read the cache by file: with at least as many cache files as shards, seqio hands the ShardInfo to its
   cached TFRecord source (which keeps every N-th file: seqio's FileDataSource), and nothing counts the Flan files."""
   from tasks import flan  # pylint: disable=g-import-not-at-top
-  cached_source = seqio.dataset_providers._CachedDataSource  # pylint: disable=protected-access
+  cached_source = type(task._get_cached_source('train'))  # pylint: disable=protected-access
+  assert issubclass(cached_source, seqio.dataset_providers._CachedDataSource)  # pylint: disable=protected-access
   received = []
   original = cached_source.get_dataset
 
@@ -140,3 +143,24 @@ def assert_cache_is_read_by_file(task, monkeypatch):
   assert received[:2] == [seqio.ShardInfo(0, 2), seqio.ShardInfo(1, 2)]
   assert sorted(shards[0] + shards[1]) == sorted(texts(None))
   assert not flan._SCANS  # pylint: disable=protected-access
+
+
+def assert_sequential_reads_are_seqios(task):
+  """tasks.cached_reads: the sequential interleave yields seqio's own examples in seqio's order (files shuffled,
+  sharded by host or not, two epochs with the per-epoch caps)."""
+  from tasks import cached_reads  # pylint: disable=g-import-not-at-top
+
+  def examples(parallel, shard_info):
+    gin.bind_parameter('parallel_file_reads.enabled', parallel)
+    source = task._get_cached_source('train')  # pylint: disable=protected-access
+    assert isinstance(source, cached_reads.SequentialCachedSource) != parallel
+    ds = task.get_dataset(None, 'train', use_cached=True, shuffle=True, seed=7, shard_info=shard_info, num_epochs=2)
+    return [(ex['inputs_pretokenized'], ex['targets'].tolist()) for ex in ds.as_numpy_iterator()]
+
+  try:
+    for shard_info in (None, seqio.ShardInfo(1, 2)):
+      sequential = examples(False, shard_info)
+      assert sequential and sequential == examples(True, shard_info)
+  finally:
+    gin.bind_parameter('parallel_file_reads.enabled', None)  # back to the default (by core count)
+

@@ -64,6 +64,31 @@ def test_garbage_data_position_names_its_file_and_the_way_out(tmp_path):
   assert train_in_process(tmp_path, 4, CHECKPOINT_PERIOD=2, **{'train.restore_data': False})['step'] == 4
 
 
+def test_position_of_a_pipeline_built_otherwise_names_the_setting(tmp_path):
+  """A data position saved from a pipeline interleaving its files in parallel (tasks/cached_reads.py on a host with
+  more than 4 cores) does not restore into the sequential one; the error says which setting to match."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flanx.training import data  # pylint: disable=g-import-not-at-top
+
+  def pipeline(parallel):
+    files = tf.data.Dataset.range(8).shuffle(8, seed=1)
+    rows = files.interleave(lambda i: tf.data.Dataset.range(i * 10, i * 10 + 10), cycle_length=4, block_length=2,
+                            num_parallel_calls=4 if parallel else None)
+    return lambda: rows.batch(3).map(lambda x: {'x': x})
+
+  run = checkpoints.RunCheckpoints(str(tmp_path), async_save=False)
+  saved = data.CheckpointableIterator(pipeline(True), log=lambda m: None)
+  for _ in range(3):
+    next(saved)
+  assert saved.save(run.data_state_prefix(3))
+  with pytest.raises(checkpoints.CheckpointRestoreError,
+                     match=r'parallel_file_reads.enabled=True if it had more than 4 cores(.|\n)*restore_data=False'):
+    run.restore_data_position(data.CheckpointableIterator(pipeline(False), log=lambda m: None), 3, 3)
+  resumed = data.CheckpointableIterator(pipeline(True), log=lambda m: None)
+  run.restore_data_position(resumed, 3, 3)
+  assert next(resumed)['x'].tolist() == next(saved)['x'].tolist()
+
+
 @pytest.mark.slow
 def test_failed_background_save_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
