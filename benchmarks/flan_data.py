@@ -32,6 +32,9 @@ import numpy as np
 LENGTHS = {'inputs': 1024, 'targets': 256}
 WINDOW = 100  # batches per reported window of examples/s
 STEADY_AFTER = 2  # windows served from what the task pipelines buffered while the first batch was awaited
+# --flag: the gin setting it binds (auto: flanx's default, by the host's core count)
+SETTINGS = {'autotune': 'flanx.training.data.tf_data_autotune.enabled',
+            'parallel_reads': 'tasks.cached_reads.parallel_file_reads.enabled'}
 
 
 def rss_gb() -> float:
@@ -42,8 +45,8 @@ def rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool, autotune: str = 'auto',
-               parallel_reads: str = 'auto') -> dict:
+def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached: bool,
+               bindings: dict[str, bool]) -> dict:
   """Wall seconds of `python -m flanx.train` for one step of the tiny model (launch to exit), and its goodput parts."""
   model_dir = work / f'first_step_{"cached" if cached else "uncached"}'
   subprocess.run(['rm', '-rf', str(model_dir)], check=True)
@@ -52,10 +55,7 @@ def first_step(folder: pathlib.Path, work: pathlib.Path, batch_size: int, cached
              '--gin.MIXTURE_OR_TASK_MODULE="tasks.flan"', f'--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}',
              f'--gin.BATCH_SIZE={batch_size}', '--gin.TRAIN_STEPS=1', f'--gin.USE_CACHED_TASKS={cached}',
              '--gin.EVAL_PERIOD=0', '--gin.train.progress_bar=False', '--gin.train.truncation_examples=0']
-  if autotune != 'auto':
-    command.append(f'--gin.tf_data_autotune.enabled={autotune == "on"}')
-  if parallel_reads != 'auto':
-    command.append(f'--gin.parallel_file_reads.enabled={parallel_reads == "on"}')
+  command += [f'--gin.{binding}={value}' for binding, value in bindings.items()]
   env = dict(os.environ, FLANX_FLAN_DATA=str(folder))
   start = time.perf_counter()
   subprocess.run(command, env=env, check=True, capture_output=True, cwd=pathlib.Path(__file__).parent.parent)
@@ -143,10 +143,9 @@ def main() -> None:
   parser.add_argument('--modes', default='uncached,cached',
                       help='pipelines to measure; one per process gives each its own memory baseline')
   parser.add_argument('--skip_train', action='store_true', help='do not time a real flanx.train launch')
-  parser.add_argument('--autotune', choices=['auto', 'on', 'off'], default='auto',
-                      help="tf.data's autotuner (gin flanx.training.data.tf_data_autotune.enabled; auto: flanx's default)")
+  parser.add_argument('--autotune', choices=['auto', 'on', 'off'], default='auto', help="tf.data's autotuner")
   parser.add_argument('--parallel_reads', choices=['auto', 'on', 'off'], default='auto',
-                      help="cached tasks' parallel file interleave (gin tasks.cached_reads.parallel_file_reads.enabled)")
+                      help="cached tasks' parallel file interleave (tasks/cached_reads.py)")
   args = parser.parse_args()
   os.environ['FLANX_FLAN_DATA'] = str(args.folder)
   cache = args.work / 'cache'
@@ -154,14 +153,13 @@ def main() -> None:
   steps = [int(s) for s in args.resume_steps.split(',') if s]
   result = {'uptime': os.getloadavg(), 'cpus': os.cpu_count(), 'autotune': args.autotune,
             'parallel_reads': args.parallel_reads}
-  if args.autotune != 'auto':
+  bindings = {SETTINGS[flag]: getattr(args, flag) == 'on' for flag in SETTINGS if getattr(args, flag) != 'auto'}
+  if bindings:
     import gin  # pylint: disable=g-import-not-at-top
-    from flanx.training import data  # pylint: disable=g-import-not-at-top,unused-import  (the configurable)
-    gin.bind_parameter('flanx.training.data.tf_data_autotune.enabled', args.autotune == 'on')
-  if args.parallel_reads != 'auto':
-    import gin  # pylint: disable=g-import-not-at-top
-    from tasks import cached_reads  # pylint: disable=g-import-not-at-top,unused-import  (the configurable)
-    gin.bind_parameter('tasks.cached_reads.parallel_file_reads.enabled', args.parallel_reads == 'on')
+    from flanx.training import data  # pylint: disable=g-import-not-at-top,unused-import  (its configurable)
+    from tasks import cached_reads  # pylint: disable=g-import-not-at-top,unused-import  (its configurable)
+    for binding, value in bindings.items():
+      gin.bind_parameter(binding, value)
   if not args.skip_cache:
     result.update(build_cache(args.folder, cache))
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers flan2022_submix)
@@ -171,7 +169,7 @@ def main() -> None:
     result['cached' if cached else 'uncached'] = measure(args.batch_size, args.batches, cached, steps, args.work)
     if not args.skip_train:
       result['cached' if cached else 'uncached'].update(first_step(args.folder, args.work, args.batch_size, cached,
-                                                                    args.autotune, args.parallel_reads))
+                                                                    bindings))
     print(json.dumps(result, indent=1), flush=True)
   print(json.dumps(result, indent=1))
 

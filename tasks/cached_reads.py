@@ -18,17 +18,21 @@ import numpy as np
 import seqio
 from seqio import dataset_providers
 
-FEW_CORES = 4  # as flanx.training.data.FEW_CORES (tf.data's autotuner): tasks/ does not import the engine
+FEW_CORES = 4  # hosts with at most this many cores read without parallel threads (also tf.data's autotuner)
+
+
+def few_cores() -> bool:
+  """Whether this process may use at most FEW_CORES cores: the input pipeline's threads then cost more than they
+  give (here and in flanx.training.data.tf_data_autotune)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+  return cores <= FEW_CORES
 
 
 @gin.configurable
 def parallel_file_reads(enabled: Optional[bool] = None) -> bool:
   """Whether cached tasks interleave their files in parallel (seqio's way). None (default): on hosts with more
   than FEW_CORES cores (TPU VM and GPU hosts), off on smaller ones. The examples and their order are the same."""
-  if enabled is None:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    return cores > FEW_CORES
-  return bool(enabled)
+  return not few_cores() if enabled is None else bool(enabled)
 
 
 class SequentialCachedSource(dataset_providers._CachedDataSource):  # pylint: disable=protected-access

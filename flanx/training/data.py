@@ -39,23 +39,18 @@ def task_cache_dirs(dirs: Sequence[str] | None = None) -> list[str]:
   return list(dirs)
 
 
-FEW_CORES = 4  # hosts with at most this many cores run tf.data without its autotuner by default
-
-
 @gin.configurable
 def tf_data_autotune(enabled: bool | None = None) -> bool:
   """Whether tf.data's autotuner sizes the input pipeline's parallelism and buffers (tf.data.Options.autotune).
 
-  None (default): on when the host has more than FEW_CORES cores (TPU VM and GPU hosts: tf.data's and t5x's
-  default), off on smaller ones. There the autotuner's bookkeeping over the Flan mixture's 14 task pipelines took
-  about 30% of the CPU (2 cores, from the cache: a steady 2,632 packed examples/s without it, 1,929 with it;
-  BENCHMARKS.md "Flan at pod scale"). Without it, each parallel step uses as many threads as there are cores.
-  The batches are the same.
+  None (default): on when the host has more than 4 cores (TPU VM and GPU hosts: tf.data's and t5x's default), off
+  on smaller ones (tasks.cached_reads.few_cores, which also decides how cached tasks read their files). There the
+  autotuner's bookkeeping over the Flan mixture's 14 task pipelines took about 30% of the CPU (2 cores, from the
+  cache: a steady 2,632 packed examples/s without it, 1,929 with it; BENCHMARKS.md "Flan at pod scale"). Without
+  it, each parallel step uses as many threads as there are cores. The batches are the same.
   """
-  if enabled is None:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    return cores > FEW_CORES
-  return bool(enabled)
+  from tasks import cached_reads  # pylint: disable=g-import-not-at-top
+  return not cached_reads.few_cores() if enabled is None else bool(enabled)
 
 
 def check_cached(mixture_or_task_name: str, split: str) -> None:

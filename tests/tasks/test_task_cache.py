@@ -8,8 +8,8 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import gin
+import numpy as np
 import pytest
 import seqio
 
@@ -163,4 +163,3 @@ def assert_sequential_reads_are_seqios(task):
       assert sequential and sequential == examples(True, shard_info)
   finally:
     gin.bind_parameter('parallel_file_reads.enabled', None)  # back to the default (by core count)
-
