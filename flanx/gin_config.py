@@ -190,6 +190,15 @@ def _try_import(name: str) -> bool:
   return True
 
 
+def tasks_module(name: str):
+  """flanx's own `tasks.<name>`, imported where the engine first needs it. Importing any of `tasks` registers the
+  whole package's gin configurables, and by then train/eval/infer have usually locked the config (a run on the
+  user's own task module never imported `tasks` before; CI's kill -9 resume did so this way), so the import
+  runs with the config unlocked."""
+  with gin.unlock_config():
+    return importlib.import_module(f'tasks.{name}')
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_path_flags: Sequence[str] = (),
               finalize: bool = True) -> None:
   """Parses gin files and bindings; unknown configurables, parameters or macros fail here, before any work.

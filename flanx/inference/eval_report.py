@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from flanx import gin_config
+
 # Flan-T5 paper (Chung et al. 2022, arXiv 2210.11416) Table 5: MMLU 5-shot and BBH 3-shot, direct and
 # CoT; Flan-UL2 (FACTS.md: MMLU 55.7, BBH 45.9, taken as the few-shot direct figures). Keyed by shape below.
 PUBLISHED = {
@@ -42,12 +44,12 @@ SUITE_TITLES = {
 
 
 def _suite_tasks(suite: str) -> tuple[str, ...]:
-  from tasks import bbh, mmlu  # pylint: disable=g-import-not-at-top
+  bbh, mmlu = gin_config.tasks_module('bbh'), gin_config.tasks_module('mmlu')
   return mmlu.SUBJECTS if suite.startswith('mmlu') else bbh.TASKS
 
 
 def _categories() -> Mapping[str, str]:
-  from tasks import mmlu  # pylint: disable=g-import-not-at-top
+  mmlu = gin_config.tasks_module('mmlu')
   return mmlu.CATEGORIES
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import numpy as np
 
+from flanx import gin_config
 from flanx.training import data, profiling, run_builder, runtime
 from flanx.inference import predict
 from flanx.model.config import T5Config
@@ -31,7 +32,7 @@ def read_prompts(path: str, template: Callable[[], Any] | None = None) -> list[d
   its template makes the prompt. A bad line (not UTF-8, malformed or hostile JSON, a lone surrogate, no prompt)
   is a RecordError naming file and line.
   """
-  from tasks import records as records_lib  # pylint: disable=g-import-not-at-top
+  records_lib = gin_config.tasks_module('records')
   records, source = [], None
   for where, line, problem in records_lib.iter_lines(path):
     if problem is None and not line.strip():
@@ -72,20 +73,13 @@ def _prompt_template(task: str | None, checkpoint_path: str) -> Callable[[], Any
   checkpoint's run trained on (its recorded MIXTURE_OR_TASK_NAME), looked up at the first such record."""
 
   def source():
-    from tasks import spec  # pylint: disable=g-import-not-at-top
+    spec = gin_config.tasks_module('spec')
     name = task or _recorded_task(checkpoint_path)
     if not name:
       raise ValueError('no task is named (--gin.infer.task=\'"dolly"\') and the checkpoint records none')
-    if name not in _registered():
-      import tasks  # pylint: disable=g-import-not-at-top,unused-import  (flanx's own tasks: dolly, cot, …)
     return spec.prompt_source(name)
 
   return source
-
-
-def _registered() -> set[str]:
-  import seqio  # pylint: disable=g-import-not-at-top
-  return set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
 
 
 def _recorded_task(checkpoint_path: str) -> str | None:

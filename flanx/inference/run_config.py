@@ -142,7 +142,7 @@ def fill_unset(configurable: str, command_bindings: Sequence[str] = (), log: Cal
       take(f'{configurable}.peft', train['peft'])
   vocabulary = [(k, v) for k, v in found if k.startswith('get_vocabulary.')]
   if vocabulary:
-    import tasks.vocab  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers get_vocabulary)
+    gin_config.tasks_module('vocab')  # registers get_vocabulary
     if not gin_config.configurable_bindings('get_vocabulary'):
       for key, value in vocabulary:
         take(key, value)

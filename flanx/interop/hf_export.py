@@ -47,7 +47,7 @@ def parse_size(value: int | float | str) -> int:
 def resolve_vocabulary(vocab: str | None, newline_mode: str | None, mixture_or_task_name: str | None,
                        mixture_or_task_module: str | None) -> Any:
   """--vocab (a SentencePiece path or 'byte'), else the inputs vocabulary of the run's task or mixture."""
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib = gin_config.tasks_module('vocab')
   if vocab:
     return vocab_lib.get_vocabulary(vocab, newline_mode)
   if not mixture_or_task_name:

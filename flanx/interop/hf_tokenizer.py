@@ -32,6 +32,8 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
+from flanx import gin_config
+
 EXPORT_INFO_FILE = 'flanx_export.json'
 
 # Probe strings for tokenization checks: ascii, numbers, punctuation, whitespace runs, unicode (some unknown to
@@ -53,13 +55,13 @@ NEWLINE_PROBES = (
 
 
 def _resolve(vocabulary: Any) -> Any:
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib = gin_config.tasks_module('vocab')
   return vocabulary.resolve() if isinstance(vocabulary, vocab_lib.LazyVocabulary) else vocabulary
 
 
 def newline_mode(vocabulary: Any) -> str:
   """'lossless', 'dolly', 'none' or 'byte' (see tasks.vocab)."""
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib = gin_config.tasks_module('vocab')
   return vocab_lib.newline_mode_of(_resolve(vocabulary))
 
 
@@ -80,7 +82,7 @@ def probe_strings(vocabulary: Any) -> list[str]:
 def prepare_text(text: str, mode: str) -> str:
   """Text as the model saw it in training, before HF tokenization (dolly: newline/tab markers)."""
   if mode == 'dolly':
-    from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    vocab_lib = gin_config.tasks_module('vocab')
     return vocab_lib.dolly_escape(text)
   return text
 
@@ -88,7 +90,7 @@ def prepare_text(text: str, mode: str) -> str:
 def clean_decoded(text: str, mode: str) -> str:
   """HF-decoded text → seqio's decoding: unescapes the dolly markers (the other modes decode as seqio already)."""
   if mode == 'dolly':
-    from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    vocab_lib = gin_config.tasks_module('vocab')
     return vocab_lib.dolly_unescape(text)
   return text
 
@@ -126,7 +128,7 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
 
 def _write_sentencepiece(folder: pathlib.Path, vocabulary: Any, model_max_length: int) -> dict[str, Any]:
   import transformers  # pylint: disable=g-import-not-at-top
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib = gin_config.tasks_module('vocab')
   base = sentencepiece_base(vocabulary)
   if (base.pad_id, base.eos_id, base.unk_id) != (0, 1, 2):
     raise ValueError(f'{base.sentencepiece_model_file}: T5 tokenizers need pad/eos/unk ids 0/1/2, this model has '

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flanx import gin_config
 from flanx.interop import staging
 from flanx.model.config import T5Config
 
@@ -75,5 +76,5 @@ def import_t5x(t5x_checkpoint: str, output_dir: str, *, output_format: str = 'hf
 
 
 def _default_vocab() -> str:
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab_lib = gin_config.tasks_module('vocab')
   return vocab_lib.T5_VOCAB_PATH

@@ -12,6 +12,7 @@ import gin
 import jax
 import numpy as np
 
+from flanx import gin_config
 from flanx.training.data_layout import DataLayout, data_layout
 
 Batch = dict[str, np.ndarray]
@@ -49,7 +50,7 @@ def tf_data_autotune(enabled: bool | None = None) -> bool:
   cache: a steady 2,632 packed examples/s without it, 1,929 with it; BENCHMARKS.md "Flan at pod scale"). Without
   it, each parallel step uses as many threads as there are cores. The batches are the same.
   """
-  from tasks import cached_reads  # pylint: disable=g-import-not-at-top
+  cached_reads = gin_config.tasks_module('cached_reads')
   return not cached_reads.few_cores() if enabled is None else bool(enabled)
 
 
@@ -293,8 +294,7 @@ def truncation_report(name: str, lengths: Mapping[str, int], split: str, example
                       ) -> tuple[list[str], dict[str, float]]:
   """(log lines, scalars `truncation/{task}/{feature}`): the share of each task's first `examples` examples
   whose inputs/targets the lengths cut (a cut target is lost signal). Never raises: a failure is one line."""
-  with gin.unlock_config():  # importing `tasks` registers gin configurables; by now the config is locked
-    from tasks import truncation  # pylint: disable=g-import-not-at-top
+  truncation = gin_config.tasks_module('truncation')
   lengths = dict(lengths)
   try:
     reports = truncation.mixture_truncation(name, lengths, split, examples)

@@ -1,12 +1,15 @@
-"""kill -9 at seven points of a run, then the same command again: every resume ends bitwise identical to an
-uninterrupted run, with each step's metrics written once and no lease left behind."""
+"""kill -9 at seven points of a run (and once, unassisted, at whatever it was doing when its second checkpoint
+appeared), then the same command again: every resume ends bitwise identical to an uninterrupted run, with each
+step's metrics written once and no lease left behind."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -25,6 +28,7 @@ SCENARIOS = [
     ('right_after_commit', [('after_save', 20)]),
     ('mid_final_save', [('mid_save', STEPS)]),
     ('then_again_during_restore', [('mid_step', 25), ('during_restore', 0)]),
+    ('unassisted', [('when_checkpoint_appears', 20)]),  # no launcher: the plain command, killed from outside
 ]
 
 
@@ -33,8 +37,21 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
 
 
 def attempt(model_dir: pathlib.Path, point: str, step: int) -> subprocess.CompletedProcess:
+  if point == 'when_checkpoint_appears':
+    return kill_when(model_dir / f'checkpoint_{step}', train_command(model_dir, STEPS, **EXTRA))
   train_args = train_command(model_dir, STEPS, **EXTRA)[3:]  # drop `python -m flanx.train`
   return run([sys.executable, str(TESTS / 'crash_launcher.py'), point, str(step), '--'] + train_args)
+
+
+def kill_when(path: pathlib.Path, command: list[str]) -> subprocess.CompletedProcess:
+  victim = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not path.is_dir() and victim.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGKILL)
+  _, err = victim.communicate()
+  return subprocess.CompletedProcess(command, victim.returncode, '', err)
 
 
 def play(tmp_path: pathlib.Path, name: str, kills: list[tuple[str, int]]) -> tuple[str, str]:
