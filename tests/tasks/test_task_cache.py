@@ -146,16 +146,19 @@ def assert_cache_is_read_by_file(task, monkeypatch):
 
 
 def assert_sequential_reads_are_seqios(task):
-  """tasks.cached_reads: the sequential interleave yields seqio's own examples in seqio's order (files shuffled,
-  sharded by host or not, two epochs with the per-epoch caps)."""
+  """tasks.cached_reads: the sequential interleave and its own record parsing yield seqio's own examples (every
+  feature, its dtype and shape) in seqio's order (files shuffled, sharded by host or not, two epochs with the
+  per-epoch caps)."""
   from tasks import cached_reads  # pylint: disable=g-import-not-at-top
 
   def examples(parallel, shard_info):
     gin.bind_parameter('parallel_file_reads.enabled', parallel)
     source = task._get_cached_source('train')  # pylint: disable=protected-access
     assert isinstance(source, cached_reads.SequentialCachedSource) != parallel
+    assert parallel or source._reader.__qualname__.startswith('_reader_in_this_thread')  # pylint: disable=protected-access
     ds = task.get_dataset(None, 'train', use_cached=True, shuffle=True, seed=7, shard_info=shard_info, num_epochs=2)
-    return [(ex['inputs_pretokenized'], ex['targets'].tolist()) for ex in ds.as_numpy_iterator()]
+    return [{k: (np.asarray(v).dtype.str, np.shape(v), np.asarray(v).tolist()) for k, v in ex.items()}
+            for ex in ds.as_numpy_iterator()]
 
   try:
     for shard_info in (None, seqio.ShardInfo(1, 2)):
