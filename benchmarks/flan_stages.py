@@ -64,10 +64,11 @@ def measure(stage: str, task: str, examples: int, autotune: bool, parallel_reads
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tasks.flan  # pylint: disable=g-import-not-at-top,unused-import  (registers the Flan tasks)
+  from benchmarks import flan_data  # pylint: disable=g-import-not-at-top  (its gin settings)
   from flanx.training import data  # pylint: disable=g-import-not-at-top
   seqio.add_global_cache_dirs(data.task_cache_dirs())
   if parallel_reads != 'auto':
-    gin.bind_parameter('tasks.cached_reads.parallel_file_reads.enabled', parallel_reads == 'on')
+    gin.bind_parameter(flan_data.SETTINGS['parallel_reads'], parallel_reads == 'on')
   options = tf.data.Options()
   options.autotune.enabled = autotune
   iterator = _dataset(stage, task).with_options(options).as_numpy_iterator()

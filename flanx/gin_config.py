@@ -193,8 +193,7 @@ def _try_import(name: str) -> bool:
 def tasks_module(name: str):
   """flanx's own `tasks.<name>`, imported where the engine first needs it. Importing any of `tasks` registers the
   whole package's gin configurables, and by then train/eval/infer have usually locked the config (a run on the
-  user's own task module never imported `tasks` before; CI's kill -9 resume did so this way), so the import
-  runs with the config unlocked."""
+  user's own task module has not imported `tasks` before), so the import runs with the config unlocked."""
   with gin.unlock_config():
     return importlib.import_module(f'tasks.{name}')
 

@@ -26,6 +26,7 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
+from flanx import gin_config
 from flanx.training import checksums, keep_best as keep_best_lib, run_folder, storage_callbacks
 from flanx.training.checkpoint_meta import CheckpointMeta
 
@@ -270,10 +271,13 @@ class RunCheckpoints:
     try:
       iterator.restore(prefix, batches_read)
     except (tf.errors.OpError, ValueError, AssertionError) as e:
-      other_pipeline = (' The input pipeline is not built as the one that saved it; if that host had another core '
-                        'count, rerun with its choice of file reads for cached tasks: '
-                        '--gin.parallel_file_reads.enabled=True if it had more than 4 cores, else False '
-                        '(tasks/cached_reads.py).') if 'dataset definition has not changed' in str(e) else ''
+      other_pipeline = ''
+      if 'dataset definition has not changed' in str(e):
+        few_cores = gin_config.tasks_module('cached_reads').FEW_CORES
+        other_pipeline = (' The input pipeline is not built as the one that saved it; if that host had another core '
+                          'count, rerun with its choice of file reads for cached tasks: '
+                          f'--gin.parallel_file_reads.enabled=True if it had more than {few_cores} cores, else False '
+                          '(tasks/cached_reads.py).')
       raise CheckpointRestoreError(
           f'cannot read the data position of {self.model_dir}/{_PREFIX}_{step} ({prefix}.index / .data-*): '
           f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}.{other_pipeline} To resume without it, '
