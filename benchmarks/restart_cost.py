@@ -11,7 +11,9 @@ the compiled programs (JAX's persistent cache) and the traced train step (flanx.
 whole configuration, so a changed TRAIN_STEPS would be a new entry). Per start: the process's wall time, and from
 MODEL_DIR/goodput.json the train() wall time, its compile part (trace + lower + XLA compile or cache read) and its
 restore part. What matters is the warm/cold ratio of the compile part; absolute seconds depend on the machine's
-load (recorded).
+load (recorded). A restart that finds the step's program stored compiles it in the background during the restore
+(step_cache.CachedStep.compile_ahead): its compile part is then the first step's wait for it, and the line that
+says how long the background compile took is kept too.
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def start(model: str, model_dir: pathlib.Path, steps: int, cache: str | None) ->
   this = json.loads((model_dir / 'goodput.json').read_text())['this_start']
   cache_line = next((line for line in proc.stdout.splitlines() if line.startswith('Compile cache')), '')
   step_line = next((line for line in proc.stdout.splitlines() if line.startswith('Train step: ')), '')
+  background = next((line for line in proc.stdout.splitlines()
+                     if line.startswith('Train step: compiled in the background')), '')
   return {'process_seconds': wall, 'train_seconds': this['wall_seconds'],
           'compile_seconds': this['parts_seconds']['compile'], 'restore_seconds': this['parts_seconds']['restore'],
           'device_step_seconds': this['parts_seconds']['device_step'], 'cache': cache_line,
-          'train_step': step_line}
+          'train_step': step_line, 'compiled_ahead': background}
 
 
 def main(argv=None) -> dict:
@@ -82,6 +86,8 @@ def main(argv=None) -> dict:
     print(f"| {args.model} | {name} | {s['process_seconds']:.1f} | {s['train_seconds']:.1f} | "
           f"{s['compile_seconds']:.1f} ({share(s):.0%}) | {s['restore_seconds']:.1f} | {s['cache']} | "
           f"{s['train_step'].split(';')[0].split(' (')[0]} |")
+    if s['compiled_ahead']:
+      print(f"  {name}: {s['compiled_ahead']}")
   print(f"warm/cold compile seconds {result['warm_over_cold_compile']:.1%}, compile share "
         f"{result['warm_over_cold_compile_share']:.1%}; load {result['load_start']} -> {result['load_end']}")
   out = pathlib.Path(args.out or common.REPO / 'runs' / f'restart_cost_{args.model}.json')

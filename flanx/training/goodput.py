@@ -31,8 +31,16 @@ _SCALAR_NAMES = {**{p: p for p in PARTS}, 'compile': 'compilation', 'other': 'ot
 FILENAME = 'goodput.json'
 # JAX records each of these (tracing to a jaxpr, lowering to MLIR, the XLA compile or persistent-cache read) as
 # a time span; nested jits give nested spans, so they are merged before they are summed.
+# flanx adds the wait for a program compiled in the background (step_cache.CachedStep.compile_ahead).
+_COMPILE_WAIT = '/flanx/compile/background_wait_duration'
 _COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration', '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
+                   '/jax/core/compile/backend_compile_duration', _COMPILE_WAIT)
+
+
+def record_compile_wait(start: float, end: float) -> None:
+  """Counts [start, end] (time.time()) of this thread as compile: it waited for a program compiled elsewhere."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.monitoring.record_event_time_span(_COMPILE_WAIT, start, end)
 
 
 class CompileSpans:

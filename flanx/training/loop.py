@@ -25,7 +25,7 @@ from flanx.model.peft import training as peft_run
 from flanx.model.config import T5Config
 from flanx.training import checkpoints, data, data_fingerprint, data_layout, partitioning, run_checks, run_lease, runtime
 from flanx.training import compile_cache, goodput, inference_eval, profiling, run_folder, start_step, steps, stop_signal, train_metrics
-from flanx.training import run_builder
+from flanx.training import run_builder, step_cache
 from flanx.training.checkpoint_meta import CheckpointMeta
 from flanx.training.metrics_writer import MetricsWriter
 from flanx.training.optimizer import Optimizer
@@ -120,19 +120,18 @@ def train(*,
     plan = _plan(arguments)
     tx = plan.optimizer(0)  # for shapes and shardings; rebuilt once the schedule offset is known
     shardings = plan.setup.shardings  # gin: make_mesh.data / make_mesh.model, axis_rules.fsdp
-    mesh = shardings.mesh
     run_folder.check_confined(model_dir)  # no link may lead a save, log or pruning outside MODEL_DIR
     folder = _RunFolder(model_dir, take_over_stale_lease)
   except BaseException:
     stop_signal.release_sigint()  # a start refused before any work gives Ctrl-C back (a notebook keeps it)
     raise
   ckpts = writer = None
-  clock, cache = goodput.RunClock(), contextlib.ExitStack()
+  clock, cache = goodput.RunClock(), contextlib.ExitStack()  # cache: JAX's compile cache, and compiles under way
   try:
     cache_stats = cache.enter_context(compile_cache.enabled(model_dir))
     ckpts = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints, async_save=async_checkpointing,
                                        keep_best=plan.keep_best)
-    state, tx, iterator, resumed, meta = _start(plan, ckpts, shardings, tx)
+    state, train_step, iterator, resumed, meta = _start(plan, ckpts, shardings, tx, cache)
     if runtime.PreemptionFlag().is_set():
       _log(f'{stop_signal.reason()} during setup: stopping cleanly before training, at step {int(state.step)} '
            '(nothing to save).')
@@ -148,8 +147,10 @@ def train(*,
     profiler = profiling.Profiler(profiling.parse_window(profile_steps, 'train.profile_steps'),
                                   f'{model_dir}/{run_name}', writer.log)
     clock.attach(model_dir, resumed is not None, int(state.step), plan.train_steps, writer.log, cache_stats)
-    with mesh, steps.activation_rules(shardings):
-      result = _train_loop(plan, state, tx, shardings, iterator, saver, writer, clock, profiler)
+    if isinstance(train_step, step_cache.CachedStep):
+      train_step.log = writer.log  # (before: the first host's print, as the writer did not exist yet)
+    with _step_context(shardings):
+      result = _train_loop(plan, state, train_step, shardings, iterator, saver, writer, clock, profiler)
   finally:
     _shut_down(ckpts, writer, folder, clock, cache, failing=sys.exc_info()[1] is not None)
   curves.at_end_of_training(model_dir, _log)  # train_curves.png, checkpoints.png (first host)
@@ -225,29 +226,55 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
   return _Plan(setup, settings, start, run_checks.check_keep_best(a))
 
 
-def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer
-           ) -> tuple[steps.TrainState, Optimizer, data.CheckpointableIterator, int | None, CheckpointMeta]:
-  """Restores or initialises the state: (state, optimizer with the schedule offset of the run, positioned data
-  iterator, step resumed from or None, checkpoint metadata to save)."""
+def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer,
+           compiles: contextlib.ExitStack) -> tuple[steps.TrainState, Callable, data.CheckpointableIterator, int | None, CheckpointMeta]:
+  """Restores or initialises the state: (state, train step with the schedule offset of the run, positioned data
+  iterator, step resumed from or None, checkpoint metadata to save). On a restart the step's stored program is
+  read and compiled in the background meanwhile (step_cache.CachedStep.compile_ahead); closing `compiles` waits
+  for that (a start that stops before its first step)."""
   a, config = plan.arguments, plan.config
   signature = plan.setup.run_signature()  # PEFT: with the frozen base
   sources = data_fingerprint.fingerprint(a['mixture_or_task_name'])
   _check_existing_run(ckpts, signature, plan.train_steps, a['restore_data'], a['already_done_ok'], sources)
+  latest = ckpts.latest_step()
+  offset = ckpts.read_meta(latest).schedule_offset if latest is not None else plan.start.schedule_offset
+  train_step = _train_step(plan, offset, tx, compiles)
   state, batches_read, resumed = _restore_or_init(ckpts, config, tx, shardings, a['initial_checkpoint_path'],
                                                   a['seed'], _log, plan.start,
                                                   _prompt_vocabulary(config, a['mixture_or_task_name']),
                                                   a['initial_adapter_path'])
-  schedule_offset = (ckpts.read_meta(resumed).schedule_offset if resumed is not None
-                     else plan.start.schedule_offset)
-  tx = plan.optimizer(schedule_offset) if schedule_offset else tx
+  if resumed is not None and resumed != latest and ckpts.read_meta(resumed).schedule_offset != offset:
+    offset = ckpts.read_meta(resumed).schedule_offset  # an older checkpoint, with another offset (rare)
+    train_step = _train_step(plan, offset, tx)
   layout = data_layout.data_layout(shardings.mesh, a['batch_size'])  # a replica set's hosts read the same rows
   iterator = data.CheckpointableIterator(lambda: plan.settings.dataset('train', layout=layout), log=_log)
   if batches_read:
     ckpts.restore_data_position(iterator, resumed, batches_read, use_saved=a['restore_data'])
   meta = CheckpointMeta(seed=a['seed'], data_seed=a['data_seed'], run=signature, config_gin=gin.config_str(),
-                        schedule_offset=schedule_offset, peft=a['peft'], base=a['initial_checkpoint_path'],
+                        schedule_offset=offset, peft=a['peft'], base=a['initial_checkpoint_path'],
                         initial_adapter=a['initial_adapter_path'], data_sources=sources)
-  return state, tx, iterator, resumed, meta
+  return state, train_step, iterator, resumed, meta
+
+
+def _train_step(plan: _Plan, schedule_offset: int, tx: Optimizer, compiles: contextlib.ExitStack | None = None
+                ) -> Callable:
+  """The jitted train step of the run whose schedule starts at `schedule_offset` (as the compile-only check lowers
+  it; its traced program kept across starts). With `compiles`, a stored program starts compiling in the background
+  (closing `compiles` waits for it)."""
+  step = plan.setup.train_step(plan.optimizer(schedule_offset) if schedule_offset else tx, log=_log)
+  if compiles is not None and isinstance(step, step_cache.CachedStep):
+    step.compile_ahead(plan.setup.abstract_state(), plan.setup.abstract_batch(),
+                       lambda: _step_context(plan.setup.shardings))
+    compiles.callback(step.wait)
+  return step
+
+
+def _step_context(shardings: steps.Shardings) -> contextlib.ExitStack:
+  """The mesh and activation rules the step is traced and run under (thread-local: entered by each thread)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(shardings.mesh)
+  stack.enter_context(steps.activation_rules(shardings))
+  return stack
 
 
 def _evaluates(eval_period: int, step: int, train_steps: int) -> bool:
@@ -256,12 +283,12 @@ def _evaluates(eval_period: int, step: int, train_steps: int) -> bool:
   return bool(eval_period) and (step // eval_period + 1) * eval_period <= train_steps
 
 
-def _train_loop(plan: _Plan, state: steps.TrainState, tx: Optimizer, shardings: steps.Shardings,
+def _train_loop(plan: _Plan, state: steps.TrainState, train_step: Callable, shardings: steps.Shardings,
                 iterator: data.CheckpointableIterator, saver: '_Saver', writer: MetricsWriter,
                 clock: goodput.RunClock, profiler: profiling.Profiler) -> dict:
-  """Compiles the step (and the eval), then loops until TRAIN_STEPS or SIGTERM."""
+  """Sets up the eval, then loops until TRAIN_STEPS or SIGTERM (the first step compiles, or takes the compile
+  started ahead)."""
   a, config = plan.arguments, plan.config
-  train_step = plan.setup.train_step(tx, log=writer.log)  # as the compile-only check lowers it; kept across starts
   eval_fn = (inference_eval.make_eval(_make_eval(config, shardings, plan.settings, a['eval_split'], a['eval_batches']),
                                       inference_eval.from_arguments(config, shardings, a), writer.log)
              if _evaluates(a['eval_period'], int(state.step), plan.train_steps) else None)

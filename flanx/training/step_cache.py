@@ -31,11 +31,15 @@ import os
 import pathlib
 import pickle
 import sys
+import threading
+import time
 import types
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from flanx.training import goodput
 
 FOLDER = 'train_step'
 # Packages whose code is pinned by their version (module name: distribution name).
@@ -76,10 +80,11 @@ class CachedStep:
   def __init__(self, bare: Callable, jitted: Callable, key: str, folder: str, in_shardings: Any, out_shardings: Any,
                log: Callable[[str], None], compiler_options: dict | None = None):
     # `bare`: the step jax.export traces (no compiler options); `jitted`: the same with them, run when export fails
-    self._bare, self._jitted, self._key, self._folder, self._log = bare, jitted, key, folder, log
+    self._bare, self._jitted, self._key, self._folder, self.log = bare, jitted, key, folder, log
     self._compiler_options = compiler_options  # an exported program carries none: the compile of its call gets them
     self._in_shardings, self._out_shardings = in_shardings, out_shardings
     self._calls: dict[Any, Callable] = {}
+    self._ahead: _Ahead | None = None
 
   def __call__(self, state: Any, batch: Any) -> Any:
     in_tree = jax.tree.structure((state, batch))
@@ -88,32 +93,109 @@ class CachedStep:
     signature = (in_tree, tuple((np.shape(x), x.dtype) for x in jax.tree.leaves(batch)))
     call = self._calls.get(signature)
     if call is None:
-      call = self._calls[signature] = self._build(state, batch, in_tree)
+      avals = self._avals(state, batch)
+      call = self._calls[signature] = self._take_ahead(in_tree, avals) or self._build(in_tree, avals)
     return call(state, batch)
 
-  def _build(self, state: Any, batch: Any, in_tree: Any) -> Callable:
-    abstract = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s,
-                                                 weak_type=getattr(getattr(x, 'aval', None), 'weak_type', False))
+  def compile_ahead(self, state: Any, batch: Any, context: Callable[[], Any]) -> None:
+    """Starts reading the stored program for the abstract `state` and `batch` (sharded ShapeDtypeStructs) and
+    compiling it (a persistent-cache read on a restart) in a background thread inside `context()` (the mesh and
+    activation rules), so that it overlaps the restore and the first batch; the first call whose arguments match
+    takes the result. Nothing is started when no start stored the program (a first start traces it here, later).
+    `wait()` ends it."""
+    in_tree, avals = jax.tree.structure((state, batch)), self._avals(state, batch)
+    if _read(self._path(in_tree, avals)) is None:
+      return
+    self._ahead = _Ahead(in_tree, avals, lambda log: self._compile(in_tree, avals, log), context)
+
+  def wait(self) -> None:
+    """Waits for a compile started by compile_ahead (a run stopping before its first step)."""
+    if self._ahead is not None:
+      self._ahead.result()
+
+  def _take_ahead(self, in_tree: Any, avals: list) -> Callable | None:
+    """The program compile_ahead built for these arguments (waited for, as compile time), else None."""
+    ahead, self._ahead = self._ahead, None
+    if ahead is None:
+      return None
+    began = time.time()
+    compiled, messages = ahead.result()
+    waited = time.time() - began
+    goodput.record_compile_wait(began, began + waited)
+    for message in messages:
+      self.log(message)
+    if compiled is not None:
+      self.log(f'Train step: compiled in the background during the restore ({ahead.seconds:.1f} s); the first step '
+               f'waited {waited:.1f} s for it.')
+    if (in_tree, avals) != (ahead.in_tree, ahead.avals):
+      self.log('Train step: the arguments differ from the ones compiled ahead; compiling for them.')
+      return None
+    return compiled
+
+  def _compile(self, in_tree: Any, avals: list, log: Callable[[str], None]) -> Callable:
+    args = in_tree.unflatten(avals)
+    return self._build(in_tree, avals, log).lower(*args).compile()
+
+  def _avals(self, state: Any, batch: Any) -> list:
+    abstract = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s, weak_type=_weak(x))
     state_shardings, batch_sharding = self._in_shardings
-    avals = jax.tree.leaves((jax.tree.map(abstract, state, state_shardings),
-                             jax.tree.map(lambda x: abstract(x, batch_sharding), batch)))
+    return jax.tree.leaves((jax.tree.map(abstract, state, state_shardings),
+                            jax.tree.map(lambda x: abstract(x, batch_sharding), batch)))
+
+  def _path(self, in_tree: Any, avals: list) -> str:
     key = hashlib.sha256((self._key + repr(in_tree) + repr(avals)).encode()).hexdigest()[:32]
-    path = f'{self._folder}/{key}.bin'
+    return f'{self._folder}/{key}.bin'
+
+  def _build(self, in_tree: Any, avals: list, log: Callable[[str], None] | None = None) -> Callable:
+    log = log or self.log
+    path = self._path(in_tree, avals)
     stored = _read(path)
     if stored is not None:
       exported, out_tree = stored
-      self._log(f'Train step: read its traced program from {path} (not traced).')
+      log(f'Train step: read its traced program from {path} (not traced).')
     else:
       try:
         exported, out_tree = _export(self._bare, in_tree, avals)
       except Exception as e:  # pylint: disable=broad-except  (e.g. a custom call jax.export does not take)
-        self._log(f'Train step: traced at every start (jax.export refused it: {str(e).splitlines()[0][:200]}).')
+        log(f'Train step: traced at every start (jax.export refused it: {str(e).splitlines()[0][:200]}).')
         return self._jitted
       _write(path, exported, out_tree)
-      self._log(f'Train step: traced; its program is kept in {path} for later starts.')
+      log(f'Train step: traced; its program is kept in {path} for later starts.')
     call = lambda s, b: out_tree.unflatten(exported.call(*jax.tree.leaves((s, b))))
     return jax.jit(call, in_shardings=self._in_shardings, out_shardings=self._out_shardings, donate_argnums=0,
                    compiler_options=self._compiler_options)
+
+
+def _weak(x: Any) -> bool:
+  """Whether `x` (an array or a ShapeDtypeStruct) is weakly typed."""
+  return bool(getattr(x, 'weak_type', getattr(getattr(x, 'aval', None), 'weak_type', False)))
+
+
+class _Ahead:
+  """`build(log)` running in a daemon thread inside `context()`; result() waits: (its value or None when it
+  failed, the lines it logged, a failure's included)."""
+
+  def __init__(self, in_tree: Any, avals: list, build: Callable[[Callable[[str], None]], Any],
+               context: Callable[[], Any]):
+    self.in_tree, self.avals, self._messages, self._value = in_tree, avals, [], None
+    self.seconds = 0.0  # how long the build took
+
+    def run():
+      began = time.time()
+      try:
+        with context():
+          self._value = build(self._messages.append)
+      except Exception as e:  # pylint: disable=broad-except  (the first step then builds it again, and reports)
+        self._messages.append(f'Train step: compiling ahead failed ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0][:200] if str(e) else ""}); compiling at the first step.')
+      self.seconds = time.time() - began
+
+    self._thread = threading.Thread(target=run, name='flanx-compile-ahead', daemon=True)
+    self._thread.start()
+
+  def result(self) -> tuple[Any, list[str]]:
+    self._thread.join()
+    return self._value, self._messages
 
 
 def _export(jitted: Callable, in_tree: Any, avals: list) -> tuple[Any, Any]:

@@ -3,6 +3,7 @@ instead of tracing, runs bitwise what the traced step runs, still donates the st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 
@@ -84,6 +85,42 @@ def test_second_start_reads_the_step_and_both_match_the_traced_step_bitwise(tmp_
     assert_trees_equal(run[1], traced[1])  # every step's metrics, bitwise
     assert run[2] == [True] * 3  # the input state's buffers were donated, as the traced step's are
   assert traced[2] == [True] * 3
+
+
+def test_a_restart_compiles_the_stored_step_ahead_and_runs_it_bitwise(tmp_path):
+  # The trainer starts reading and compiling the stored step before it restores (CachedStep.compile_ahead); the
+  # first step takes that program, waits for it as compile time, and trains bitwise as the traced step does. A
+  # first step whose arguments differ from the ones compiled ahead compiles for its own.
+  loss = steps.LossConfig()
+  traced = _run(lambda tx, sh: steps.make_train_step(_CONFIG, tx, sh, loss, dropout_seed=3), _batches())
+  logs, waits = [], []
+
+  def ahead(length):
+    def make(tx, sh):
+      step = step_cache.make_train_step(_CONFIG, tx, sh, loss, dropout_seed=3, log=logs.append)
+      batch = {k: jax.ShapeDtypeStruct((4, length), np.int32, sharding=sh.batch) for k in _batches(1)[0]}
+      step.compile_ahead(steps.abstract_state(_CONFIG, tx, sh, with_frozen=True), batch, contextlib.nullcontext)
+      return step
+    return make
+
+  listener = lambda event, start, end, **_: event == goodput._COMPILE_WAIT and waits.append(end - start)
+  jax.monitoring.register_event_time_span_listener(listener)
+  try:
+    with compile_cache.enabled(str(tmp_path)):
+      for length in (8, 16):  # first starts: nothing stored, nothing compiled ahead; each stores its step
+        _run(ahead(length), _batches(1, length=length))
+        assert not waits and logs[-1].startswith('Train step: traced;'), logs
+      for length, expected in ((8, 'the first step waited'), (16, 'the arguments differ')):
+        jax.clear_caches()  # as in a new process
+        del logs[:]
+        restarted, names = _traced_functions(lambda: _run(ahead(length), _batches()))
+        assert any(expected in line for line in logs), logs
+        assert 'flat' not in names, names  # the stored program, not traced
+        for got, want in zip(restarted, traced):
+          assert_trees_equal(got, want)  # state, every step's metrics (bitwise), donation
+  finally:
+    jax.monitoring.unregister_event_time_span_listener(listener)
+  assert len(waits) == 2 and all(w >= 0 for w in waits), waits  # each restart's first step counted its wait
 
 
 def test_the_cache_off_gives_the_traced_step():
