@@ -104,7 +104,7 @@ class CachedStep:
     takes the result. Nothing is started when no start stored the program (a first start traces it here, later).
     `wait()` ends it."""
     in_tree, avals = jax.tree.structure((state, batch)), self._avals(state, batch)
-    if _read(self._path(in_tree, avals)) is None:
+    if not _stored(self._path(in_tree, avals)):
       return
     self._ahead = _Ahead(in_tree, avals, lambda log: self._compile(in_tree, avals, log), context)
 
@@ -211,6 +211,15 @@ def _export(jitted: Callable, in_tree: Any, avals: list) -> tuple[Any, Any]:
 
   exported = jax.export.export(jax.jit(flat))(*avals)
   return exported, out_trees[-1]
+
+
+def _stored(path: str) -> bool:
+  """Whether a start stored an entry at `path` (not read: the background thread reads it)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    return tf.io.gfile.exists(path)
+  except tf.errors.OpError:  # an unreachable cache folder: the first step reads (or traces) as before
+    return False
 
 
 def _read(path: str) -> tuple[Any, Any] | None:
