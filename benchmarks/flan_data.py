@@ -137,7 +137,9 @@ def main() -> None:
   parser.add_argument('folder', type=pathlib.Path)
   parser.add_argument('--work', type=pathlib.Path, required=True)
   parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--batches', type=int, default=200)
+  parser.add_argument('--batches', type=int, default=2000,
+                      help='timed batches after the first; the steady rate leaves out the first 2 windows of 100, '
+                           'and a window swings 2x with the tasks that come next, so give it thousands')
   parser.add_argument('--resume_steps', default='100,1000')
   parser.add_argument('--skip_cache', action='store_true')
   parser.add_argument('--modes', default='uncached,cached',
