@@ -227,11 +227,12 @@ def _plan(a: Mapping[str, Any]) -> _Plan:
 
 
 def _start(plan: _Plan, ckpts: checkpoints.RunCheckpoints, shardings: steps.Shardings, tx: Optimizer,
-           compiles: contextlib.ExitStack) -> tuple[steps.TrainState, Callable, data.CheckpointableIterator, int | None, CheckpointMeta]:
+           compiles: contextlib.ExitStack
+           ) -> tuple[steps.TrainState, Callable, data.CheckpointableIterator, int | None, CheckpointMeta]:
   """Restores or initialises the state: (state, train step with the schedule offset of the run, positioned data
   iterator, step resumed from or None, checkpoint metadata to save). On a restart the step's stored program is
-  read and compiled in the background meanwhile (step_cache.CachedStep.compile_ahead); closing `compiles` waits
-  for that (a start that stops before its first step)."""
+  read and its executable loaded in the background meanwhile (step_cache.CachedStep.compile_ahead); closing
+  `compiles` waits for that (a start that stops before its first step)."""
   a, config = plan.arguments, plan.config
   signature = plan.setup.run_signature()  # PEFT: with the frozen base
   sources = data_fingerprint.fingerprint(a['mixture_or_task_name'])

@@ -17,6 +17,10 @@ may read it) gives a new entry. An optimizer holding something the key cannot de
 class), or a step jax.export refuses, is traced at every start as before, and so is every step while the compile
 cache is off. Each process keeps and reads its own entry (the key holds its devices); the 2-process CPU run of
 tests/e2e/test_train_runs.py checks multi-process runs match one process.
+
+On a restart the trainer starts reading the stored program and loading its executable in a background thread
+before it restores the checkpoint (`CachedStep.compile_ahead`): on CPU that load is XLA rebuilding the executable,
+seconds of work the restart no longer waits for. The first step's wait for it counts as compile time (goodput).
 """
 
 from __future__ import annotations
@@ -99,10 +103,11 @@ class CachedStep:
 
   def compile_ahead(self, state: Any, batch: Any, context: Callable[[], Any]) -> None:
     """Starts reading the stored program for the abstract `state` and `batch` (sharded ShapeDtypeStructs) and
-    compiling it (a persistent-cache read on a restart) in a background thread inside `context()` (the mesh and
-    activation rules), so that it overlaps the restore and the first batch; the first call whose arguments match
-    takes the result. Nothing is started when no start stored the program (a first start traces it here, later).
-    `wait()` ends it."""
+    loading its executable from the persistent cache in a background thread inside `context()` (the mesh and
+    activation rules, which are thread-local), so that a restart's restore overlaps it; the first call whose
+    arguments match takes the result. Nothing starts when no earlier start stored the program: a first start
+    traces and compiles at its first step (in the background it gained nothing on 2 cores, where tracing holds the
+    GIL the start-up needs). `wait()` ends it."""
     in_tree, avals = jax.tree.structure((state, batch)), self._avals(state, batch)
     if not _stored(self._path(in_tree, avals)):
       return
